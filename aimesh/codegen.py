@@ -1,0 +1,76 @@
+"""`aimesh gen`: Python stubs (.py, .pyi, _grpc.py) and the descriptor set, from proto/ via buf.
+
+google/api/*.proto come from the installed googleapis-common-protos package (copied into
+build/proto-deps, which buf.yaml lists as a module), never from committed copies. Output is
+skipped when a stamp of every input is current."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import google.api
+
+from .paths import DESCRIPTOR_SET, GEN, ROOT, venv_bin
+
+DEPS = ROOT / "build" / "proto-deps"
+GOOGLE_API_PROTOS = ("annotations.proto", "http.proto")
+STAMP = GEN / ".stamp"
+BASELINE = ROOT / "proto" / "baseline.binpb"
+
+
+def _inputs() -> list[Path]:
+    protos = sorted((ROOT / "proto").rglob("*.proto"))
+    return [*protos, ROOT / "buf.yaml", ROOT / "buf.gen.yaml", Path(__file__)]
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for path in _inputs():
+        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def buf(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([venv_bin("buf"), *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode:
+        raise RuntimeError(f"{what} failed:\n{result.stdout}{result.stderr}")
+
+
+def vendor_google_api() -> None:
+    source = Path(google.api.__path__[0])
+    target = DEPS / "google" / "api"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in GOOGLE_API_PROTOS:
+        shutil.copyfile(source / name, target / name)
+
+
+def generate(force: bool = False) -> bool:
+    """Regenerate when an input changed; True when it did."""
+    digest = _digest()
+    if not force and STAMP.exists() and STAMP.read_text() == digest and DESCRIPTOR_SET.exists():
+        return False
+    vendor_google_api()
+    _check(buf("lint"), "buf lint")
+    _check(buf("generate"), "buf generate")
+    _check(buf("build", "--as-file-descriptor-set", "-o", str(DESCRIPTOR_SET)), "buf build")
+    STAMP.write_text(digest)
+    return True
+
+
+def breaking() -> subprocess.CompletedProcess:
+    """buf breaking (FILE rules) against the committed baseline image."""
+    vendor_google_api()
+    return buf("breaking", "--against", str(BASELINE.relative_to(ROOT)))
+
+
+def update_baseline() -> None:
+    """Accept the current contracts as the new baseline (an intentional, reviewed step)."""
+    vendor_google_api()
+    _check(buf("build", "--exclude-source-info", "-o", str(BASELINE.relative_to(ROOT))),
+           "buf build")

@@ -1,0 +1,22 @@
+"""The service kit: everything a service needs that is not its domain.
+
+    from services import kit
+    kit.serve(setup)                      # bootstrap, health, reflection, graceful stop
+    who = kit.caller(context)             # identity from the gateway's headers
+    limit = kit.validate.in_range(request, "limit", 1, 100, default=10)
+    raise kit.NotFound("no such job")     # mapped to a gRPC status once, by the interceptor
+"""
+from . import validate
+from .config import Config
+from .errors import (AlreadyExists, Error, FailedPrecondition, InvalidArgument, NotFound,
+                     PermissionDenied, Unauthenticated, Unavailable, field_violations)
+from .events import Events, unpack
+from .identity import Caller, admin, caller
+from .server import App, Binding, Server, serve
+
+__all__ = [
+    "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
+    "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "Server",
+    "Unauthenticated", "Unavailable", "admin", "caller", "field_violations", "serve", "unpack",
+    "validate",
+]

@@ -1,0 +1,48 @@
+"""Typed configuration from the environment (AIMESH_<FIELD>), one object per process."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    service: str = "unknown"          # e.g. "search"
+    instance: str = ""                # e.g. "search-2"
+    version: str = ""                 # e.g. "v2" for a canary instance
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0             # Prometheus /metrics; 0 = off
+    grace_s: float = 10.0             # SIGTERM: time to finish in-flight calls
+    postgres_dsn: str = ""
+    nats_url: str = ""
+    mesh_address: str = ""            # Envoy's east-west listener: every outbound call goes there
+    triton_address: str = ""          # Triton gRPC (through the mesh once it routes Triton)
+    call_timeout_s: float = 5.0       # default deadline of an outbound call
+    state_dir: str = ""               # where a service may keep files (keys)
+    descriptor_set: str = ""          # the full descriptor set, for the catalog
+    jwks_port: int = 0
+    token_ttl_s: int = 3600
+    audience: str = "aimesh"
+    issuer: str = "aimesh-user"
+    log_level: str = "INFO"
+
+    @property
+    def name(self) -> str:
+        return self.instance or self.service
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Config":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(f"AIMESH_{field.name.upper()}")
+            if raw is not None:
+                values[field.name] = type(field.default)(raw)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` return this config (the runner uses it)."""
+        return {f"AIMESH_{f.name.upper()}": str(getattr(self, f.name))
+                for f in dataclasses.fields(self)}

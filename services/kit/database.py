@@ -1,0 +1,31 @@
+"""Postgres for a service: its own schema, migrations applied on start, one pool."""
+from __future__ import annotations
+
+import asyncpg
+
+
+async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int = 1,
+                  max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool whose search_path is the service's schema, after applying new migrations.
+
+    Migrations are numbered by position and each runs once, in one transaction, under an
+    advisory lock, so two instances of a service starting together do not race."""
+    setup = await asyncpg.connect(dsn)
+    try:
+        async with setup.transaction():
+            await setup.execute("SELECT pg_advisory_xact_lock(hashtext($1))", schema)
+            await setup.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await setup.execute(f'SET LOCAL search_path TO "{schema}", public')
+            await setup.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                                "version int PRIMARY KEY, applied_at timestamptz DEFAULT now())")
+            applied = {r["version"] for r in await setup.fetch("SELECT version FROM schema_migrations")}
+            for version, sql in enumerate(migrations, start=1):
+                if version not in applied:
+                    await setup.execute(sql)
+                    await setup.execute("INSERT INTO schema_migrations (version) VALUES ($1)",
+                                        version)
+    finally:
+        await setup.close()
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, command_timeout=10,
+        server_settings={"search_path": f'"{schema}", public'})

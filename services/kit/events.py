@@ -1,0 +1,103 @@
+"""Events on NATS JetStream: the streams of ARCHITECTURE.md, one envelope, durable consumers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import nats
+from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.errors import NotFoundError
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from opentelemetry import propagate
+
+from aimesh.events.v1 import events_pb2
+
+log = logging.getLogger("aimesh.events")
+
+# stream -> (subjects, retention). Each subject has exactly one publishing service.
+STREAMS = {
+    "USERS": (["user.registered", "user.purchased"], RetentionPolicy.LIMITS),
+    "JOBS": (["jobs.index"], RetentionPolicy.WORK_QUEUE),
+    "JOB_EVENTS": (["job.completed"], RetentionPolicy.LIMITS),
+    "AI_DECISIONS": (["ai.decisions.recommend", "ai.decisions.chat"], RetentionPolicy.LIMITS),
+}
+
+Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
+
+
+def envelope(subject: str, payload: Message) -> events_pb2.Envelope:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)   # the trace of the request that caused the event
+    packed = any_pb2.Any()
+    packed.Pack(payload)
+    time = timestamp_pb2.Timestamp()
+    time.GetCurrentTime()
+    return events_pb2.Envelope(
+        event_id=uuid.uuid4().hex, type=subject, time=time, payload=packed,
+        traceparent=carrier.get("traceparent", ""), tracestate=carrier.get("tracestate", ""))
+
+
+def unpack(event: events_pb2.Envelope, message_type: type[Message]) -> Message:
+    message = message_type()
+    if not event.payload.Unpack(message):
+        raise ValueError(f"event {event.event_id} ({event.type}) does not carry {message_type.__name__}")
+    return message
+
+
+@dataclass
+class Events:
+    connection: nats.NATS
+
+    @classmethod
+    async def connect(cls, url: str, name: str) -> "Events":
+        connection = await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1)
+        events = cls(connection)
+        await events.ensure_streams()
+        return events
+
+    @property
+    def jetstream(self):
+        return self.connection.jetstream(timeout=5)
+
+    async def ensure_streams(self) -> None:
+        for name, (subjects, retention) in STREAMS.items():
+            config = StreamConfig(name=name, subjects=subjects, retention=retention)
+            try:
+                await self.jetstream.stream_info(name)
+            except NotFoundError:
+                await self.jetstream.add_stream(config)
+
+    async def publish(self, subject: str, payload: Message) -> events_pb2.Envelope:
+        """Publish and wait for JetStream's ack: once this returns, the event is stored."""
+        event = envelope(subject, payload)
+        await self.jetstream.publish(subject, event.SerializeToString(),
+                                     headers={"Nats-Msg-Id": event.event_id})
+        return event
+
+    async def consume(self, stream: str, durable: str, handle: Handler, *,
+                      subjects: list[str] | None = None, max_deliver: int = 5,
+                      stop: asyncio.Event) -> None:
+        """Run a durable pull consumer until `stop` is set. `handle` must be idempotent by
+        event_id; a message is acked only after it returns, so a crash means redelivery."""
+        config = ConsumerConfig(durable_name=durable, max_deliver=max_deliver, ack_wait=30,
+                                filter_subjects=subjects or [])
+        subscription = await self.jetstream.pull_subscribe(
+            "", durable=durable, stream=stream, config=config)
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(batch=32, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            for message in messages:
+                try:
+                    await handle(events_pb2.Envelope.FromString(message.data))
+                except Exception:
+                    log.exception("event handling failed; it will be redelivered",
+                                  extra={"fields": {"subject": message.subject}})
+                    await message.nak(delay=1)
+                else:
+                    await message.ack()

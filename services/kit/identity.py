@@ -1,0 +1,45 @@
+"""Who is calling: read only from the headers the gateway wrote after verifying the JWT."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from .errors import PermissionDenied, Unauthenticated
+
+USER_ID_HEADER = "x-aimesh-user-id"
+TIER_HEADER = "x-aimesh-tier"
+ROLE_HEADER = "x-aimesh-role"
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: str
+    tier: str    # free | pro
+    role: str    # user | admin
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in (context.invocation_metadata() or ())
+            if isinstance(value, str)}
+
+
+def caller(context: grpc.aio.ServicerContext) -> Caller:
+    """The verified caller; UNAUTHENTICATED when the gateway wrote no identity."""
+    headers = _metadata(context)
+    user_id = headers.get(USER_ID_HEADER, "")
+    if not user_id:
+        raise Unauthenticated("no verified identity: call through the gateway with a token")
+    return Caller(user_id=user_id, tier=headers.get(TIER_HEADER, "free"),
+                  role=headers.get(ROLE_HEADER, "user"))
+
+
+def admin(context: grpc.aio.ServicerContext) -> Caller:
+    who = caller(context)
+    if not who.is_admin:
+        raise PermissionDenied("this call is for admins")
+    return who

@@ -1,0 +1,103 @@
+"""The one server interceptor: request id, JSON access log, per-method metrics, the mapping of
+kit errors to gRPC statuses, and the inbound call's deadline and identity for outbound calls."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import grpc
+
+from . import logs, telemetry
+from .clients import Inbound, inbound
+from .errors import Error
+
+log = logging.getLogger("aimesh.rpc")
+QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class Observe(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str):
+        self.service = service
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.request_streaming and handler.response_streaming:
+            return handler._replace(stream_stream=self._streaming(handler.stream_stream, method))
+        if handler.response_streaming:
+            return handler._replace(unary_stream=self._streaming(handler.unary_stream, method))
+        if handler.request_streaming:
+            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
+        return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
+
+    def _unary(self, behaviour, method):
+        async def observed(request, context):
+            call = _Call(self.service, method, context)
+            try:
+                response = await behaviour(request, context)
+            except BaseException as error:
+                await call.failed(error)
+                raise
+            call.finished()
+            return response
+        return observed
+
+    def _streaming(self, behaviour, method):
+        async def observed(request, context):
+            call = _Call(self.service, method, context)
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as error:
+                await call.failed(error)
+                raise
+            call.finished()
+        return observed
+
+
+class _Call:
+    """One RPC in flight: sets its context variables, records its outcome once."""
+
+    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext):
+        self.service, self.method, self.context = service, method, context
+        self.start = time.perf_counter()
+        headers = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        logs.request_id.set(headers.get("x-request-id") or uuid.uuid4().hex)
+        remaining = context.time_remaining()
+        inbound.set(Inbound(
+            deadline=None if remaining is None else time.monotonic() + remaining,
+            forward=tuple((k, headers[k]) for k in ("authorization", "x-request-id")
+                          if k in headers)))
+        telemetry.REQUESTS.labels(service, method).inc()
+
+    def finished(self) -> None:
+        self._record(grpc.StatusCode.OK)
+
+    async def failed(self, error: BaseException) -> None:
+        """Record the outcome; turn a kit error or a crash into a status (context.abort raises)."""
+        if isinstance(error, Error):
+            self._record(error.code, error.message)
+            await self.context.abort_with_status(error.to_status())
+        elif isinstance(error, asyncio.CancelledError):
+            self._record(grpc.StatusCode.CANCELLED)
+        elif isinstance(error, grpc.aio.AbortError):
+            self._record(self.context.code() or grpc.StatusCode.UNKNOWN)
+        elif isinstance(error, Exception):
+            log.error("unhandled error in %s", self.method, exc_info=error)
+            self._record(grpc.StatusCode.INTERNAL)
+            await self.context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def _record(self, code: grpc.StatusCode, message: str = "") -> None:
+        elapsed = time.perf_counter() - self.start
+        telemetry.HANDLED.labels(self.service, self.method, code.name).inc()
+        telemetry.LATENCY.labels(self.service, self.method).observe(elapsed)
+        if not self.method.startswith(QUIET_PREFIXES):
+            fields = {"method": self.method, "code": code.name,
+                      "duration_ms": round(elapsed * 1000, 2)}
+            if message:
+                fields["detail"] = message
+            log.info("rpc", extra={"fields": fields})

@@ -1,0 +1,139 @@
+"""Bootstrap of a grpc.aio service: health, reflection, interceptors, resources, graceful stop.
+
+A service's main is one call: `kit.serve(setup)`, where `setup(app)` opens what the service
+needs through `app` (database, events, channels, background tasks) and returns its bindings."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from . import clients, database, events, logs, telemetry
+from .config import Config
+from .interceptors import Observe
+
+log = logging.getLogger("aimesh.server")
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One gRPC service a process serves: its full name, the generated adder, the servicer."""
+    name: str
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+class App:
+    """What a service's setup may open; everything is closed, in reverse, on shutdown."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.stopping = asyncio.Event()
+        self._resources = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task] = []
+
+    async def database(self, migrations: list[str], schema: str | None = None):
+        pool = await database.connect(self.config.postgres_dsn, schema or self.config.service,
+                                      migrations)
+        self._resources.push_async_callback(pool.close)
+        return pool
+
+    async def events(self) -> events.Events:
+        bus = await events.Events.connect(self.config.nats_url, self.config.name)
+        self._resources.push_async_callback(bus.connection.drain)
+        return bus
+
+    def channel(self, target: str, *, timeout_s: float | None = None, retries: int = 2):
+        chan = clients.channel(target, timeout_s=timeout_s or self.config.call_timeout_s,
+                               retries=retries)
+        self._resources.push_async_callback(chan.close)
+        return chan
+
+    def spawn(self, work: Awaitable[None], name: str) -> None:
+        """Run background work (a consumer loop) until shutdown; a crash is logged loudly."""
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        task.add_done_callback(self._report)
+        self._tasks.append(task)
+
+    def on_close(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._resources.push_async_callback(callback)
+
+    @staticmethod
+    def _report(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception():
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        self.stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._resources.aclose()
+
+
+class Server:
+    """A started grpc.aio server with health and reflection for its bindings."""
+
+    def __init__(self, config: Config, bindings: list[Binding], *, reflection_pool=None):
+        self.config = config
+        self.names = [b.name for b in bindings]
+        self.grpc = grpc.aio.server(interceptors=[aio_server_interceptor(), Observe(config.service)])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        for binding in bindings:
+            binding.add(binding.servicer, self.grpc)
+        reflection.enable_server_reflection(
+            [*self.names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc,
+            pool=reflection_pool)
+        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for name in ("", *self.names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING first (so the gateway stops sending), then drain in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await self.grpc.stop(self.config.grace_s if grace_s is None else grace_s)
+
+
+Setup = Callable[[App], Awaitable[list[Binding]]]
+
+
+async def run(setup: Setup, config: Config, *, reflection_pool=None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    app = App(config)
+    try:
+        server = Server(config, await setup(app), reflection_pool=reflection_pool)
+        await server.start()
+        log.info("serving", extra={"fields": {"port": server.port, "services": server.names}})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: draining in-flight calls",
+                 extra={"fields": {"grace_s": config.grace_s}})
+        await server.stop()
+    finally:
+        await app.close()
+    log.info("stopped")
+
+
+def serve(setup: Setup, *, reflection_pool=None) -> None:
+    """The main of every service: config from the environment, telemetry, then run."""
+    config = Config.from_env()
+    logs.setup(config.name, config.log_level)
+    telemetry.setup_tracing(config.service, config.name)
+    telemetry.serve_metrics(config.metrics_port)
+    asyncio.run(run(setup, config, reflection_pool=reflection_pool))

@@ -1,0 +1,36 @@
+"""Metrics (Prometheus, per method) and tracing (OpenTelemetry; OTLP export when configured)."""
+from __future__ import annotations
+
+import os
+
+import prometheus_client
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+REQUESTS = prometheus_client.Counter(
+    "aimesh_grpc_server_started_total", "RPCs started, by method.", ["service", "method"])
+HANDLED = prometheus_client.Counter(
+    "aimesh_grpc_server_handled_total", "RPCs finished, by method and status code.",
+    ["service", "method", "code"])
+LATENCY = prometheus_client.Histogram(
+    "aimesh_grpc_server_handling_seconds", "Time to finish an RPC, by method.",
+    ["service", "method"],
+    buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+
+
+def serve_metrics(port: int) -> None:
+    if port:
+        prometheus_client.start_http_server(port, addr="127.0.0.1")
+
+
+def setup_tracing(service: str, instance: str) -> None:
+    """Spans always exist (trace ids in logs); they are exported only when
+    OTEL_EXPORTER_OTLP_ENDPOINT names a collector."""
+    provider = TracerProvider(resource=Resource.create(
+        {"service.name": service, "service.instance.id": instance}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)

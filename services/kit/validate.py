@@ -1,0 +1,49 @@
+"""Request checks that raise InvalidArgument naming the field."""
+from __future__ import annotations
+
+from .errors import InvalidArgument
+
+
+def text(request, field: str, *, min_len: int = 1, max_len: int = 4000) -> str:
+    value = getattr(request, field).strip()
+    if not min_len <= len(value) <= max_len:
+        if not value and min_len:
+            raise InvalidArgument(field, "is required")
+        raise InvalidArgument(field, f"must be {min_len}..{max_len} characters")
+    return value
+
+
+def in_range(request, field: str, low: int, high: int, *, default: int | None = None) -> int:
+    """An integer field within [low, high]; 0 means `default` when one is given."""
+    value = getattr(request, field)
+    if value == 0 and default is not None:
+        return default
+    if not low <= value <= high:
+        raise InvalidArgument(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def count(request, field: str, low: int, high: int) -> list:
+    """A repeated field with between low and high entries."""
+    values = list(getattr(request, field))
+    if not low <= len(values) <= high:
+        raise InvalidArgument(field, f"must hold {low}..{high} entries, got {len(values)}")
+    return values
+
+
+def email(request, field: str = "email") -> str:
+    value = text(request, field, max_len=254).lower()
+    local, _, domain = value.partition("@")
+    if not local or "." not in domain or " " in value:
+        raise InvalidArgument(field, "is not an email address")
+    return value
+
+
+def page_offset(request, field: str = "page_token") -> int:
+    """Page tokens are opaque to clients; here they are an offset."""
+    token = getattr(request, field)
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument(field, "is not a token from a previous response")
+    return int(token)
