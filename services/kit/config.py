@@ -27,6 +27,7 @@ class Config:
     audience: str = "aimesh"
     issuer: str = "aimesh-user"
     log_level: str = "INFO"
+    demo: bool = False                # seed demo data on start (the local runner sets it)
 
     @property
     def name(self) -> str:
@@ -39,7 +40,8 @@ class Config:
         for field in dataclasses.fields(cls):
             raw = environ.get(f"AIMESH_{field.name.upper()}")
             if raw is not None:
-                values[field.name] = type(field.default)(raw)
+                kind = type(field.default)
+                values[field.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:

@@ -90,7 +90,7 @@ class Events:
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(batch=32, timeout=1)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):   # nothing new: poll again
                 continue
             for message in messages:
                 try:

@@ -39,6 +39,11 @@ class App:
         self.stopping = asyncio.Event()
         self._resources = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
+        self.reflected: tuple[list[str], Any] | None = None
+
+    def reflect(self, names: list[str], pool) -> None:
+        """Reflect these services from this descriptor pool instead of the process's own."""
+        self.reflected = (names, pool)
 
     async def database(self, migrations: list[str], schema: str | None = None):
         pool = await database.connect(self.config.postgres_dsn, schema or self.config.service,
@@ -83,7 +88,7 @@ class App:
 class Server:
     """A started grpc.aio server with health and reflection for its bindings."""
 
-    def __init__(self, config: Config, bindings: list[Binding], *, reflection_pool=None):
+    def __init__(self, config: Config, bindings: list[Binding], *, reflected=None):
         self.config = config
         self.names = [b.name for b in bindings]
         self.grpc = grpc.aio.server(interceptors=[aio_server_interceptor(), Observe(config.service)])
@@ -91,9 +96,9 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         for binding in bindings:
             binding.add(binding.servicer, self.grpc)
+        names, pool = reflected or (self.names, None)
         reflection.enable_server_reflection(
-            [*self.names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc,
-            pool=reflection_pool)
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc, pool=pool)
         self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
 
     async def start(self) -> None:
@@ -110,11 +115,12 @@ class Server:
 Setup = Callable[[App], Awaitable[list[Binding]]]
 
 
-async def run(setup: Setup, config: Config, *, reflection_pool=None) -> None:
+async def run(setup: Setup, config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     app = App(config)
     try:
-        server = Server(config, await setup(app), reflection_pool=reflection_pool)
+        bindings = await setup(app)
+        server = Server(config, bindings, reflected=app.reflected)
         await server.start()
         log.info("serving", extra={"fields": {"port": server.port, "services": server.names}})
         stop = asyncio.Event()
@@ -130,10 +136,10 @@ async def run(setup: Setup, config: Config, *, reflection_pool=None) -> None:
     log.info("stopped")
 
 
-def serve(setup: Setup, *, reflection_pool=None) -> None:
+def serve(setup: Setup) -> None:
     """The main of every service: config from the environment, telemetry, then run."""
     config = Config.from_env()
     logs.setup(config.name, config.log_level)
     telemetry.setup_tracing(config.service, config.name)
     telemetry.serve_metrics(config.metrics_port)
-    asyncio.run(run(setup, config, reflection_pool=reflection_pool))
+    asyncio.run(run(setup, config))

@@ -1,0 +1,119 @@
+"""aimesh: run the whole mesh on this machine.
+
+  aimesh up          start Postgres, NATS, Triton, the services and Envoy; seed demo data
+  aimesh down        stop everything (state stays in the state directory)
+  aimesh status      what runs
+  aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
+  aimesh token EMAIL a token for a demo account, for grpcurl
+  aimesh gen         generate stubs and the descriptor set from proto/
+  aimesh test        run the test suite
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import codegen, paths, topology
+
+
+def cmd_up(args) -> int:
+    from .mesh import Mesh, PortInUse, StartFailed
+    topo = topology.load()
+    mesh = Mesh(topo, paths.state_dir())
+    started = time.monotonic()
+    print(f"aimesh: starting the mesh (state in {mesh.state_dir})")
+    try:
+        mesh.up(demo=not args.no_demo)
+    except (StartFailed, PortInUse, RuntimeError) as failure:
+        print(f"aimesh: {failure}", file=sys.stderr)
+        return 1
+    gateway = f"127.0.0.1:{topo.gateway.edge_port}"
+    if not args.no_demo:
+        from . import demo
+        print("aimesh: indexing the demo catalog (first run only)...")
+        indexed = demo.seed_catalog(gateway)
+        if indexed:
+            print(f"  indexed {indexed} MovieLens titles")
+        token = demo.login(gateway, "alice@demo.aimesh")
+    print(f"aimesh: up in {time.monotonic() - started:.1f} s\n")
+    print(f"  gateway (gRPC):  {gateway}")
+    print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
+    print(f"  logs:            {mesh.supervisor.log_dir}")
+    if not args.no_demo:
+        print(f"  demo accounts:   {', '.join(f'{e} ({r})' for e, r in demo.ACCOUNTS.items())}"
+              f" - password {demo.PASSWORD}\n")
+        print(f"  export TOKEN={token}")
+        print(f"  grpcurl -plaintext {gateway} list")
+        print(f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {gateway} '
+              f"aimesh.user.v1.UserService/GetProfile")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from .mesh import Mesh
+    Mesh(topology.load(), paths.state_dir()).down()
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .mesh import Mesh
+    status = Mesh(topology.load(), paths.state_dir()).status()
+    for name, state in status.items():
+        print(f"  {name:<14} {state}")
+    return 0 if all(s.startswith("running") for s in status.values()) else 3
+
+
+def cmd_logs(args) -> int:
+    from .supervisor import Supervisor
+    print(Supervisor(paths.state_dir()).tail(args.name, args.lines))
+    return 0
+
+
+def cmd_token(args) -> int:
+    from . import demo
+    topo = topology.load()
+    print(demo.login(f"127.0.0.1:{topo.gateway.edge_port}", args.email, args.password))
+    return 0
+
+
+def cmd_gen(args) -> int:
+    print("generated" if codegen.generate(force=args.force) else "stubs are current")
+    return 0
+
+
+def cmd_test(args) -> int:
+    codegen.generate()
+    os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aimesh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the whole mesh and seed demo data")
+    up.add_argument("--no-demo", action="store_true", help="no demo accounts or catalog")
+    up.set_defaults(run=cmd_up)
+    commands.add_parser("down", help="stop the whole mesh").set_defaults(run=cmd_down)
+    commands.add_parser("status", help="which components run").set_defaults(run=cmd_status)
+    logs = commands.add_parser("logs", help="the tail of a component's log")
+    logs.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.set_defaults(run=cmd_logs)
+    token = commands.add_parser("token", help="log in a demo account and print its token")
+    token.add_argument("email", nargs="?", default="alice@demo.aimesh")
+    token.add_argument("--password", default="aimesh-demo")
+    token.set_defaults(run=cmd_token)
+    gen = commands.add_parser("gen", help="generate stubs and the descriptor set")
+    gen.add_argument("--force", action="store_true")
+    gen.set_defaults(run=cmd_gen)
+    test = commands.add_parser("test", help="run the tests (pytest arguments pass through)")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    test.set_defaults(run=cmd_test)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The whole mesh on this machine: bring it up in dependency order, report, bring it down."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from . import codegen, envoy, infra, services, triton
+from .component import Component, http_ok
+from .paths import venv_bin
+from .supervisor import StartFailed, Supervisor
+from .topology import Topology
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+class Mesh:
+    def __init__(self, topo: Topology, state_dir: Path):
+        self.topo = topo
+        self.state_dir = state_dir
+        self.supervisor = Supervisor(state_dir)
+
+    def envoy(self) -> Component:
+        config = envoy.write(self.topo, self.state_dir)
+        envoy.validate(config)
+        admin = self.topo.gateway.admin_port
+        return Component(
+            name="envoy",
+            argv=[venv_bin("envoy"), "-c", str(config), "--disable-hot-restart",
+                  "--log-level", "warn"],
+            healthy=lambda: http_ok(f"http://127.0.0.1:{admin}/ready"),
+            start_timeout_s=20,
+        )
+
+    def service_components(self, *, demo: bool) -> list[Component]:
+        return [services.component(self.topo, service, instance, self.state_dir, demo=demo)
+                for service, instance in self.topo.instances()]
+
+    def up(self, *, demo: bool = True, on_progress=print) -> None:
+        """Start everything and wait until all is healthy; on failure stop what was started."""
+        if self.supervisor.running():
+            raise RuntimeError(f"the mesh in {self.state_dir} is already running "
+                               f"({', '.join(self.supervisor.running())}); run `aimesh down` first")
+        check_ports_free(self.topo)
+        codegen.generate()
+        try:
+            # Triton loads models slowest: start it first, wait for it last.
+            model_server = triton.component(self.topo.infra, self.state_dir)
+            stores = [infra.postgres(self.topo.infra, self.state_dir),
+                      infra.nats(self.topo.infra, self.state_dir)]
+            self._start([model_server, *stores], on_progress)
+            self._wait(stores, on_progress)
+            self._start_and_wait(self.service_components(demo=demo), on_progress)
+            self._start_and_wait([self.envoy()], on_progress)
+            self._wait([model_server], on_progress)
+        except BaseException:
+            self.down(on_progress=lambda _: None)
+            raise
+
+    def _start(self, components: list[Component], on_progress) -> None:
+        for component in components:
+            self.supervisor.start(component)
+            on_progress(f"  started {component.name}")
+
+    def _wait(self, components: list[Component], on_progress) -> None:
+        self.supervisor.wait_healthy(components)
+        on_progress(f"  healthy: {', '.join(c.name for c in components)}")
+
+    def _start_and_wait(self, components: list[Component], on_progress) -> None:
+        self._start(components, on_progress)
+        self._wait(components, on_progress)
+
+    def down(self, on_progress=print) -> None:
+        """Stop in reverse dependency order: the gateway first, the stores last."""
+        order = ["envoy", *[i.name for _, i in reversed(list(self.topo.instances()))],
+                 "triton", "nats", "postgres"]
+        running = self.supervisor.running()
+        for name in [*order, *[n for n in running if n not in order]]:
+            if name in running:
+                self.supervisor.stop(name)
+                on_progress(f"  stopped {name}")
+
+    def status(self) -> dict[str, str]:
+        running = self.supervisor.running()
+        names = ["postgres", "nats", "triton", *[i.name for _, i in self.topo.instances()], "envoy"]
+        return {name: (f"running (pid {running[name]})" if name in running else "stopped")
+                for name in names}
+
+
+def check_ports_free(topo: Topology) -> None:
+    busy = []
+    for owner, port in topo.ports().items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"{port} ({owner})")
+    if busy:
+        raise PortInUse(f"port in use: {', '.join(busy)}. Stop what holds it, or shift every "
+                        f"port with AIMESH_PORT_OFFSET=<n>.")
+
+
+
+__all__ = ["Mesh", "PortInUse", "StartFailed"]

@@ -1,0 +1,56 @@
+"""The Python services as processes: one per instance in the topology."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.kit.config import Config
+
+from .component import Component
+from .infra import postgres_dsn
+from .paths import DESCRIPTOR_SET, ROOT
+from .topology import Instance, Service, Topology
+
+METRICS_PORT_SHIFT = 10000   # an instance's /metrics is on its gRPC port + this
+
+
+def config(topo: Topology, service: Service, instance: Instance, state_dir: Path, *,
+           demo: bool) -> Config:
+    g, infra = topo.gateway, topo.infra
+    return Config(
+        service=service.name, instance=instance.name, version=instance.version,
+        port=instance.port, metrics_port=instance.port + METRICS_PORT_SHIFT,
+        postgres_dsn=postgres_dsn(infra), nats_url=f"nats://127.0.0.1:{infra.nats_port}",
+        mesh_address=f"127.0.0.1:{g.mesh_port}", triton_address=f"127.0.0.1:{g.mesh_port}",
+        state_dir=str(state_dir / "services" / instance.name),
+        descriptor_set=str(DESCRIPTOR_SET), jwks_port=service.jwks_port,
+        audience=g.audience, issuer=g.issuer, demo=demo,
+    )
+
+
+def component(topo: Topology, service: Service, instance: Instance, state_dir: Path, *,
+              demo: bool = True) -> Component:
+    settings = config(topo, service, instance, state_dir, demo=demo)
+    return Component(
+        name=instance.name,
+        argv=[sys.executable, "-m", service.module],
+        env={**settings.to_env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'gen' / 'python'}"},
+        cwd=ROOT,
+        healthy=lambda: serving(f"127.0.0.1:{instance.port}"),
+        start_timeout_s=30,
+        stop_timeout_s=settings.grace_s + 5,
+    )
+
+
+def serving(target: str, service_name: str = "") -> bool:
+    """grpc.health.v1 Check says SERVING."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service_name), timeout=1)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING

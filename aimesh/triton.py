@@ -1,0 +1,106 @@
+"""Triton Inference Server for the local runner, from the `nvidia-pytriton` wheel (no Docker)."""
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import aimesh.paths
+from aimesh.component import Component
+from aimesh.topology import Infra
+
+MODELS = ("text_embedding",)
+
+
+def server_dir() -> Path:
+    """<site-packages>/pytriton/tritonserver, found without importing pytriton (a heavy import)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed in this environment")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def install_stub(server: Path) -> Path:
+    """Put the python backend stub for this interpreter's version where Triton looks for it.
+
+    The wheel ships one stub per Python version beside the backend, not in it. The copy stays
+    inside the package: the stub's RPATH ($ORIGIN/../../../../nvidia_pytriton.libs) finds the
+    bundled libcudart only from there. Idempotent; written to a temporary name, then renamed, so a
+    concurrent start never sees half a file.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    source = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    target = server / "backends" / "python" / "triton_python_backend_stub"
+    if not target.exists() or not filecmp.cmp(source, target, shallow=False):
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        shutil.copy2(source, partial)
+        os.replace(partial, target)
+    return target
+
+
+def env() -> dict[str, str]:
+    """What the stub's embedded Python needs to be this interpreter, with this environment's packages."""
+    # The stub links libpython3.X.so by name: without the running interpreter's LIBDIR first, the
+    # loader may pick a system libpython of another patch level against this interpreter's stdlib
+    # ("'RLock' object has no attribute '_recursion_count'").
+    library_path = [sysconfig.get_config_var("LIBDIR")]
+    if os.environ.get("LD_LIBRARY_PATH"):
+        library_path.append(os.environ["LD_LIBRARY_PATH"])
+    # The stub embeds Python in isolated mode (PYTHONPATH and PYTHONHOME are ignored) under the
+    # default program name "python3", so it finds its prefix, and with it site-packages, by the
+    # first python3 on PATH. With this environment's bin first it reads this virtualenv's
+    # pyvenv.cfg; otherwise it imports the base installation's packages (numpy 2 there crashes
+    # TYPE_STRING tensors). pytriton itself starts Triton this way.
+    path = [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
+    return {"LD_LIBRARY_PATH": os.pathsep.join(library_path), "PATH": os.pathsep.join(path)}
+
+
+def ready(http_port: int, models: tuple[str, ...] = MODELS, timeout_s: float = 1.0) -> bool:
+    """True when every model answers 200 on Triton's HTTP readiness endpoint."""
+    for model in models:
+        url = f"http://127.0.0.1:{http_port}/v2/models/{model}/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status != 200:
+                    return False
+        except (urllib.error.URLError, OSError):   # not listening yet, or 400 while loading
+            return False
+    return True
+
+
+def component(infra: Infra, state_dir: Path, model_repository: Path = aimesh.paths.TRITON_MODELS,
+              models: tuple[str, ...] = MODELS) -> Component:
+    server = server_dir()
+    install_stub(server)
+    work_dir = Path(state_dir) / "triton"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(server / "bin" / "tritonserver"),
+        f"--model-repository={model_repository}",
+        f"--backend-directory={server / 'backends'}",
+        # Explicit control loads only the named models, so a half-written model folder in the
+        # repository cannot stop the server, and readiness is a per-model question.
+        "--model-control-mode=explicit",
+        *(f"--load-model={model}" for model in models),
+        "--exit-on-error=true",
+        "--http-address=127.0.0.1", f"--http-port={infra.triton_http_port}",
+        "--grpc-address=127.0.0.1", f"--grpc-port={infra.triton_grpc_port}",
+        "--metrics-address=127.0.0.1", f"--metrics-port={infra.triton_metrics_port}",
+        # Name the python backend's /dev/shm regions after this server: one a crash leaves
+        # behind can be traced to it (and a dev mesh and a test mesh stay apart).
+        f"--backend-config=python,shm-region-prefix-name=aimesh_triton_{infra.triton_grpc_port}_",
+        # Finish in-flight requests on SIGTERM, but within the runner's stop timeout.
+        "--exit-timeout-secs=10",
+        "--log-verbose=0",
+    ]
+    return Component(
+        name="triton", argv=argv, env=env(), cwd=work_dir,
+        healthy=lambda: ready(infra.triton_http_port, models),
+        start_timeout_s=90.0, stop_timeout_s=15.0,
+    )

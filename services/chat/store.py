@@ -1,0 +1,56 @@
+"""Conversations and their turns, in chat-svc's schema."""
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+MIGRATIONS = [
+    """
+    CREATE TABLE conversations (
+        id         uuid PRIMARY KEY,
+        user_id    uuid NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE turns (
+        id              uuid PRIMARY KEY,
+        conversation_id uuid NOT NULL REFERENCES conversations (id),
+        question        text NOT NULL,
+        answer          text NOT NULL,
+        finish_reason   text NOT NULL,
+        source          text NOT NULL,
+        created_at      timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX turns_by_conversation ON turns (conversation_id, created_at);
+    """,
+]
+
+
+class ConversationStore:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def open(self, user_id: str, conversation_id: str) -> str | None:
+        """The conversation to continue (the caller's own only), or a new one when none is
+        named. None when the id is not one of the caller's conversations."""
+        if not conversation_id:
+            new = uuid.uuid4()
+            await self.pool.execute("INSERT INTO conversations (id, user_id) VALUES ($1, $2)",
+                                    new, uuid.UUID(user_id))
+            return str(new)
+        try:
+            wanted = uuid.UUID(conversation_id)
+        except ValueError:
+            return None
+        found = await self.pool.fetchval(
+            "SELECT id FROM conversations WHERE id = $1 AND user_id = $2", wanted, uuid.UUID(user_id))
+        return None if found is None else str(found)
+
+    async def add_turn(self, conversation_id: str, question: str, answer: str,
+                       finish_reason: str, source: str) -> str:
+        turn = uuid.uuid4()
+        await self.pool.execute(
+            "INSERT INTO turns (id, conversation_id, question, answer, finish_reason, source)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            turn, uuid.UUID(conversation_id), question, answer, finish_reason, source)
+        return str(turn)

@@ -1,0 +1,43 @@
+"""Triton's gRPC inference API on a kit channel: every call has a deadline, is traced, and goes
+through the east-west listener. Any failure is kit.Unavailable, so callers with a fallback
+catch one error type."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor, triton_to_np_dtype
+
+from .errors import Unavailable
+
+
+def _raw(array: np.ndarray) -> bytes:
+    if array.dtype == np.object_:
+        serialized = serialize_byte_tensor(array)
+        return serialized.item() if serialized.size else b""
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _array(output, raw: bytes) -> np.ndarray:
+    if output.datatype == "BYTES":
+        return deserialize_bytes_tensor(raw).reshape(output.shape)
+    return np.frombuffer(raw, dtype=triton_to_np_dtype(output.datatype)).reshape(output.shape)
+
+
+class Triton:
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str = "",
+                    timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+        for name, array in inputs.items():
+            request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype),
+                               shape=list(array.shape))
+            request.raw_input_contents.append(_raw(array))
+        try:
+            reply = await self.stub.ModelInfer(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as failure:
+            raise Unavailable(f"model {model}: {failure.code().name} {failure.details()}") from failure
+        return {output.name: _array(output, raw)
+                for output, raw in zip(reply.outputs, reply.raw_output_contents)}

@@ -1,0 +1,41 @@
+"""MovieLens 100k, the demo catalog, read from the copy the recbole package ships.
+
+Read as plain files: recbole is installed without its dependencies and never imported (it would
+import torch). MovieLens data is under GroupLens' terms."""
+from __future__ import annotations
+
+import collections
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Movie:
+    item_id: int
+    title: str
+    year: str
+    genres: tuple[str, ...]
+
+
+def _dataset() -> Path:
+    spec = importlib.util.find_spec("recbole")
+    if spec is None:
+        raise RuntimeError("the recbole package (MovieLens data) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-100k"
+
+
+@cache
+def movies() -> tuple[Movie, ...]:
+    found = []
+    for line in (_dataset() / "ml-100k.item").read_text(encoding="latin-1").splitlines()[1:]:
+        item_id, title, year, genres = (line.split("\t") + ["", "", ""])[:4]
+        found.append(Movie(int(item_id), title.strip(), year.strip(), tuple(genres.split())))
+    return tuple(found)
+
+
+def rating_counts() -> collections.Counter:
+    """How many ratings each item has: its popularity before the mesh existed."""
+    lines = (_dataset() / "ml-100k.inter").read_text().splitlines()[1:]
+    return collections.Counter(int(line.split("\t")[1]) for line in lines)

@@ -1,0 +1,65 @@
+"""Items, their popularity and each user's history, in recommend-svc's schema."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+MIGRATIONS = [
+    """
+    CREATE TABLE items (
+        item_id    bigint PRIMARY KEY,
+        title      text NOT NULL,
+        -- interactions before the mesh existed (MovieLens ratings); live ones add to it
+        base_count int NOT NULL DEFAULT 0
+    );
+    CREATE TABLE history (
+        event_id   text PRIMARY KEY,      -- idempotent consumption: one row per event
+        user_id    uuid NOT NULL,
+        item_id    bigint NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX history_by_user ON history (user_id, created_at DESC);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: int
+    title: str
+    score: float
+
+
+class RecommendStore:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def add_items(self, items: list[tuple[int, str, int]]) -> None:
+        await self.pool.executemany(
+            "INSERT INTO items (item_id, title, base_count) VALUES ($1, $2, $3)"
+            " ON CONFLICT (item_id) DO NOTHING", items)
+
+    async def record(self, event_id: str, user_id: str, item_id: int) -> bool:
+        """Add one interaction; False when this event was already recorded."""
+        status = await self.pool.execute(
+            "INSERT INTO history (event_id, user_id, item_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (event_id) DO NOTHING", event_id, uuid.UUID(user_id), item_id)
+        return status.endswith(" 1")
+
+    async def recent(self, user_id: str, limit: int = 50) -> list[int]:
+        rows = await self.pool.fetch(
+            "SELECT item_id FROM history WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2",
+            uuid.UUID(user_id), limit)
+        return [r["item_id"] for r in rows]
+
+    async def popular(self, limit: int, exclude: list[int]) -> list[Item]:
+        rows = await self.pool.fetch(
+            "SELECT i.item_id, i.title, i.base_count + count(h.event_id) AS interactions"
+            " FROM items i LEFT JOIN history h ON h.item_id = i.item_id"
+            " WHERE NOT (i.item_id = ANY($2::bigint[]))"
+            " GROUP BY i.item_id ORDER BY interactions DESC, i.item_id LIMIT $1",
+            limit, exclude)
+        top = max((r["interactions"] for r in rows), default=1) or 1
+        return [Item(r["item_id"], r["title"], r["interactions"] / top) for r in rows]

@@ -1,0 +1,114 @@
+"""UserService: accounts, login, profiles, purchases."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import VerificationError
+from google.protobuf import timestamp_pb2
+
+from aimesh.events.v1 import events_pb2
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services import kit
+
+from .store import EmailTaken, MIGRATIONS, User, UserStore
+from .tokens import Issuer, KeyRing, serve_jwks
+
+TIERS = {"free": user_pb2.TIER_FREE, "pro": user_pb2.TIER_PRO}
+ROLES = {"user": user_pb2.ROLE_USER, "admin": user_pb2.ROLE_ADMIN}
+passwords = PasswordHasher()
+
+
+def _timestamp(moment) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def profile(user: User) -> user_pb2.Profile:
+    return user_pb2.Profile(user_id=user.id, email=user.email, display_name=user.display_name,
+                            tier=TIERS[user.tier], role=ROLES[user.role],
+                            create_time=_timestamp(user.created_at))
+
+
+class UserServicer(user_pb2_grpc.UserServiceServicer):
+    def __init__(self, users: UserStore, issuer: Issuer, events: kit.Events):
+        self.users, self.issuer, self.events = users, issuer, events
+
+    async def Register(self, request, context):
+        email = kit.validate.email(request)
+        password = kit.validate.text(request, "password", min_len=8, max_len=256)
+        display_name = kit.validate.text(request, "display_name", max_len=80)
+        user = await register(self.users, email, password, display_name)
+        await self.events.publish("user.registered", events_pb2.UserRegistered(
+            user_id=user.id, email=user.email, display_name=user.display_name))
+        return user_pb2.RegisterResponse(profile=profile(user))
+
+    async def Login(self, request, context):
+        email = kit.validate.email(request)
+        password = kit.validate.text(request, "password", max_len=256)
+        user = await self.users.by_email(email)
+        if user is None or not await asyncio.to_thread(_password_matches, user, password):
+            raise kit.Unauthenticated("wrong email or password")
+        token, expires = self.issuer.issue(user.id, user.tier, user.role)
+        return user_pb2.LoginResponse(access_token=token,
+                                      expire_time=timestamp_pb2.Timestamp(seconds=expires),
+                                      profile=profile(user))
+
+    async def GetProfile(self, request, context):
+        return user_pb2.GetProfileResponse(profile=profile(await self._own(context)))
+
+    async def UpdateProfile(self, request, context):
+        display_name = kit.validate.text(request, "display_name", max_len=80)
+        user = await self.users.rename(kit.caller(context).user_id, display_name)
+        if user is None:
+            raise kit.NotFound("the caller's account no longer exists")
+        return user_pb2.UpdateProfileResponse(profile=profile(user))
+
+    async def RecordPurchase(self, request, context):
+        if request.item_id <= 0:
+            raise kit.InvalidArgument("item_id", "must be a positive catalog item id")
+        user = await self._own(context)
+        purchase = await self.users.record_purchase(user.id, request.item_id)
+        await self.events.publish("user.purchased", events_pb2.UserPurchased(
+            user_id=user.id, purchase_id=purchase.id, item_id=purchase.item_id))
+        return user_pb2.RecordPurchaseResponse(purchase_id=purchase.id,
+                                               purchase_time=_timestamp(purchase.created_at))
+
+    async def _own(self, context) -> User:
+        user = await self.users.by_id(kit.caller(context).user_id)
+        if user is None:
+            raise kit.NotFound("the caller's account no longer exists")
+        return user
+
+
+def _password_matches(user: User, password: str) -> bool:
+    try:
+        return passwords.verify(user.password_hash, password)
+    except VerificationError:
+        return False
+
+
+async def register(users: UserStore, email: str, password: str, display_name: str, *,
+                   tier: str = "free", role: str = "user") -> User:
+    password_hash = await asyncio.to_thread(passwords.hash, password)
+    try:
+        return await users.create(email, password_hash, display_name, tier=tier, role=role)
+    except EmailTaken:
+        raise kit.AlreadyExists(f"an account with email {email} exists") from None
+
+
+async def setup(app: kit.App) -> list[kit.Binding]:
+    config = app.config
+    users = UserStore(await app.database(MIGRATIONS))
+    keys = KeyRing(Path(config.state_dir) / "keys")
+    jwks = serve_jwks(keys, config.host, config.jwks_port)
+    app.on_close(lambda: asyncio.to_thread(jwks.shutdown))
+    if config.demo:
+        from .demo import seed
+        await seed(users)
+    issuer = Issuer(keys, config.issuer, config.audience, config.token_ttl_s)
+    servicer = UserServicer(users, issuer, await app.events())
+    return [kit.Binding("aimesh.user.v1.UserService", user_pb2_grpc.add_UserServiceServicer_to_server,
+                        servicer)]

@@ -1,0 +1,96 @@
+"""Accounts and purchases in user-svc's own schema."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+MIGRATIONS = [
+    """
+    CREATE TABLE users (
+        id            uuid PRIMARY KEY,
+        email         text NOT NULL UNIQUE,
+        password_hash text NOT NULL,
+        display_name  text NOT NULL,
+        tier          text NOT NULL DEFAULT 'free' CHECK (tier IN ('free', 'pro')),
+        role          text NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
+        created_at    timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE purchases (
+        id         uuid PRIMARY KEY,
+        user_id    uuid NOT NULL REFERENCES users (id),
+        item_id    bigint NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX purchases_by_user ON purchases (user_id, created_at DESC);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    password_hash: str
+    display_name: str
+    tier: str
+    role: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Purchase:
+    id: str
+    user_id: str
+    item_id: int
+    created_at: datetime
+
+
+class EmailTaken(Exception):
+    pass
+
+
+def _user(row) -> User | None:
+    return None if row is None else User(**{**dict(row), "id": str(row["id"])})
+
+
+class UserStore:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def create(self, email: str, password_hash: str, display_name: str, *,
+                     tier: str = "free", role: str = "user") -> User:
+        try:
+            row = await self.pool.fetchrow(
+                "INSERT INTO users (id, email, password_hash, display_name, tier, role)"
+                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+                uuid.uuid4(), email, password_hash, display_name, tier, role)
+        except asyncpg.UniqueViolationError as taken:
+            raise EmailTaken(email) from taken
+        return _user(row)
+
+    async def by_email(self, email: str) -> User | None:
+        return _user(await self.pool.fetchrow("SELECT * FROM users WHERE email = $1", email))
+
+    async def by_id(self, user_id: str) -> User | None:
+        return _user(await self.pool.fetchrow("SELECT * FROM users WHERE id = $1",
+                                              uuid.UUID(user_id)))
+
+    async def rename(self, user_id: str, display_name: str) -> User | None:
+        return _user(await self.pool.fetchrow(
+            "UPDATE users SET display_name = $2 WHERE id = $1 RETURNING *",
+            uuid.UUID(user_id), display_name))
+
+    async def set_access(self, email: str, *, tier: str | None, role: str | None) -> User | None:
+        return _user(await self.pool.fetchrow(
+            "UPDATE users SET tier = coalesce($2, tier), role = coalesce($3, role)"
+            " WHERE email = $1 RETURNING *", email, tier, role))
+
+    async def record_purchase(self, user_id: str, item_id: int) -> Purchase:
+        row = await self.pool.fetchrow(
+            "INSERT INTO purchases (id, user_id, item_id) VALUES ($1, $2, $3) RETURNING *",
+            uuid.uuid4(), uuid.UUID(user_id), item_id)
+        return Purchase(id=str(row["id"]), user_id=user_id, item_id=row["item_id"],
+                        created_at=row["created_at"])

@@ -1,0 +1,161 @@
+"""The Envoy config rendered from the topology: golden file, Envoy's own validation, behaviour.
+
+The golden file pins the whole render so any change to it shows up in review. After an
+intended change to the topology or the renderer, regenerate it and review the diff:
+
+    AIMESH_UPDATE_GOLDEN=1 python -m pytest tests/contract/test_envoy_render.py
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aimesh import envoy, topology
+
+GOLDEN = Path(__file__).parent / "golden" / "envoy.yaml"
+
+
+@pytest.fixture(scope="module")
+def topo() -> topology.Topology:
+    return topology.load(port_offset=0)
+
+
+@pytest.fixture(scope="module")
+def config(topo) -> dict:
+    return envoy.render(topo)
+
+
+def _listener(config: dict, name: str) -> dict:
+    for listener in config["static_resources"]["listeners"]:
+        if listener["name"] == name:
+            return listener["filter_chains"][0]["filters"][0]["typed_config"]
+    raise AssertionError(f"no listener {name}")
+
+
+def _route_for(hcm: dict, path: str, headers: dict[str, str] | None = None) -> dict:
+    """The first route Envoy would pick for a gRPC path (prefix/path and exact header matches)."""
+    headers = headers or {}
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        match = route["match"]
+        if "path" in match and match["path"] != path:
+            continue
+        if "prefix" in match and not path.startswith(match["prefix"]):
+            continue
+        if all(headers.get(h["name"]) == h["string_match"]["exact"] for h in match.get("headers", [])):
+            return route
+    raise AssertionError(f"no route for {path}")
+
+
+def _needs_token(hcm: dict, path: str) -> bool:
+    """Whether jwt_authn's first matching rule for the path requires a provider."""
+    jwt = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.jwt_authn")
+    for rule in jwt["typed_config"]["rules"]:
+        match = rule["match"]
+        if match.get("path") == path or ("prefix" in match and path.startswith(match["prefix"])):
+            return "requires" in rule
+    return False
+
+
+def test_render_matches_golden_file(config):
+    rendered = yaml.safe_dump(config, sort_keys=False)
+    if os.environ.get("AIMESH_UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(rendered)
+    assert rendered == GOLDEN.read_text(), "render changed: AIMESH_UPDATE_GOLDEN=1 to accept it"
+
+
+def test_render_is_deterministic(topo):
+    assert envoy.render(topo) == envoy.render(topology.load(port_offset=0))
+
+
+def test_envoy_accepts_the_written_config(topo, tmp_path):
+    path = envoy.write(topo, tmp_path)
+    assert path == tmp_path / "envoy" / "envoy.yaml"
+    envoy.validate(path)
+
+
+def test_validate_reports_envoys_complaint(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("static_resources: {clusters: [{name: x, type: NOPE}]}\n")
+    with pytest.raises(RuntimeError, match="NOPE"):
+        envoy.validate(bad)
+
+
+@pytest.mark.parametrize("listener", ["edge", "mesh"])
+def test_every_grpc_service_routes_to_its_service(config, topo, listener):
+    hcm = _listener(config, listener)
+    for service in topo.services.values():
+        for grpc_service in service.grpc_services:
+            route = _route_for(hcm, f"/{grpc_service}/AnyMethod")["route"]
+            clusters = ([c["name"] for c in route["weighted_clusters"]["clusters"]]
+                        if "weighted_clusters" in route else [route["cluster"]])
+            assert all(c.startswith(service.name) for c in clusters), (grpc_service, clusters)
+            assert route["timeout"] == f"{service.timeout_s:g}s"
+
+
+@pytest.mark.parametrize("listener", ["edge", "mesh"])
+def test_public_methods_need_no_token_and_others_do(config, listener):
+    hcm = _listener(config, listener)
+    assert not _needs_token(hcm, "/aimesh.user.v1.UserService/Login")
+    assert not _needs_token(hcm, "/aimesh.user.v1.UserService/Register")
+    assert not _needs_token(hcm, "/grpc.health.v1.Health/Check")           # catalog: "*"
+    assert not _needs_token(hcm, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    assert _needs_token(hcm, "/aimesh.user.v1.UserService/GetProfile")
+    assert _needs_token(hcm, "/aimesh.recommend.v1.RecommendService/Recommend")
+    assert _needs_token(hcm, "/aimesh.chat.v1.ChatService/Chat")
+
+
+def test_only_the_mesh_reaches_triton_and_without_a_token(config):
+    triton = "/inference.GRPCInferenceService/ModelInfer"
+    mesh, edge = _listener(config, "mesh"), _listener(config, "edge")
+    assert _route_for(mesh, triton)["route"]["cluster"] == "triton"
+    assert not _needs_token(mesh, triton)
+    assert _needs_token(edge, triton)
+    with pytest.raises(AssertionError, match="no route"):
+        _route_for(edge, triton)
+
+
+def test_identity_headers_are_stripped_before_the_token_check(config):
+    names = [f["name"] for f in _listener(config, "edge")["http_filters"]]
+    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.jwt_authn",
+                     "envoy.filters.http.router"]
+    removed = _listener(config, "edge")["http_filters"][0]["typed_config"]["mutations"]
+    assert {m["remove"] for m in removed["request_mutations"]} == {
+        "x-aimesh-user-id", "x-aimesh-tier", "x-aimesh-role"}
+
+
+def test_recommend_split_uses_topology_weights_and_header_pins_a_version(config, topo):
+    hcm = _listener(config, "edge")
+    path = "/aimesh.recommend.v1.RecommendService/Recommend"
+    split = _route_for(hcm, path)["route"]["weighted_clusters"]["clusters"]
+    want = {f"recommend-{i.version}": i.weight for i in topo.services["recommend"].instances}
+    assert {c["name"]: c["weight"] for c in split} == want
+    for version in ("v1", "v2"):
+        pinned = _route_for(hcm, path, {"x-model-version": version})["route"]
+        assert pinned["cluster"] == f"recommend-{version}"
+
+
+def test_stream_methods_have_no_route_timeout_only_an_idle_one(config, topo):
+    hcm = _listener(config, "edge")
+    idle = f"{topo.gateway.stream_idle_timeout_s:g}s"
+    streams = [(s, m) for s in topo.services.values() for m in s.streams]
+    assert streams, "the topology names stream methods"
+    for service, method in streams:
+        for grpc_service in service.grpc_services:
+            route = _route_for(hcm, f"/{grpc_service}/{method}")["route"]
+            assert (route["timeout"], route["idle_timeout"]) == ("0s", idle)
+    unary = _route_for(hcm, "/aimesh.chat.v1.ChatService/ListConversations")["route"]
+    assert unary["timeout"] == f"{topo.services['chat'].timeout_s:g}s"
+
+
+def test_every_grpc_cluster_speaks_http2(config):
+    for cluster in config["static_resources"]["clusters"]:
+        options = cluster.get("typed_extension_protocol_options", {})
+        if cluster["name"] == "jwks":
+            assert not options                  # user-svc serves its JWKS over HTTP/1.1
+        else:
+            http = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            assert "http2_protocol_options" in http["explicit_http_config"]
