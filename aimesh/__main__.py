@@ -80,6 +80,9 @@ def cmd_token(args) -> int:
 
 def cmd_gen(args) -> int:
     print("generated" if codegen.generate(force=args.force) else "stubs are current")
+    if args.baseline:
+        codegen.update_baseline()
+        print(f"accepted the contracts as the breaking-change baseline ({codegen.BASELINE})")
     return 0
 
 
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--password", default="aimesh-demo")
     token.set_defaults(run=cmd_token)
     gen = commands.add_parser("gen", help="generate stubs and the descriptor set")
-    gen.add_argument("--force", action="store_true")
+    gen.add_argument("--force", action="store_true", help="regenerate even when current")
+    gen.add_argument("--baseline", action="store_true",
+                     help="also accept the contracts as the buf breaking baseline")
     gen.set_defaults(run=cmd_gen)
     test = commands.add_parser("test", help="run the tests (pytest arguments pass through)")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)

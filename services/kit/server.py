@@ -53,7 +53,8 @@ class App:
 
     async def events(self) -> events.Events:
         bus = await events.Events.connect(self.config.nats_url, self.config.name)
-        self._resources.push_async_callback(bus.connection.drain)
+        # close, not drain: drain waits on the cancelled pull subscriptions
+        self._resources.push_async_callback(bus.connection.close)
         return bus
 
     def channel(self, target: str, *, timeout_s: float | None = None, retries: int = 2):

@@ -1,0 +1,66 @@
+"""The contracts: lint-clean, compatible with the committed baseline, and in step with the topology."""
+import shutil
+import subprocess
+
+import pytest
+from google.protobuf import descriptor_pb2
+
+from aimesh import codegen, paths, topology
+
+
+def test_buf_lint_is_clean():
+    result = codegen.buf("lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_contracts_have_no_breaking_change_against_the_baseline():
+    result = codegen.breaking()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_breaking_check_catches_a_deleted_field(tmp_path):
+    """The breaking check can fail: a copy of the tree with a field removed is refused."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    for name in ("buf.yaml", "proto", "build"):
+        source = paths.ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copyfile)(source, copy / name)
+    user_proto = copy / "proto" / "aimesh" / "user" / "v1" / "user.proto"
+    user_proto.write_text(user_proto.read_text().replace("  string display_name = 3;\n", "", 1))
+    result = subprocess.run([paths.venv_bin("buf"), "breaking", "proto", "--against",
+                             "proto/baseline.binpb"], cwd=copy, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "display_name" in result.stdout
+
+
+def _services_in_descriptor_set() -> set[str]:
+    files = descriptor_pb2.FileDescriptorSet.FromString(paths.DESCRIPTOR_SET.read_bytes()).file
+    return {f"{f.package}.{s.name}" for f in files for s in f.service}
+
+
+def test_every_topology_service_has_a_contract():
+    declared = _services_in_descriptor_set()
+    topo = topology.load(port_offset=0)
+    for service in topo.services.values():
+        for name in service.grpc_services:
+            if name.startswith("aimesh."):
+                assert name in declared, f"{service.name} serves {name}, which no proto defines"
+
+
+def test_every_contract_is_served_by_a_topology_service():
+    served = {n for s in topology.load(port_offset=0).services.values() for n in s.grpc_services}
+    for name in _services_in_descriptor_set():
+        if name.startswith("aimesh."):
+            assert name in served, f"{name} has no service in the topology"
+
+
+@pytest.mark.parametrize("package", ["user", "search", "recommend", "notify"])
+def test_unary_rpcs_carry_http_annotations(package):
+    from google.api import annotations_pb2
+    files = descriptor_pb2.FileDescriptorSet.FromString(paths.DESCRIPTOR_SET.read_bytes()).file
+    [proto] = [f for f in files if f.package == f"aimesh.{package}.v1"]
+    for service in proto.service:
+        for method in service.method:
+            if not (method.client_streaming or method.server_streaming):
+                rule = method.options.Extensions[annotations_pb2.http]
+                assert rule.WhichOneof("pattern"), f"{service.name}.{method.name} has no google.api.http"
