@@ -1,0 +1,88 @@
+"""One mesh per test session, brought up from an empty state directory the way a user does
+(`aimesh up`), on ports shifted by TEST_PORT_OFFSET so a developer's own mesh can keep running.
+Chaos tests run last."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from aimesh import topology
+from aimesh.paths import ROOT
+
+TEST_PORT_OFFSET = 1000
+
+
+@dataclass
+class MeshHandle:
+    topo: topology.Topology
+    state_dir: Path
+    env: dict[str, str]
+
+    @property
+    def gateway(self) -> str:
+        return f"127.0.0.1:{self.topo.gateway.edge_port}"
+
+    @property
+    def mesh_listener(self) -> str:
+        return f"127.0.0.1:{self.topo.gateway.mesh_port}"
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "aimesh", *args], env=self.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def pids(self) -> set[int]:
+        return {int(p.read_text()) for p in (self.state_dir / "run").glob("*.pid")}
+
+    def channel(self, target: str | None = None) -> grpc.Channel:
+        return grpc.insecure_channel(target or self.gateway)
+
+
+def pytest_collection_modifyitems(items):
+    """Chaos tests stop and start parts of the shared mesh: run them after everything else."""
+    items.sort(key=lambda item: "tests/chaos/" in str(item.path).replace(os.sep, "/"))
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child waiting for init to reap it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _processes_using(state_dir: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _running(int(proc.name)):
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(state_dir) in cmdline:
+                found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory) -> MeshHandle:
+    state_dir = tmp_path_factory.mktemp("aimesh-state")
+    env = {**os.environ, "AIMESH_STATE": str(state_dir),
+           "AIMESH_PORT_OFFSET": str(TEST_PORT_OFFSET)}
+    handle = MeshHandle(topology.load(port_offset=TEST_PORT_OFFSET), state_dir, env)
+    up = handle.cli("up", timeout=900)
+    if up.returncode:
+        handle.cli("down")
+        pytest.fail(f"aimesh up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
+    yield handle
+    pids = handle.pids()
+    down = handle.cli("down")
+    assert down.returncode == 0, down.stderr
+    left = [pid for pid in pids if _running(pid)]
+    assert not left, f"processes left after down: {left}"
+    assert not _processes_using(state_dir), _processes_using(state_dir)

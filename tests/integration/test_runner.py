@@ -1,0 +1,59 @@
+"""The local runner and the gateway as a user meets them: grpcurl, reflection, health, `up` twice."""
+import json
+import subprocess
+
+from aimesh.paths import venv_bin
+from aimesh.services import serving
+
+
+def grpcurl(mesh, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([venv_bin("grpcurl"), "-plaintext", *args], capture_output=True,
+                          text=True, timeout=20)
+
+
+def test_reflection_through_the_gateway_lists_every_service(mesh):
+    listed = grpcurl(mesh, mesh.gateway, "list")
+    assert listed.returncode == 0, listed.stderr
+    for service in ("aimesh.user.v1.UserService", "aimesh.search.v1.SearchService",
+                    "aimesh.recommend.v1.RecommendService", "aimesh.chat.v1.ChatService",
+                    "aimesh.notify.v1.NotificationService"):
+        assert service in listed.stdout.split()
+
+
+def test_grpcurl_describes_and_calls_through_the_gateway_with_a_token(mesh, alice):
+    described = grpcurl(mesh, mesh.gateway, "describe", "aimesh.recommend.v1.RecommendService")
+    assert "rpc Recommend" in described.stdout, described.stderr
+    called = grpcurl(mesh, "-H", f"authorization: Bearer {alice}", "-d", '{"limit": 2}',
+                     mesh.gateway, "aimesh.recommend.v1.RecommendService/Recommend")
+    assert called.returncode == 0, called.stderr
+    assert len(json.loads(called.stdout)["items"]) == 2
+
+
+def test_grpcurl_without_a_token_is_unauthenticated(mesh):
+    called = grpcurl(mesh, mesh.gateway, "aimesh.user.v1.UserService/GetProfile")
+    assert called.returncode != 0 and "Unauthenticated" in called.stderr
+
+
+def test_every_instance_reports_serving_on_grpc_health(mesh):
+    for service, instance in mesh.topo.instances():
+        assert serving(f"127.0.0.1:{instance.port}", service.grpc_services[0]) or \
+            service.name == "catalog", instance.name
+    assert serving(mesh.gateway)   # the gateway's own health, through Envoy
+
+
+def test_status_reports_every_component_running(mesh):
+    status = mesh.cli("status")
+    assert status.returncode == 0, status.stdout
+    assert "stopped" not in status.stdout
+
+
+def test_up_while_running_fails_clearly(mesh):
+    again = mesh.cli("up")
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert mesh.cli("status").returncode == 0   # and the running mesh is untouched
+
+
+def test_logs_show_a_components_json_log(mesh):
+    logs = mesh.cli("logs", "user")
+    assert any(json.loads(line).get("message") == "serving"
+               for line in logs.stdout.splitlines() if line.startswith("{"))

@@ -1,0 +1,163 @@
+"""Every service through the gateway with the generated stubs, on its real store."""
+import uuid
+
+import grpc
+import pytest
+
+from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from aimesh.common.v1 import common_pb2
+from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
+from aimesh.user.v1 import user_pb2
+from services.kit import field_violations
+
+from tests.integration.client import bearer, code_of, register, wait_for
+
+
+@pytest.fixture(scope="module")
+def search(mesh):
+    with mesh.channel() as channel:
+        yield search_pb2_grpc.SearchServiceStub(channel)
+
+
+def test_search_finds_the_demo_catalog_by_meaning_of_its_words(search, alice):
+    reply = search.Search(search_pb2.SearchRequest(query="Star Wars", page_size=5),
+                          metadata=bearer(alice), timeout=5)
+    assert reply.results[0].document.title == "Star Wars"
+    scores = [r.score for r in reply.results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_search_filters_and_pages(search, alice):
+    first = search.Search(search_pb2.SearchRequest(query="war", page_size=3,
+                                                   filters={"genre:Comedy": "1"}),
+                          metadata=bearer(alice), timeout=5)
+    assert len(first.results) == 3 and first.next_page_token
+    assert all(r.document.metadata["genre:Comedy"] == "1" for r in first.results)
+    second = search.Search(search_pb2.SearchRequest(query="war", page_size=3, page_token=first.next_page_token,
+                                                    filters={"genre:Comedy": "1"}),
+                           metadata=bearer(alice), timeout=5)
+    assert not {r.document.document_id for r in first.results} & {r.document.document_id for r in second.results}
+
+
+def test_indexing_is_for_admins_and_upserts_by_id(search, alice, admin):
+    doc = search_pb2.Document(document_id=f"doc-{uuid.uuid4().hex[:8]}", title="Zyxwv quokka",
+                              text="a zyxwv quokka manual")
+    request = search_pb2.IndexDocumentsRequest(documents=[doc])
+    assert code_of(search.IndexDocuments, request, metadata=bearer(alice), timeout=10) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    assert search.IndexDocuments(request, metadata=bearer(admin), timeout=10).indexed_count == 1
+    found = search.Search(search_pb2.SearchRequest(query="zyxwv quokka", page_size=1),
+                          metadata=bearer(alice), timeout=5)
+    assert found.results[0].document.document_id == doc.document_id
+    deleted = search.DeleteDocument(search_pb2.DeleteDocumentRequest(document_id=doc.document_id),
+                                    metadata=bearer(admin), timeout=5)
+    assert deleted.deleted
+
+
+def test_recommend_answers_a_new_user_from_popular_items_marked_fallback(mesh, users):
+    email = f"cold-{uuid.uuid4().hex[:8]}@example.com"
+    register(users, email)
+    token = users.Login(user_pb2.LoginRequest(email=email, password="correct horse battery"),
+                        timeout=5).access_token
+    with mesh.channel() as channel:
+        reply = recommend_pb2_grpc.RecommendServiceStub(channel).Recommend(
+            recommend_pb2.RecommendRequest(limit=5, exclude_item_ids=[50]), metadata=bearer(token),
+            timeout=5)
+    assert len(reply.items) == 5 and all(i.title for i in reply.items)
+    assert 50 not in [i.item_id for i in reply.items]
+    assert reply.source == common_pb2.SOURCE_FALLBACK and "cold start" in reply.fallback_reason
+
+
+def test_chat_ask_streams_deltas_citations_and_end(mesh, alice):
+    with mesh.channel() as channel:
+        pieces = list(chat_pb2_grpc.ChatServiceStub(channel).Ask(
+            chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="Star Wars")),
+            metadata=bearer(alice), timeout=10))
+    kinds = [p.WhichOneof("kind") for p in pieces]
+    assert kinds.count("delta") >= 3 and kinds[-2:] == ["citations", "end"]
+    assert any(c.title == "Star Wars" for c in pieces[-2].citations.citations)
+    assert pieces[-1].end.conversation_id and pieces[-1].end.finish_reason == chat_pb2.FINISH_REASON_STOP
+
+
+def test_chat_stream_resumes_only_own_conversations(mesh, alice, bob):
+    with mesh.channel() as channel:
+        chat = chat_pb2_grpc.ChatServiceStub(channel)
+        first = list(chat.Ask(chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="Fargo")),
+                              metadata=bearer(alice), timeout=10))[-1].end
+        again = chat.Chat(iter([chat_pb2.ChatRequest(message=chat_pb2.UserMessage(
+            conversation_id=first.conversation_id, text="and Contact?"))]), metadata=bearer(alice), timeout=10)
+        assert list(again)[-1].end.conversation_id == first.conversation_id
+        stolen = chat.Ask(chat_pb2.AskRequest(message=chat_pb2.UserMessage(
+            conversation_id=first.conversation_id, text="hi")), metadata=bearer(bob), timeout=10)
+        assert code_of(list, stolen) == grpc.StatusCode.NOT_FOUND
+
+
+def test_registration_and_purchase_events_become_notifications(mesh, users):
+    email = f"events-{uuid.uuid4().hex[:8]}@example.com"
+    register(users, email)
+    token = users.Login(user_pb2.LoginRequest(email=email, password="correct horse battery"),
+                        timeout=5).access_token
+    with mesh.channel() as channel:
+        inbox = notify_pb2_grpc.NotificationServiceStub(channel)
+        live = inbox.Subscribe(notify_pb2.SubscribeRequest(), metadata=bearer(token), timeout=20)
+
+        def listed():
+            return inbox.ListNotifications(notify_pb2.ListNotificationsRequest(),
+                                           metadata=bearer(token), timeout=5).notifications
+        [welcome] = wait_for(listed, what="the user.registered notification")
+        assert welcome.kind == "user.registered" and not welcome.read
+        users.RecordPurchase(user_pb2.RecordPurchaseRequest(item_id=50), metadata=bearer(token), timeout=5)
+        arrived = next(live).notification
+        live.cancel()
+        assert arrived.kind == "user.purchased" and "50" in arrived.body
+        marked = inbox.MarkRead(notify_pb2.MarkReadRequest(notification_ids=[welcome.notification_id]),
+                                metadata=bearer(token), timeout=5)
+        assert marked.updated_count == 1
+
+
+def test_a_user_cannot_mark_anothers_notifications(mesh, users, alice):
+    email = f"victim-{uuid.uuid4().hex[:8]}@example.com"
+    register(users, email)
+    token = users.Login(user_pb2.LoginRequest(email=email, password="correct horse battery"),
+                        timeout=5).access_token
+    with mesh.channel() as channel:
+        inbox = notify_pb2_grpc.NotificationServiceStub(channel)
+        [theirs] = wait_for(lambda: inbox.ListNotifications(
+            notify_pb2.ListNotificationsRequest(), metadata=bearer(token), timeout=5).notifications,
+            what="the victim's notification")
+        marked = inbox.MarkRead(notify_pb2.MarkReadRequest(notification_ids=[theirs.notification_id]),
+                                metadata=bearer(alice), timeout=5)
+        assert marked.updated_count == 0
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda s, m: s["users"].Register(user_pb2.RegisterRequest(email="not-an-email", password="x" * 10,
+                                                                display_name="X"), timeout=5), "email"),
+    (lambda s, m: s["users"].Register(user_pb2.RegisterRequest(email="a@b.co", password="short",
+                                                                display_name="X"), timeout=5), "password"),
+    (lambda s, m: s["users"].RecordPurchase(user_pb2.RecordPurchaseRequest(item_id=0), metadata=m,
+                                            timeout=5), "item_id"),
+    (lambda s, m: s["search"].Search(search_pb2.SearchRequest(query="x", page_size=1000), metadata=m,
+                                     timeout=5), "page_size"),
+    (lambda s, m: s["search"].Search(search_pb2.SearchRequest(query="  "), metadata=m, timeout=5), "query"),
+    (lambda s, m: s["recommend"].Recommend(recommend_pb2.RecommendRequest(limit=-1), metadata=m,
+                                           timeout=5), "limit"),
+    (lambda s, m: list(s["chat"].Ask(chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="")),
+                                     metadata=m, timeout=5)), "message.text"),
+    (lambda s, m: s["notify"].MarkRead(notify_pb2.MarkReadRequest(notification_ids=["nope"]),
+                                       metadata=m, timeout=5), "notification_ids"),
+])
+def test_bad_input_is_invalid_argument_naming_the_field(mesh, alice, call, field):
+    from aimesh.user.v1 import user_pb2_grpc
+    with mesh.channel() as channel:
+        stubs = {"users": user_pb2_grpc.UserServiceStub(channel),
+                 "search": search_pb2_grpc.SearchServiceStub(channel),
+                 "recommend": recommend_pb2_grpc.RecommendServiceStub(channel),
+                 "chat": chat_pb2_grpc.ChatServiceStub(channel),
+                 "notify": notify_pb2_grpc.NotificationServiceStub(channel)}
+        with pytest.raises(grpc.RpcError) as failure:
+            call(stubs, bearer(alice))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in field_violations(failure.value)
