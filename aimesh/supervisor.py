@@ -83,7 +83,7 @@ class Supervisor:
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             _signal_group(pid, signal.SIGKILL)   # whatever is left of the group
-            while _alive(pid):
+            while _alive(pid) or _group_alive(pid):
                 time.sleep(0.05)
         self._pid_path(name).unlink(missing_ok=True)
 
@@ -111,6 +111,18 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
     except OSError:
         return False
+
+
+def _group_alive(group: int) -> bool:
+    """Some process of this process group still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _parent, process_group = stat.read_text().rsplit(") ", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue
+        if int(process_group) == group and state != "Z":
+            return True
+    return False
 
 
 def _signal_group(pid: int, sig: int) -> None:

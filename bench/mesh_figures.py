@@ -199,7 +199,8 @@ def latencies(mesh: BenchMesh) -> dict[str, dict[str, float]]:
             "GetProfile    via Envoy + JWT": get_profile(edge, bearer),
         }
         figures = {}
-        print(f"  {CALLS} sequential calls each after {WARMUP} warm-up, sync channel; µs")
+        print(f"  {CALLS} sequential calls each after {WARMUP} warm-up, sync channel; µs "
+          f"(load average {os.getloadavg()[0]:.2f}: other work on the machine widens p99)")
         print(f"  {'call':<44} {'p50':>8} {'p99':>8}")
         for label, call in cases.items():
             ordered = sample(call)

@@ -1,0 +1,73 @@
+"""Outbound calls made while handling a request inherit its deadline (capped by the channel's
+default) and forward its authorization and x-request-id; only UNAVAILABLE is retried."""
+import json
+
+import pytest
+
+from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services import kit
+from services.kit import clients
+
+from .conftest import Users, users_binding
+
+CHANNEL_TIMEOUT_S = 30.0
+
+
+class Recommender(recommend_pb2_grpc.RecommendServiceServicer):
+    """Server A: every Recommend calls server B's GetProfile through a kit channel."""
+
+    def __init__(self, users_address: str):
+        self.channel = clients.channel(users_address, timeout_s=CHANNEL_TIMEOUT_S)
+
+    async def Recommend(self, request, context):
+        await user_pb2_grpc.UserServiceStub(self.channel).GetProfile(user_pb2.GetProfileRequest())
+        return recommend_pb2.RecommendResponse()
+
+
+@pytest.fixture
+async def chain(serve):
+    """(stub of A, what B saw: its time_remaining and its invocation metadata)."""
+    seen = {}
+
+    async def record(request, context):
+        seen["remaining"] = context.time_remaining()
+        seen["metadata"] = dict(context.invocation_metadata())
+        return user_pb2.GetProfileResponse()
+
+    b = await serve(users_binding(Users(record)), service="b")
+    recommender = Recommender(b.address)
+    a = await serve(kit.Binding("aimesh.recommend.v1.RecommendService",
+                                recommend_pb2_grpc.add_RecommendServiceServicer_to_server,
+                                recommender), service="a")
+    yield recommend_pb2_grpc.RecommendServiceStub(a.channel), seen
+    await recommender.channel.close()
+
+
+async def test_outbound_call_inherits_the_inbound_deadline_and_forwards_identity(chain):
+    a, seen = chain
+    await a.Recommend(recommend_pb2.RecommendRequest(), timeout=2,
+                      metadata=(("authorization", "Bearer token-1"), ("x-request-id", "req-7")))
+    assert 0 < seen["remaining"] <= 2
+    assert seen["metadata"]["authorization"] == "Bearer token-1"
+    assert seen["metadata"]["x-request-id"] == "req-7"
+
+
+async def test_outbound_call_without_an_inbound_deadline_gets_the_channel_default(chain):
+    a, seen = chain
+    await a.Recommend(recommend_pb2.RecommendRequest())
+    assert seen["remaining"] is not None
+    assert CHANNEL_TIMEOUT_S - 5 < seen["remaining"] <= CHANNEL_TIMEOUT_S
+    assert "authorization" not in seen["metadata"]
+
+
+def test_retry_policy_retries_only_unavailable():
+    config = json.loads(clients.service_config(2))
+    policy = config["methodConfig"][0]["retryPolicy"]
+    assert policy["maxAttempts"] == 3
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+def test_no_retries_means_no_retry_policy():
+    config = json.loads(clients.service_config(0))
+    assert "retryPolicy" not in config["methodConfig"][0]

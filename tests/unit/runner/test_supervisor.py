@@ -1,0 +1,81 @@
+"""The supervisor with real (tiny) processes: failures are named with their log, stops are total."""
+import socket
+import sys
+import time
+
+import pytest
+
+from aimesh import topology
+from aimesh.component import Component
+from aimesh.mesh import PortInUse, check_ports_free
+from aimesh.supervisor import StartFailed, Supervisor
+
+
+def python(code: str, name: str = "thing", **kwargs) -> Component:
+    return Component(name=name, argv=[sys.executable, "-c", code], **kwargs)
+
+
+def test_a_process_that_exits_fails_naming_it_with_its_log_tail(tmp_path):
+    supervisor = Supervisor(tmp_path)
+    broken = python("import sys; print('cannot open config: boom', flush=True); sys.exit(3)",
+                    healthy=lambda: False)
+    supervisor.start(broken)
+    with pytest.raises(StartFailed) as failure:
+        supervisor.wait_healthy([broken])
+    assert failure.value.component == "thing"
+    assert "the process exited" in str(failure.value) and "cannot open config: boom" in str(failure.value)
+
+
+def test_a_process_that_never_gets_healthy_fails_after_its_start_timeout(tmp_path):
+    supervisor = Supervisor(tmp_path)
+    stuck = python("import time; time.sleep(60)", healthy=lambda: False, start_timeout_s=0.5)
+    supervisor.start(stuck)
+    try:
+        with pytest.raises(StartFailed, match="not healthy after"):
+            supervisor.wait_healthy([stuck])
+    finally:
+        supervisor.stop("thing")
+    assert supervisor.running() == {}
+
+
+def test_after_start_runs_once_healthy(tmp_path):
+    supervisor = Supervisor(tmp_path)
+    ran = []
+    ready = python("import time; time.sleep(60)", after_start=lambda: ran.append(True))
+    supervisor.start(ready)
+    try:
+        supervisor.wait_healthy([ready])
+        assert ran == [True]
+    finally:
+        supervisor.stop("thing")
+
+
+def test_stop_ends_the_whole_process_group_even_when_sigterm_is_ignored(tmp_path):
+    supervisor = Supervisor(tmp_path)
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+            "print(child.pid, flush=True); time.sleep(60)")
+    pid = supervisor.start(python(code))
+    log = supervisor.log_path("thing")
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip().splitlines()[-1].isdigit():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    child = int(log.read_text().strip().splitlines()[-1])
+    supervisor.stop("thing", timeout_s=0.5)
+    assert supervisor.pid("thing") is None
+    for gone in (pid, child):
+        with pytest.raises(OSError):
+            stat = open(f"/proc/{gone}/stat").read()
+            if stat.rsplit(") ", 1)[1][0] == "Z":
+                raise OSError("zombie")
+
+
+def test_a_busy_port_is_refused_naming_its_owner():
+    topo = topology.load(port_offset=4000)
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past runs' TIME_WAIT
+        holder.bind(("127.0.0.1", topo.gateway.edge_port))
+        holder.listen()
+        with pytest.raises(PortInUse, match=f"{topo.gateway.edge_port} \\(envoy edge\\)"):
+            check_ports_free(topo)
