@@ -6,6 +6,7 @@
   aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
   aimesh token EMAIL a token for a demo account, for grpcurl
   aimesh gen         generate stubs and the descriptor set from proto/
+  aimesh env         shell exports that put grpcurl, buf and envoy on PATH
   aimesh test        run the test suite
 """
 from __future__ import annotations
@@ -86,6 +87,11 @@ def cmd_gen(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    print(f'export PATH="{paths.venv_bin("")}:$PATH"')
+    return 0
+
+
 def cmd_test(args) -> int:
     codegen.generate()
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--baseline", action="store_true",
                      help="also accept the contracts as the buf breaking baseline")
     gen.set_defaults(run=cmd_gen)
+    commands.add_parser("env", help="print shell exports: eval \"$(bin/aimesh env)\"").set_defaults(
+        run=cmd_env)
     test = commands.add_parser("test", help="run the tests (pytest arguments pass through)")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(run=cmd_test)
