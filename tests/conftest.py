@@ -12,8 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from aimesh import topology
+from aimesh import demo, topology
 from aimesh.paths import ROOT
+from aimesh.user.v1 import user_pb2_grpc
 
 TEST_PORT_OFFSET = 1000
 
@@ -86,3 +87,24 @@ def mesh(tmp_path_factory) -> MeshHandle:
     left = [pid for pid in pids if _running(pid)]
     assert not left, f"processes left after down: {left}"
     assert not _processes_using(state_dir), _processes_using(state_dir)
+
+
+@pytest.fixture(scope="session")
+def alice(mesh) -> str:
+    return demo.login(mesh.gateway, "alice@demo.aimesh")
+
+
+@pytest.fixture(scope="session")
+def bob(mesh) -> str:
+    return demo.login(mesh.gateway, "bob@demo.aimesh")
+
+
+@pytest.fixture(scope="session")
+def admin(mesh) -> str:
+    return demo.login(mesh.gateway, "admin@demo.aimesh")
+
+
+@pytest.fixture(scope="session")
+def users(mesh):
+    with mesh.channel() as channel:
+        yield user_pb2_grpc.UserServiceStub(channel)

@@ -1,6 +1,7 @@
 """The local runner and the gateway as a user meets them: grpcurl, reflection, health, `up` twice."""
 import json
 import subprocess
+import urllib.request
 
 from aimesh.paths import venv_bin
 from aimesh.services import serving
@@ -57,3 +58,21 @@ def test_logs_show_a_components_json_log(mesh):
     logs = mesh.cli("logs", "user")
     assert any(json.loads(line).get("message") == "serving"
                for line in logs.stdout.splitlines() if line.startswith("{"))
+
+
+def test_services_export_metrics_per_method_and_log_calls_with_request_and_trace_ids(mesh, users, alice):
+    from aimesh.services import METRICS_PORT_SHIFT
+    from aimesh.user.v1 import user_pb2
+    from tests.integration.client import bearer
+    users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(alice), timeout=5)
+    user = mesh.topo.services["user"].instances[0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{user.port + METRICS_PORT_SHIFT}/metrics",
+                                timeout=5) as response:
+        metrics = response.read().decode()
+    assert ('aimesh_grpc_server_handled_total{code="OK",'
+            'method="/aimesh.user.v1.UserService/GetProfile",service="user"}') in metrics
+    assert "aimesh_grpc_server_handling_seconds_bucket" in metrics
+    lines = [json.loads(line) for line in (mesh.state_dir / "logs" / "user.log").read_text().splitlines()
+             if line.startswith("{")]
+    calls = [line for line in lines if line.get("method") == "/aimesh.user.v1.UserService/GetProfile"]
+    assert calls and all(len(c["request_id"]) >= 16 and len(c["trace_id"]) == 32 for c in calls)
