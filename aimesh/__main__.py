@@ -43,8 +43,9 @@ def cmd_up(args) -> int:
     print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
     print(f"  logs:            {mesh.supervisor.log_dir}")
     if not args.no_demo:
-        print(f"  demo accounts:   {', '.join(f'{e} ({r})' for e, r in demo.ACCOUNTS.items())}"
-              f" - password {demo.PASSWORD}\n")
+        accounts = ", ".join(f"{email} ({role if role == 'admin' else tier})"
+                             for email, _, tier, role in demo.ACCOUNTS)
+        print(f"  demo accounts:   {accounts} - password {demo.PASSWORD}\n")
         print(f"  export TOKEN={token}")
         print(f"  grpcurl -plaintext {gateway} list")
         print(f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {gateway} '

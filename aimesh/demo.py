@@ -9,10 +9,8 @@ import grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit.movielens import Movie, movies
+from services.user.demo import ACCOUNTS, PASSWORD
 
-PASSWORD = "aimesh-demo"   # the demo accounts' password (services/user/demo.py)
-ACCOUNTS = {"alice@demo.aimesh": "free tier", "bob@demo.aimesh": "pro tier",
-            "admin@demo.aimesh": "admin"}
 BATCH = 128
 
 

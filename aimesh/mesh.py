@@ -102,5 +102,4 @@ def check_ports_free(topo: Topology) -> None:
                         f"port with AIMESH_PORT_OFFSET=<n>.")
 
 
-
 __all__ = ["Mesh", "PortInUse", "StartFailed"]

@@ -66,10 +66,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def _turn(self, context, message: chat_pb2.UserMessage, cancel: asyncio.Event):
         who = kit.caller(context)
-        text = message.text.strip()
-        if not 1 <= len(text) <= 4000:
-            raise kit.InvalidArgument("message.text", "must be 1..4000 characters")
-        max_tokens = kit.validate.in_range(message, "max_tokens", 1, 512, default=256)
+        text = kit.validate.text(message, "text", max_len=4000, parent="message")
+        max_tokens = kit.validate.in_range(message, "max_tokens", 1, 512, default=256,
+                                           parent="message")
         conversation = await self.conversations.open(who.user_id, message.conversation_id)
         if conversation is None:
             raise kit.NotFound(f"no conversation {message.conversation_id} for this user")

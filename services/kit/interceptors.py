@@ -3,6 +3,7 @@ kit errors to gRPC statuses, and the inbound call's deadline and identity for ou
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -50,8 +51,12 @@ class Observe(grpc.aio.ServerInterceptor):
         async def observed(request, context):
             call = _Call(self.service, method, context)
             try:
-                async for response in behaviour(request, context):
-                    yield response
+                responses = behaviour(request, context)
+                if inspect.isasyncgen(responses):
+                    async for response in responses:
+                        yield response
+                else:   # a handler that streams with context.write (grpc_health's Watch)
+                    await responses
             except BaseException as error:
                 await call.failed(error)
                 raise

@@ -120,14 +120,14 @@ async def run(setup: Setup, config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop gracefully."""
     app = App(config)
     try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):   # before SERVING: no window for a hard kill
+            loop.add_signal_handler(sig, stop.set)
         bindings = await setup(app)
         server = Server(config, bindings, reflected=app.reflected)
         await server.start()
         log.info("serving", extra={"fields": {"port": server.port, "services": server.names}})
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("stopping: draining in-flight calls",
                  extra={"fields": {"grace_s": config.grace_s}})

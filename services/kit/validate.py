@@ -4,22 +4,28 @@ from __future__ import annotations
 from .errors import InvalidArgument
 
 
-def text(request, field: str, *, min_len: int = 1, max_len: int = 4000) -> str:
+def _path(parent: str, field: str) -> str:
+    """The field's path in the request, as clients see it (e.g. "message.text")."""
+    return f"{parent}.{field}" if parent else field
+
+
+def text(request, field: str, *, min_len: int = 1, max_len: int = 4000, parent: str = "") -> str:
     value = getattr(request, field).strip()
     if not min_len <= len(value) <= max_len:
         if not value and min_len:
-            raise InvalidArgument(field, "is required")
-        raise InvalidArgument(field, f"must be {min_len}..{max_len} characters")
+            raise InvalidArgument(_path(parent, field), "is required")
+        raise InvalidArgument(_path(parent, field), f"must be {min_len}..{max_len} characters")
     return value
 
 
-def in_range(request, field: str, low: int, high: int, *, default: int | None = None) -> int:
+def in_range(request, field: str, low: int, high: int, *, default: int | None = None,
+             parent: str = "") -> int:
     """An integer field within [low, high]; 0 means `default` when one is given."""
     value = getattr(request, field)
     if value == 0 and default is not None:
         return default
     if not low <= value <= high:
-        raise InvalidArgument(field, f"must be between {low} and {high}, got {value}")
+        raise InvalidArgument(_path(parent, field), f"must be between {low} and {high}, got {value}")
     return value
 
 

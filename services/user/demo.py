@@ -1,6 +1,8 @@
-"""Demo accounts, one per tier and an admin, created once when the mesh runs with demo data."""
+"""Demo accounts, one per tier and an admin, created once when the mesh runs with demo data.
+The runner reads this list too, to print the accounts and log in."""
 from __future__ import annotations
 
+from .accounts import register
 from .store import UserStore
 
 PASSWORD = "aimesh-demo"
@@ -13,7 +15,6 @@ ACCOUNTS = [
 
 
 async def seed(users: UserStore) -> None:
-    from .server import register   # the same path as the RPC: hashing, uniqueness
     for email, name, tier, role in ACCOUNTS:
         if await users.by_email(email) is None:
             await register(users, email, PASSWORD, name, tier=tier, role=role)

@@ -4,20 +4,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from argon2 import PasswordHasher
-from argon2.exceptions import VerificationError
 from google.protobuf import timestamp_pb2
 
 from aimesh.events.v1 import events_pb2
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services import kit
 
-from .store import EmailTaken, MIGRATIONS, User, UserStore
+from .accounts import password_matches, register
+from .store import MIGRATIONS, User, UserStore
 from .tokens import Issuer, KeyRing, serve_jwks
 
 TIERS = {"free": user_pb2.TIER_FREE, "pro": user_pb2.TIER_PRO}
 ROLES = {"user": user_pb2.ROLE_USER, "admin": user_pb2.ROLE_ADMIN}
-passwords = PasswordHasher()
 
 
 def _timestamp(moment) -> timestamp_pb2.Timestamp:
@@ -49,7 +47,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         email = kit.validate.email(request)
         password = kit.validate.text(request, "password", max_len=256)
         user = await self.users.by_email(email)
-        if user is None or not await asyncio.to_thread(_password_matches, user, password):
+        if user is None or not await password_matches(user, password):
             raise kit.Unauthenticated("wrong email or password")
         token, expires = self.issuer.issue(user.id, user.tier, user.role)
         return user_pb2.LoginResponse(access_token=token,
@@ -81,22 +79,6 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if user is None:
             raise kit.NotFound("the caller's account no longer exists")
         return user
-
-
-def _password_matches(user: User, password: str) -> bool:
-    try:
-        return passwords.verify(user.password_hash, password)
-    except VerificationError:
-        return False
-
-
-async def register(users: UserStore, email: str, password: str, display_name: str, *,
-                   tier: str = "free", role: str = "user") -> User:
-    password_hash = await asyncio.to_thread(passwords.hash, password)
-    try:
-        return await users.create(email, password_hash, display_name, tier=tier, role=role)
-    except EmailTaken:
-        raise kit.AlreadyExists(f"an account with email {email} exists") from None
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:

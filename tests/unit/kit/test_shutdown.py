@@ -9,7 +9,6 @@ import sys
 import time
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aimesh import paths
@@ -70,6 +69,14 @@ def _serving(address: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _handles_sigterm(pid: int) -> bool:
+    """Whether the process has installed a SIGTERM handler (Linux: SigCgt in /proc)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
 def test_service_process_exits_zero_on_sigterm():
     port = _free_port()
     config = kit.Config(service="catalog", port=port, descriptor_set=str(paths.DESCRIPTOR_SET))
@@ -80,7 +87,8 @@ def test_service_process_exits_zero_on_sigterm():
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
-        while not _serving(f"127.0.0.1:{port}"):
+        # run() reports SERVING a moment before it installs its SIGTERM handler: wait for both.
+        while not (_serving(f"127.0.0.1:{port}") and _handles_sigterm(process.pid)):
             assert process.poll() is None, f"exited early:\n{process.communicate()[0]}"
             assert time.monotonic() < deadline, "not SERVING within 30s"
             time.sleep(0.05)
