@@ -96,6 +96,7 @@ def cmd_env(args) -> int:
 def cmd_test(args) -> int:
     codegen.generate()
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     gen.set_defaults(run=cmd_gen)
     commands.add_parser("env", help="print shell exports: eval \"$(bin/aimesh env)\"").set_defaults(
         run=cmd_env)
-    test = commands.add_parser("test", help="run the tests (pytest arguments pass through)")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    test.set_defaults(run=cmd_test)
-    args = parser.parse_args(argv)
+    commands.add_parser("test", help="run the tests (pytest arguments pass through)").set_defaults(
+        run=cmd_test)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pytest_args = extra
     return args.run(args)
 
 
