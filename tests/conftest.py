@@ -1,5 +1,5 @@
 """One mesh per test session, brought up from an empty state directory the way a user does
-(`aimesh up`), on ports shifted by TEST_PORT_OFFSET so a developer's own mesh can keep running.
+(`aimesh up`), on ports shifted (tests/ports.py) so a developer's own mesh can keep running.
 Chaos tests run last."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from aimesh import demo, topology
 from aimesh.paths import ROOT
 from aimesh.user.v1 import user_pb2_grpc
+from tests import ports
 
-TEST_PORT_OFFSET = 1000
 
 
 @dataclass
@@ -74,8 +74,8 @@ def _processes_using(state_dir: Path) -> list[str]:
 def mesh(tmp_path_factory) -> MeshHandle:
     state_dir = tmp_path_factory.mktemp("aimesh-state")
     env = {**os.environ, "AIMESH_STATE": str(state_dir),
-           "AIMESH_PORT_OFFSET": str(TEST_PORT_OFFSET)}
-    handle = MeshHandle(topology.load(port_offset=TEST_PORT_OFFSET), state_dir, env)
+           "AIMESH_PORT_OFFSET": str(ports.SESSION_MESH)}
+    handle = MeshHandle(topology.load(port_offset=ports.SESSION_MESH), state_dir, env)
     up = handle.cli("up", timeout=900)
     if up.returncode:
         handle.cli("down")

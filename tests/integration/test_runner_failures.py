@@ -11,8 +11,9 @@ from aimesh.component import Component
 from aimesh.mesh import Mesh
 from aimesh.paths import ROOT
 from aimesh.supervisor import StartFailed
+from tests import ports
 
-OFFSET = 3000
+OFFSET = ports.FAILING_MESH
 
 
 def test_up_with_a_busy_port_exits_non_zero_naming_the_port(tmp_path):

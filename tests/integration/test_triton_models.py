@@ -14,6 +14,7 @@ import tritonclient.grpc as grpcclient
 
 import aimesh.topology
 import aimesh.triton
+from tests import ports
 
 MODEL = "text_embedding"
 READY_WITHIN_S = 90
@@ -21,7 +22,7 @@ READY_WITHIN_S = 90
 
 @pytest.fixture(scope="module")
 def infra():
-    return aimesh.topology.load(port_offset=30000).infra
+    return aimesh.topology.load(port_offset=ports.TRITON_ONLY).infra
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from aimesh import topology
 from aimesh.component import Component
 from aimesh.mesh import PortInUse, check_ports_free
 from aimesh.supervisor import StartFailed, Supervisor
+from tests import ports
 
 
 def python(code: str, name: str = "thing", **kwargs) -> Component:
@@ -72,7 +73,7 @@ def test_stop_ends_the_whole_process_group_even_when_sigterm_is_ignored(tmp_path
 
 
 def test_a_busy_port_is_refused_naming_its_owner():
-    topo = topology.load(port_offset=4000)
+    topo = topology.load(port_offset=ports.PORT_CHECK)
     with socket.socket() as holder:
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past runs' TIME_WAIT
         holder.bind(("127.0.0.1", topo.gateway.edge_port))
