@@ -14,15 +14,13 @@ from .infra import postgres_dsn
 from .paths import DESCRIPTOR_SET, ROOT
 from .topology import Instance, Service, Topology
 
-METRICS_PORT_SHIFT = 10000   # an instance's /metrics is on its gRPC port + this
-
 
 def config(topo: Topology, service: Service, instance: Instance, state_dir: Path, *,
            demo: bool) -> Config:
     g, infra = topo.gateway, topo.infra
     return Config(
         service=service.name, instance=instance.name, version=instance.version,
-        port=instance.port, metrics_port=instance.port + METRICS_PORT_SHIFT,
+        port=instance.port, metrics_port=instance.metrics_port,
         postgres_dsn=postgres_dsn(infra), nats_url=f"nats://127.0.0.1:{infra.nats_port}",
         mesh_address=f"127.0.0.1:{g.mesh_port}", triton_address=f"127.0.0.1:{g.mesh_port}",
         state_dir=str(state_dir / "services" / instance.name),

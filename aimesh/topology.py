@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_FILE = Path(__file__).with_name("topology.yaml")
+METRICS_PORT_SHIFT = 1000   # an instance's Prometheus /metrics is on its gRPC port + this
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,10 @@ class Instance:
     port: int
     version: str = ""
     weight: int = 0
+
+    @property
+    def metrics_port(self) -> int:
+        return self.port + METRICS_PORT_SHIFT
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Topology:
         }
         for service, instance in self.instances():
             ports[instance.name] = instance.port
+            ports[f"{instance.name} metrics"] = instance.metrics_port
             if service.jwks_port:
                 ports[f"{service.name} jwks"] = service.jwks_port
         return ports

@@ -88,6 +88,8 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
     async def Subscribe(self, request, context):
         who = kit.caller(context)
         queue = self.subscribers.add(who.user_id)
+        # Headers now tell the client it is subscribed: what happens after it sees them reaches it.
+        await context.send_initial_metadata(())
         try:
             while (notification := await queue.get()) is not None:
                 yield notify_pb2.SubscribeResponse(notification=to_proto(notification))

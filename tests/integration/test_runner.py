@@ -61,12 +61,11 @@ def test_logs_show_a_components_json_log(mesh):
 
 
 def test_services_export_metrics_per_method_and_log_calls_with_request_and_trace_ids(mesh, users, alice):
-    from aimesh.services import METRICS_PORT_SHIFT
     from aimesh.user.v1 import user_pb2
     from tests.integration.client import bearer
     users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(alice), timeout=5)
     user = mesh.topo.services["user"].instances[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{user.port + METRICS_PORT_SHIFT}/metrics",
+    with urllib.request.urlopen(f"http://127.0.0.1:{user.metrics_port}/metrics",
                                 timeout=5) as response:
         metrics = response.read().decode()
     assert ('aimesh_grpc_server_handled_total{code="OK",'

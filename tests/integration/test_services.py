@@ -102,6 +102,7 @@ def test_registration_and_purchase_events_become_notifications(mesh, users):
     with mesh.channel() as channel:
         inbox = notify_pb2_grpc.NotificationServiceStub(channel)
         live = inbox.Subscribe(notify_pb2.SubscribeRequest(), metadata=bearer(token), timeout=20)
+        live.initial_metadata()   # subscribed from here on
 
         def listed():
             return inbox.ListNotifications(notify_pb2.ListNotificationsRequest(),
