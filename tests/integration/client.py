@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import grpc
 import jwt
@@ -47,9 +48,20 @@ def wait_for(predicate, *, timeout_s: float = 10, interval_s: float = 0.1, what:
         time.sleep(interval_s)
 
 
-def register(users, email: str, password: str = "correct horse battery", name: str = "Test"):
+PASSWORD = "correct horse battery"
+
+
+def register(users, email: str, password: str = PASSWORD, name: str = "Test"):
     return users.Register(user_pb2.RegisterRequest(email=email, password=password,
                                                    display_name=name), timeout=5)
+
+
+def new_user(users, prefix: str) -> tuple[str, str]:
+    """A freshly registered account: (email, access token)."""
+    email = f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
+    register(users, email)
+    login = users.Login(user_pb2.LoginRequest(email=email, password=PASSWORD), timeout=5)
+    return email, login.access_token
 
 
 def code_of(call, *args, **kwargs) -> grpc.StatusCode:

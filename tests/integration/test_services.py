@@ -12,7 +12,7 @@ from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2
 from services.kit import field_violations
 
-from tests.integration.client import bearer, code_of, register, wait_for
+from tests.integration.client import bearer, code_of, new_user, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,7 @@ def test_indexing_is_for_admins_and_upserts_by_id(search, alice, admin):
 
 
 def test_recommend_answers_a_new_user_from_popular_items_marked_fallback(mesh, users):
-    email = f"cold-{uuid.uuid4().hex[:8]}@example.com"
-    register(users, email)
-    token = users.Login(user_pb2.LoginRequest(email=email, password="correct horse battery"),
-                        timeout=5).access_token
+    _, token = new_user(users, "cold")
     with mesh.channel() as channel:
         reply = recommend_pb2_grpc.RecommendServiceStub(channel).Recommend(
             recommend_pb2.RecommendRequest(limit=5, exclude_item_ids=[50]), metadata=bearer(token),
@@ -95,10 +92,7 @@ def test_chat_stream_resumes_only_own_conversations(mesh, alice, bob):
 
 
 def test_registration_and_purchase_events_become_notifications(mesh, users):
-    email = f"events-{uuid.uuid4().hex[:8]}@example.com"
-    register(users, email)
-    token = users.Login(user_pb2.LoginRequest(email=email, password="correct horse battery"),
-                        timeout=5).access_token
+    _, token = new_user(users, "events")
     with mesh.channel() as channel:
         inbox = notify_pb2_grpc.NotificationServiceStub(channel)
         live = inbox.Subscribe(notify_pb2.SubscribeRequest(), metadata=bearer(token), timeout=20)
@@ -119,10 +113,7 @@ def test_registration_and_purchase_events_become_notifications(mesh, users):
 
 
 def test_a_user_cannot_mark_anothers_notifications(mesh, users, alice):
-    email = f"victim-{uuid.uuid4().hex[:8]}@example.com"
-    register(users, email)
-    token = users.Login(user_pb2.LoginRequest(email=email, password="correct horse battery"),
-                        timeout=5).access_token
+    _, token = new_user(users, "victim")
     with mesh.channel() as channel:
         inbox = notify_pb2_grpc.NotificationServiceStub(channel)
         [theirs] = wait_for(lambda: inbox.ListNotifications(
