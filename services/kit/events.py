@@ -26,6 +26,7 @@ STREAMS = {
     "AI_DECISIONS": (["ai.decisions.recommend", "ai.decisions.chat"], RetentionPolicy.LIMITS),
 }
 
+RETRY_FETCH_S = 1.0
 Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
 
 
@@ -91,6 +92,11 @@ class Events:
             try:
                 messages = await subscription.fetch(batch=32, timeout=1)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):   # nothing new: poll again
+                continue
+            except nats.errors.Error as failure:   # server restarting: the client reconnects
+                log.warning("fetch failed, retrying: %s", failure,
+                            extra={"fields": {"durable": durable}})
+                await asyncio.sleep(RETRY_FETCH_S)
                 continue
             for message in messages:
                 try:
