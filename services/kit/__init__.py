@@ -13,10 +13,11 @@ from .errors import (AlreadyExists, Error, FailedPrecondition, InvalidArgument, 
 from .events import Events, unpack
 from .identity import Caller, admin, caller
 from .server import App, Binding, Server, serve
+from .timestamps import timestamp
 
 __all__ = [
     "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
     "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "Server",
-    "Unauthenticated", "Unavailable", "admin", "caller", "field_violations", "serve", "unpack",
-    "validate",
+    "Unauthenticated", "Unavailable", "admin", "caller", "field_violations", "serve", "timestamp",
+    "unpack", "validate",
 ]

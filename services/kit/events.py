@@ -11,7 +11,7 @@ import nats
 from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from google.protobuf import any_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate
 
 from aimesh.events.v1 import events_pb2
@@ -24,10 +24,15 @@ STREAMS = {
     "JOBS": (["jobs.index"], RetentionPolicy.WORK_QUEUE),
     "JOB_EVENTS": (["job.completed"], RetentionPolicy.LIMITS),
     "AI_DECISIONS": (["ai.decisions.recommend", "ai.decisions.chat"], RetentionPolicy.LIMITS),
+    # Events a consumer gave up on, kept for a person to look at (and replay).
+    "DEAD_LETTERS": (["deadletter.>"], RetentionPolicy.LIMITS),
 }
+DEAD_LETTER_PREFIX = "deadletter."
+REDELIVERY_DELAY_S = 1.0
 
 RETRY_FETCH_S = 1.0
 Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
+GiveUp = Callable[[events_pb2.Envelope, Exception], Awaitable[None]]
 
 
 def envelope(subject: str, payload: Message) -> events_pb2.Envelope:
@@ -81,9 +86,11 @@ class Events:
 
     async def consume(self, stream: str, durable: str, handle: Handler, *,
                       subjects: list[str] | None = None, max_deliver: int = 5,
-                      stop: asyncio.Event) -> None:
+                      give_up: GiveUp | None = None, stop: asyncio.Event) -> None:
         """Run a durable pull consumer until `stop` is set. `handle` must be idempotent by
-        event_id; a message is acked only after it returns, so a crash means redelivery."""
+        event_id; a message is acked only after it returns, so a crash means redelivery.
+        A message that fails `max_deliver` times (or cannot be parsed) is dead-lettered:
+        republished on deadletter.<subject> with the error, and `give_up` is told."""
         config = ConsumerConfig(durable_name=durable, max_deliver=max_deliver, ack_wait=30,
                                 filter_subjects=subjects or [])
         subscription = await self.jetstream.pull_subscribe(
@@ -99,11 +106,33 @@ class Events:
                 await asyncio.sleep(RETRY_FETCH_S)
                 continue
             for message in messages:
-                try:
-                    await handle(events_pb2.Envelope.FromString(message.data))
-                except Exception:
-                    log.exception("event handling failed; it will be redelivered",
-                                  extra={"fields": {"subject": message.subject}})
-                    await message.nak(delay=1)
-                else:
-                    await message.ack()
+                await self._deliver(message, durable, handle, max_deliver, give_up)
+
+    async def _deliver(self, message, durable: str, handle: Handler, max_deliver: int,
+                       give_up: GiveUp | None) -> None:
+        try:
+            event = events_pb2.Envelope.FromString(message.data)
+        except DecodeError as malformed:
+            await self._dead_letter(message, durable, malformed)
+            return
+        try:
+            await handle(event)
+        except Exception as failure:
+            if message.metadata.num_delivered < max_deliver:
+                log.warning("event handling failed; it will be redelivered", exc_info=failure,
+                            extra={"fields": {"subject": message.subject, "event_id": event.event_id}})
+                await message.nak(delay=REDELIVERY_DELAY_S)
+                return
+            await self._dead_letter(message, durable, failure)
+            if give_up:
+                await give_up(event, failure)
+        else:
+            await message.ack()
+
+    async def _dead_letter(self, message, durable: str, failure: Exception) -> None:
+        log.error("event dead-lettered after failed deliveries", exc_info=failure,
+                  extra={"fields": {"subject": message.subject, "durable": durable}})
+        await self.jetstream.publish(f"{DEAD_LETTER_PREFIX}{message.subject}", message.data,
+                                     headers={"Aimesh-Consumer": durable,
+                                              "Aimesh-Error": str(failure)[:500]})
+        await message.term()

@@ -26,6 +26,14 @@ def _dataset() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-100k"
 
 
+@dataclass(frozen=True)
+class Rating:
+    user_id: int
+    item_id: int
+    rating: float
+    timestamp: int          # seconds since the epoch
+
+
 @cache
 def movies() -> tuple[Movie, ...]:
     found = []
@@ -35,7 +43,16 @@ def movies() -> tuple[Movie, ...]:
     return tuple(found)
 
 
+@cache
+def ratings() -> tuple[Rating, ...]:
+    """All 100,000 ratings, in file order."""
+    found = []
+    for line in (_dataset() / "ml-100k.inter").read_text().splitlines()[1:]:
+        user_id, item_id, rating, timestamp = line.split("\t")
+        found.append(Rating(int(user_id), int(item_id), float(rating), int(float(timestamp))))
+    return tuple(found)
+
+
 def rating_counts() -> collections.Counter:
     """How many ratings each item has: its popularity before the mesh existed."""
-    lines = (_dataset() / "ml-100k.inter").read_text().splitlines()[1:]
-    return collections.Counter(int(line.split("\t")[1]) for line in lines)
+    return collections.Counter(r.item_id for r in ratings())

@@ -5,8 +5,6 @@ import asyncio
 import collections
 import uuid
 
-from google.protobuf import timestamp_pb2
-
 from aimesh.events.v1 import events_pb2
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from services import kit
@@ -32,10 +30,8 @@ def describe(event: events_pb2.Envelope) -> tuple[str, str, str] | None:
 
 
 def to_proto(n: Notification) -> notify_pb2.Notification:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(n.created_at)
     return notify_pb2.Notification(notification_id=n.id, kind=n.kind, title=n.title,
-                                   body=n.body, read=n.read, create_time=created)
+                                   body=n.body, read=n.read, create_time=kit.timestamp(n.created_at))
 
 
 class Subscribers:

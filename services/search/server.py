@@ -1,35 +1,20 @@
 """SearchService: semantic search over the catalog; admins index and delete documents."""
 from __future__ import annotations
 
-import asyncio
-
-import numpy as np
-
+from aimesh.events.v1 import events_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
 from services.kit.inference import Triton
 
-from .store import MIGRATIONS, Document, DocumentStore
+from .embedder import Embedder
+from .indexing import WORKERS, Indexer
+from .store import MIGRATIONS, Document, DocumentStore, Job, JobStore
 
-EMBEDDING_MODEL = "text_embedding"
-MODEL_MAX_BATCH = 64   # max_batch_size in the model's config.pbtxt
-MAX_BATCH = 256
+JOB_STATES = {"queued": search_pb2.JOB_STATE_QUEUED, "running": search_pb2.JOB_STATE_RUNNING,
+              "succeeded": search_pb2.JOB_STATE_SUCCEEDED, "failed": search_pb2.JOB_STATE_FAILED}
 
-
-class Embedder:
-    """Text -> unit vectors, from Triton's text_embedding model."""
-
-    def __init__(self, triton: Triton):
-        self.triton = triton
-
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """Chunks of the model's batch limit, sent together so Triton can batch them."""
-        chunks = [texts[i:i + MODEL_MAX_BATCH] for i in range(0, len(texts), MODEL_MAX_BATCH)]
-        replies = await asyncio.gather(*(
-            self.triton.infer(EMBEDDING_MODEL,
-                              {"TEXT": np.array([[t.encode()] for t in chunk], dtype=np.object_)})
-            for chunk in chunks))
-        return np.concatenate([reply["EMBEDDING"] for reply in replies])
+MAX_BATCH = 256          # documents per IndexDocuments call
+MAX_JOB = 100_000        # documents per SubmitIndexJob
 
 
 def _document(request_document, index: int) -> Document:
@@ -44,9 +29,17 @@ def _document(request_document, index: int) -> Document:
                     request_document.text, dict(request_document.metadata))
 
 
+def job_proto(job: Job) -> search_pb2.Job:
+    return search_pb2.Job(job_id=job.id, state=JOB_STATES[job.state], total_count=job.total_count,
+                          done_count=job.done_count, error=job.error,
+                          create_time=kit.timestamp(job.created_at),
+                          update_time=kit.timestamp(job.updated_at))
+
+
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    def __init__(self, documents: DocumentStore, embedder: Embedder):
-        self.documents, self.embedder = documents, embedder
+    def __init__(self, documents: DocumentStore, embedder: Embedder, jobs: JobStore,
+                 events: kit.Events):
+        self.documents, self.embedder, self.jobs, self.events = documents, embedder, jobs, events
 
     async def IndexDocuments(self, request, context):
         kit.admin(context)
@@ -77,10 +70,30 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         document_id = kit.validate.text(request, "document_id", max_len=200)
         return search_pb2.DeleteDocumentResponse(deleted=await self.documents.delete(document_id))
 
+    async def SubmitIndexJob(self, request, context):
+        who = kit.admin(context)
+        incoming = kit.validate.count(request, "documents", 1, MAX_JOB)
+        job = await self.jobs.create(who.user_id, [_document(d, i) for i, d in enumerate(incoming)])
+        await self.events.publish("jobs.index", events_pb2.IndexJobQueued(job_id=job.id,
+                                                                          user_id=who.user_id))
+        return search_pb2.SubmitIndexJobResponse(job=job_proto(job))
+
+    async def GetJob(self, request, context):
+        who = kit.caller(context)
+        job = await self.jobs.get(kit.validate.text(request, "job_id", max_len=64))
+        if job is None or (job.user_id != who.user_id and not who.is_admin):
+            raise kit.NotFound(f"no job {request.job_id}")
+        return search_pb2.GetJobResponse(job=job_proto(job))
+
 
 async def setup(app: kit.App) -> list[kit.Binding]:
-    documents = DocumentStore(await app.database(MIGRATIONS))
+    pool = await app.database(MIGRATIONS)
+    documents, jobs = DocumentStore(pool), JobStore(pool)
     embedder = Embedder(Triton(app.channel(app.config.triton_address)))
+    events = await app.events()
+    indexer = Indexer(jobs, documents, embedder, events)
+    app.spawn(events.consume("JOBS", WORKERS, indexer.run, give_up=indexer.give_up,
+                             stop=app.stopping), name=WORKERS)
     return [kit.Binding("aimesh.search.v1.SearchService",
                         search_pb2_grpc.add_SearchServiceServicer_to_server,
-                        SearchServicer(documents, embedder))]
+                        SearchServicer(documents, embedder, jobs, events))]

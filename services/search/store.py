@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, asdict
+from datetime import datetime
 
 import asyncpg
 import numpy as np
@@ -20,6 +22,25 @@ MIGRATIONS = [
     );
     CREATE INDEX documents_embedding ON documents USING hnsw (embedding vector_cosine_ops);
     CREATE INDEX documents_metadata ON documents USING gin (metadata jsonb_path_ops);
+    """,
+    """
+    CREATE TABLE jobs (
+        id          uuid PRIMARY KEY,
+        user_id     uuid NOT NULL,
+        state       text NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+        total_count int NOT NULL,
+        done_count  int NOT NULL DEFAULT 0,
+        error       text NOT NULL DEFAULT '',
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        updated_at  timestamptz NOT NULL DEFAULT now()
+    );
+    -- A job's documents wait here, in order, until a worker has indexed them.
+    CREATE TABLE job_documents (
+        job_id   uuid NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        seq      int NOT NULL,
+        document jsonb NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
     """,
 ]
 
@@ -71,3 +92,66 @@ class DocumentStore:
             _vector(embedding), json.dumps(filters), limit, offset)
         return [Hit(Document(r["id"], r["title"], r["body"], json.loads(r["metadata"])),
                     float(r["score"])) for r in rows]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    user_id: str
+    state: str          # queued | running | succeeded | failed
+    total_count: int
+    done_count: int
+    error: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _job(row) -> Job | None:
+    if row is None:
+        return None
+    return Job(**{**dict(row), "id": str(row["id"]), "user_id": str(row["user_id"])})
+
+
+class JobStore:
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def create(self, user_id: str, documents: list[Document]) -> Job:
+        """The job and its documents, in one transaction."""
+        job_id = uuid.uuid4()
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "INSERT INTO jobs (id, user_id, state, total_count) VALUES ($1, $2, 'queued', $3)"
+                " RETURNING *", job_id, uuid.UUID(user_id), len(documents))
+            await connection.executemany(
+                "INSERT INTO job_documents (job_id, seq, document) VALUES ($1, $2, $3::jsonb)",
+                [(job_id, seq, json.dumps(asdict(d))) for seq, d in enumerate(documents)])
+        return _job(row)
+
+    async def get(self, job_id: str) -> Job | None:
+        try:
+            wanted = uuid.UUID(job_id)
+        except ValueError:
+            return None
+        return _job(await self.pool.fetchrow("SELECT * FROM jobs WHERE id = $1", wanted))
+
+    async def next_documents(self, job: Job, limit: int) -> list[Document]:
+        """The documents after those already indexed: a redelivered job resumes, not restarts."""
+        rows = await self.pool.fetch(
+            "SELECT document FROM job_documents WHERE job_id = $1 AND seq >= $2"
+            " ORDER BY seq LIMIT $3", uuid.UUID(job.id), job.done_count, limit)
+        return [Document(**json.loads(r["document"])) for r in rows]
+
+    async def progress(self, job_id: str, done_count: int) -> Job:
+        return _job(await self.pool.fetchrow(
+            "UPDATE jobs SET state = 'running', done_count = $2, updated_at = now()"
+            " WHERE id = $1 RETURNING *", uuid.UUID(job_id), done_count))
+
+    async def finish(self, job_id: str, error: str = "") -> Job:
+        """Succeeded (no error) or failed; the waiting documents are no longer needed."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "UPDATE jobs SET state = $2, error = $3, updated_at = now() WHERE id = $1 RETURNING *",
+                uuid.UUID(job_id), "failed" if error else "succeeded", error)
+            await connection.execute("DELETE FROM job_documents WHERE job_id = $1", uuid.UUID(job_id))
+        return _job(row)

@@ -18,16 +18,10 @@ TIERS = {"free": user_pb2.TIER_FREE, "pro": user_pb2.TIER_PRO}
 ROLES = {"user": user_pb2.ROLE_USER, "admin": user_pb2.ROLE_ADMIN}
 
 
-def _timestamp(moment) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def profile(user: User) -> user_pb2.Profile:
     return user_pb2.Profile(user_id=user.id, email=user.email, display_name=user.display_name,
                             tier=TIERS[user.tier], role=ROLES[user.role],
-                            create_time=_timestamp(user.created_at))
+                            create_time=kit.timestamp(user.created_at))
 
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
@@ -72,7 +66,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         await self.events.publish("user.purchased", events_pb2.UserPurchased(
             user_id=user.id, purchase_id=purchase.id, item_id=purchase.item_id))
         return user_pb2.RecordPurchaseResponse(purchase_id=purchase.id,
-                                               purchase_time=_timestamp(purchase.created_at))
+                                               purchase_time=kit.timestamp(purchase.created_at))
 
     async def _own(self, context) -> User:
         user = await self.users.by_id(kit.caller(context).user_id)

@@ -153,3 +153,32 @@ def test_bad_input_is_invalid_argument_naming_the_field(mesh, alice, call, field
             call(stubs, bearer(alice))
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(failure.value)
+
+
+def test_bulk_index_job_runs_in_the_background_and_notifies_its_submitter(search, admin, alice, mesh):
+    documents = [search_pb2.Document(document_id=f"bulk-{uuid.uuid4().hex[:6]}-{i}",
+                                     title=f"Bulk{i} glorbnak", text="a glorbnak almanac")
+                 for i in range(150)]
+    request = search_pb2.SubmitIndexJobRequest(documents=documents)
+    assert code_of(search.SubmitIndexJob, request, metadata=bearer(alice), timeout=10) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    job = search.SubmitIndexJob(request, metadata=bearer(admin), timeout=10).job
+    assert job.total_count == 150 and job.state in (search_pb2.JOB_STATE_QUEUED, search_pb2.JOB_STATE_RUNNING,
+                                                    search_pb2.JOB_STATE_SUCCEEDED)
+
+    def finished():
+        seen = search.GetJob(search_pb2.GetJobRequest(job_id=job.job_id), metadata=bearer(admin), timeout=5).job
+        return seen if seen.state == search_pb2.JOB_STATE_SUCCEEDED else None
+    done = wait_for(finished, timeout_s=60, what="the index job to finish")
+    assert done.done_count == 150
+    assert code_of(search.GetJob, search_pb2.GetJobRequest(job_id=job.job_id), metadata=bearer(alice),
+                   timeout=5) == grpc.StatusCode.NOT_FOUND   # not alice's job
+    found = search.Search(search_pb2.SearchRequest(query="Bulk7 glorbnak", page_size=3),
+                          metadata=bearer(alice), timeout=5)
+    assert any(r.document.document_id == documents[7].document_id for r in found.results)
+    with mesh.channel() as channel:
+        inbox = notify_pb2_grpc.NotificationServiceStub(channel)
+        wait_for(lambda: [n for n in inbox.ListNotifications(notify_pb2.ListNotificationsRequest(page_size=100),
+                                                             metadata=bearer(admin), timeout=5).notifications
+                          if n.kind == "job.completed" and job.job_id in n.body],
+                 what="the job.completed notification")
