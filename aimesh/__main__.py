@@ -3,6 +3,7 @@
   aimesh up          start Postgres, NATS, Triton, the services and Envoy; seed demo data
   aimesh down        stop everything (state stays in the state directory)
   aimesh status      what runs
+  aimesh stop NAME   stop one component (--kill: as a crash would); aimesh start NAME restarts it
   aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
   aimesh token EMAIL a token for a demo account, for grpcurl
   aimesh gen         generate stubs and the descriptor set from proto/
@@ -67,6 +68,18 @@ def cmd_status(args) -> int:
     return 0 if all(s.startswith("running") for s in status.values()) else 3
 
 
+def cmd_start(args) -> int:
+    from .mesh import Mesh
+    Mesh(topology.load(), paths.state_dir()).start(args.name)
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from .mesh import Mesh
+    Mesh(topology.load(), paths.state_dir()).stop(args.name, kill=args.kill)
+    return 0
+
+
 def cmd_logs(args) -> int:
     from .supervisor import Supervisor
     print(Supervisor(paths.state_dir()).tail(args.name, args.lines))
@@ -108,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop the whole mesh").set_defaults(run=cmd_down)
     commands.add_parser("status", help="which components run").set_defaults(run=cmd_status)
+    start = commands.add_parser("start", help="start one stopped component of a running mesh")
+    start.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
+    start.set_defaults(run=cmd_start)
+    stop = commands.add_parser("stop", help="stop one component of a running mesh")
+    stop.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
+    stop.add_argument("--kill", action="store_true", help="SIGKILL, as a crash would")
+    stop.set_defaults(run=cmd_stop)
     logs = commands.add_parser("logs", help="the tail of a component's log")
     logs.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
     logs.add_argument("-n", "--lines", type=int, default=50)

@@ -1,8 +1,11 @@
 """Demo data through the gateway, as a client would load it: the MovieLens catalog into search.
 
 The demo accounts themselves are created by user-svc (AIMESH_DEMO); this indexes the
-catalog once, as the demo admin, so search has something to find on first `up`."""
+catalog once, as the demo admin, with one bulk index job, so search has something to find
+on first `up`."""
 from __future__ import annotations
+
+import time
 
 import grpc
 
@@ -11,7 +14,7 @@ from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit.movielens import Movie, movies
 from services.user.demo import ACCOUNTS, PASSWORD
 
-BATCH = 128
+POLL_S = 1.0   # how often `up` looks at the indexing job
 
 
 def login(gateway: str, email: str, password: str = PASSWORD) -> str:
@@ -29,8 +32,9 @@ def document(movie: Movie) -> search_pb2.Document:
                   **{f"genre:{g}": "1" for g in movie.genres}})
 
 
-def seed_catalog(gateway: str) -> int:
-    """Index the catalog unless search already has it; returns how many were indexed."""
+def seed_catalog(gateway: str, progress=print, timeout_s: float = 600) -> int:
+    """Index the catalog with one bulk job unless search already has it; returns how many
+    documents were indexed (0 when it was there)."""
     auth = [("authorization", f"Bearer {login(gateway, 'admin@demo.aimesh')}")]
     with grpc.insecure_channel(gateway) as channel:
         search = search_pb2_grpc.SearchServiceStub(channel)
@@ -38,9 +42,19 @@ def seed_catalog(gateway: str) -> int:
                               metadata=auth, timeout=10)
         if found.results:
             return 0
-        catalog = movies()
-        for start in range(0, len(catalog), BATCH):
-            batch = [document(m) for m in catalog[start:start + BATCH]]
-            search.IndexDocuments(search_pb2.IndexDocumentsRequest(documents=batch),
-                                  metadata=auth, timeout=30)
-    return len(catalog)
+        documents = [document(m) for m in movies()]
+        job = search.SubmitIndexJob(search_pb2.SubmitIndexJobRequest(documents=documents),
+                                    metadata=auth, timeout=30).job
+        deadline, shown = time.monotonic() + timeout_s, -1
+        while job.state not in (search_pb2.JOB_STATE_SUCCEEDED, search_pb2.JOB_STATE_FAILED):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"indexing job {job.job_id} not done after {timeout_s:.0f} s")
+            time.sleep(POLL_S)
+            job = search.GetJob(search_pb2.GetJobRequest(job_id=job.job_id), metadata=auth,
+                                timeout=10).job
+            if job.done_count != shown:
+                progress(f"  indexed {job.done_count}/{job.total_count}")
+                shown = job.done_count
+        if job.state == search_pb2.JOB_STATE_FAILED:
+            raise RuntimeError(f"indexing job {job.job_id} failed: {job.error}")
+    return job.done_count

@@ -33,6 +33,38 @@ class Mesh:
             start_timeout_s=20,
         )
 
+    def _makers(self) -> dict:
+        makers = {"envoy": self.envoy,
+                  "triton": lambda: triton.component(self.topo.infra, self.state_dir),
+                  "postgres": lambda: infra.postgres(self.topo.infra, self.state_dir),
+                  "nats": lambda: infra.nats(self.topo.infra, self.state_dir)}
+        for service, instance in self.topo.instances():
+            makers[instance.name] = lambda s=service, i=instance: services.component(
+                self.topo, s, i, self.state_dir, demo=False)
+        return makers
+
+    def component(self, name: str) -> Component:
+        """One component as `up` starts it (demo data is seeded by `up` only)."""
+        makers = self._makers()
+        if name not in makers:
+            raise KeyError(f"no component {name!r}; there are {', '.join(makers)}")
+        return makers[name]()
+
+    def start(self, name: str, on_progress=print) -> None:
+        """Start one stopped component of a running mesh and wait until it is healthy."""
+        if self.supervisor.pid(name) is not None:
+            raise RuntimeError(f"{name} is already running")
+        self._start_and_wait([self.component(name)], on_progress)
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """Stop one component: gracefully, or with SIGKILL as a crash would."""
+        if name not in self._makers():
+            raise KeyError(f"no component {name!r}")
+        if kill:
+            self.supervisor.kill(name)
+        else:
+            self.supervisor.stop(name)
+
     def service_components(self, *, demo: bool) -> list[Component]:
         return [services.component(self.topo, service, instance, self.state_dir, demo=demo)
                 for service, instance in self.topo.instances()]

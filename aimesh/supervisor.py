@@ -87,6 +87,14 @@ class Supervisor:
                 time.sleep(0.05)
         self._pid_path(name).unlink(missing_ok=True)
 
+    def kill(self, name: str) -> None:
+        """SIGKILL the component's process group at once, as a crash would, and wait for it."""
+        if (pid := self.pid(name)) is not None:
+            _signal_group(pid, signal.SIGKILL)
+            while _alive(pid) or _group_alive(pid):
+                time.sleep(0.05)
+        self._pid_path(name).unlink(missing_ok=True)
+
     def tail(self, name: str, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
