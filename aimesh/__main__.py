@@ -6,6 +6,7 @@
   aimesh stop NAME   stop one component (--kill: as a crash would); aimesh start NAME restarts it
   aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
   aimesh token EMAIL a token for a demo account, for grpcurl
+  aimesh audit USER  the AI decisions made for a user (JSON lines)
   aimesh gen         generate stubs and the descriptor set from proto/
   aimesh env         shell exports that put grpcurl, buf and envoy on PATH
   aimesh test        run the test suite
@@ -93,6 +94,15 @@ def cmd_token(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    import asyncio
+    from . import audit
+    topo = topology.load()
+    print(audit.lines(asyncio.run(audit.decisions(f"nats://127.0.0.1:{topo.infra.nats_port}",
+                                                  args.user_id))))
+    return 0
+
+
 def cmd_gen(args) -> int:
     print("generated" if codegen.generate(force=args.force) else "stubs are current")
     if args.baseline:
@@ -136,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("email", nargs="?", default="alice@demo.aimesh")
     token.add_argument("--password", default="aimesh-demo")
     token.set_defaults(run=cmd_token)
+    audit = commands.add_parser("audit", help="the AI decisions made for a user (admin)")
+    audit.add_argument("user_id")
+    audit.set_defaults(run=cmd_audit)
     gen = commands.add_parser("gen", help="generate stubs and the descriptor set")
     gen.add_argument("--force", action="store_true", help="regenerate even when current")
     gen.add_argument("--baseline", action="store_true",

@@ -5,11 +5,13 @@ retrieval-only answer from SearchService, streamed word by word and marked FALLB
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
+from services.kit.audit import Audit
 
 from .store import MIGRATIONS, ConversationStore
 
@@ -34,8 +36,9 @@ class Turn:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, conversations: ConversationStore, search: search_pb2_grpc.SearchServiceStub):
-        self.conversations, self.search = conversations, search
+    def __init__(self, conversations: ConversationStore, search: search_pb2_grpc.SearchServiceStub,
+                 audit: Audit):
+        self.conversations, self.search, self.audit = conversations, search, audit
 
     async def Ask(self, request, context):
         async for piece in self._turn(context, request.message, asyncio.Event()):
@@ -69,6 +72,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         text = kit.validate.text(message, "text", max_len=4000, parent="message")
         max_tokens = kit.validate.in_range(message, "max_tokens", 1, 512, default=256,
                                            parent="message")
+        started = time.perf_counter()
         conversation = await self.conversations.open(who.user_id, message.conversation_id)
         if conversation is None:
             raise kit.NotFound(f"no conversation {message.conversation_id} for this user")
@@ -85,6 +89,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         yield chat_pb2.ChatResponse(citations=turn.citations)
         turn_id = await self.conversations.add_turn(
             conversation, text, "".join(sent), chat_pb2.FinishReason.Name(finish), "fallback")
+        await self.audit.record(
+            user_id=who.user_id, model="retrieval", version="", model_input=text,
+            output_ids=[c.document_id for c in turn.citations.citations],
+            latency_s=time.perf_counter() - started, source="SOURCE_FALLBACK")
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
             conversation_id=conversation, turn_id=turn_id, finish_reason=finish,
             usage=chat_pb2.Usage(prompt_tokens=len(text.split()), completion_tokens=len(sent)),
@@ -94,5 +102,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 async def setup(app: kit.App) -> list[kit.Binding]:
     conversations = ConversationStore(await app.database(MIGRATIONS))
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
+    audit = Audit(await app.events(), "chat")
     return [kit.Binding("aimesh.chat.v1.ChatService", chat_pb2_grpc.add_ChatServiceServicer_to_server,
-                        ChatServicer(conversations, search))]
+                        ChatServicer(conversations, search, audit))]

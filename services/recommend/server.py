@@ -1,23 +1,30 @@
-"""RecommendService: items for the calling user.
-
-The recommender model is not deployed yet (it is built by the models issue), so every answer
-is the popular-items fallback, marked as such; the user's history is already kept from
-user.purchased events so the model can use it once it is there."""
+"""RecommendService: items for the calling user, from the recommender model (this instance's
+version) or, when the user has no history or the model cannot answer, from popular items,
+marked FALLBACK with the reason. Never an error to the caller because the model failed."""
 from __future__ import annotations
+
+import time
 
 from aimesh.common.v1 import common_pb2
 from aimesh.events.v1 import events_pb2
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from services import kit
+from services.kit.audit import Audit
+from services.kit.breaker import Breaker
+from services.kit.inference import Triton
 
-from .store import MIGRATIONS, RecommendStore
+from .cache import RecentAnswers
+from .model import MODEL, RecommenderModel
+from .store import MIGRATIONS, Item, RecommendStore
 
-CONSUMER = "recommend-history"   # one durable consumer shared by every instance
+HISTORY_CONSUMER = "recommend-history"   # one durable consumer shared by every instance
+HISTORY_LENGTH = 50
 
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
-    def __init__(self, store: RecommendStore):
-        self.store = store
+    def __init__(self, store: RecommendStore, model: RecommenderModel, audit: Audit,
+                 cache: RecentAnswers, version: str):
+        self.store, self.model, self.audit, self.cache, self.version = store, model, audit, cache, version
 
     async def Recommend(self, request, context):
         who = kit.caller(context)
@@ -25,29 +32,64 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         exclude = list(request.exclude_item_ids)
         if len(exclude) > 1000:
             raise kit.InvalidArgument("exclude_item_ids", "at most 1000 ids")
-        history = await self.store.recent(who.user_id)
-        reason = "model not deployed" if history else "cold start: no history yet"
-        items = await self.store.popular(limit, exclude + history)
+        started = time.perf_counter()
+        history = await self.store.recent(who.user_id, HISTORY_LENGTH)
+        # Keyed by the history too: the user's next purchase is a new key, so an answer is
+        # never served from before it, whichever instance recorded it.
+        key = (who.user_id, limit, tuple(exclude), tuple(history))
+        if (cached := self.cache.get(key)) is not None:
+            return cached   # the decision was audited when it was made
+        response = await self._answer(history, limit, exclude)
+        await self.audit.record(
+            user_id=who.user_id, model=MODEL, version=response.model_version,
+            model_input=f"{history}|{limit}|{exclude}", output_ids=[i.item_id for i in response.items],
+            latency_s=time.perf_counter() - started,
+            source=common_pb2.Source.Name(response.source))
+        if response.source == common_pb2.SOURCE_MODEL:   # a fallback is not kept past the outage
+            self.cache.put(key, response)
+        return response
+
+    async def _answer(self, history: list[int], limit: int, exclude: list[int]):
+        if not history:
+            return await self._fallback(limit, exclude, "cold start: no history yet")
+        try:
+            scored = await self.model.top_k(history, limit, exclude)
+        except kit.Unavailable as why:
+            return await self._fallback(limit, exclude + history, f"model unavailable: {why}")
+        titles = await self.store.titles([item_id for item_id, _ in scored])
+        items = [Item(item_id, titles.get(item_id, ""), score) for item_id, score in scored]
+        return self._response(items, source=common_pb2.SOURCE_MODEL, version=self.version)
+
+    async def _fallback(self, limit: int, exclude: list[int], reason: str):
+        return self._response(await self.store.popular(limit, exclude),
+                              source=common_pb2.SOURCE_FALLBACK, reason=reason)
+
+    @staticmethod
+    def _response(items: list[Item], *, source, version: str = "", reason: str = ""):
         return recommend_pb2.RecommendResponse(
             items=[recommend_pb2.RecommendedItem(item_id=i.item_id, title=i.title, score=i.score)
                    for i in items],
-            source=common_pb2.SOURCE_FALLBACK, fallback_reason=reason)
+            model_version=version, source=source, fallback_reason=reason)
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:
+    config = app.config
     store = RecommendStore(await app.database(MIGRATIONS))
-    if app.config.demo:
+    if config.demo:
         from .demo import seed
         await seed(store)
     events = await app.events()
 
-    async def on_purchase(event: events_pb2.Envelope) -> None:
+    async def record_purchase(event: events_pb2.Envelope) -> None:
         if event.type == "user.purchased":
             purchase = kit.unpack(event, events_pb2.UserPurchased)
             await store.record(event.event_id, purchase.user_id, purchase.item_id)
 
-    app.spawn(events.consume("USERS", CONSUMER, on_purchase, subjects=["user.purchased"],
-                             stop=app.stopping), name=CONSUMER)
+    app.spawn(events.consume("USERS", HISTORY_CONSUMER, record_purchase,
+                             subjects=["user.purchased"], stop=app.stopping), name=HISTORY_CONSUMER)
+    version = config.version or "v1"
+    model = RecommenderModel(Triton(app.channel(config.triton_address, retries=0)),
+                             version.removeprefix("v"), Breaker(f"{MODEL}-{version}"))
+    servicer = RecommendServicer(store, model, Audit(events, "recommend"), RecentAnswers(), version)
     return [kit.Binding("aimesh.recommend.v1.RecommendService",
-                        recommend_pb2_grpc.add_RecommendServiceServicer_to_server,
-                        RecommendServicer(store))]
+                        recommend_pb2_grpc.add_RecommendServiceServicer_to_server, servicer)]

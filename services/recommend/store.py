@@ -54,6 +54,11 @@ class RecommendStore:
             uuid.UUID(user_id), limit)
         return [r["item_id"] for r in rows]
 
+    async def titles(self, item_ids: list[int]) -> dict[int, str]:
+        rows = await self.pool.fetch("SELECT item_id, title FROM items WHERE item_id = ANY($1::bigint[])",
+                                     item_ids)
+        return {r["item_id"]: r["title"] for r in rows}
+
     async def popular(self, limit: int, exclude: list[int]) -> list[Item]:
         rows = await self.pool.fetch(
             "SELECT i.item_id, i.title, i.base_count + count(h.event_id) AS interactions"

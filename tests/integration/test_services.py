@@ -1,4 +1,5 @@
 """Every service through the gateway with the generated stubs, on its real store."""
+import json
 import uuid
 
 import grpc
@@ -182,3 +183,21 @@ def test_bulk_index_job_runs_in_the_background_and_notifies_its_submitter(search
                                                              metadata=bearer(admin), timeout=5).notifications
                           if n.kind == "job.completed" and job.job_id in n.body],
                  what="the job.completed notification")
+
+
+def test_ai_decisions_are_audited_and_an_admin_reads_them_back(mesh, users):
+    _, token = new_user(users, "audited")
+    user_id = users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(token), timeout=5).profile.user_id
+    with mesh.channel() as channel:
+        recommend_pb2_grpc.RecommendServiceStub(channel).Recommend(
+            recommend_pb2.RecommendRequest(limit=3), metadata=bearer(token), timeout=5)
+        list(chat_pb2_grpc.ChatServiceStub(channel).Ask(
+            chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="Fargo")), metadata=bearer(token), timeout=10))
+    audit = mesh.cli("audit", user_id)
+    assert audit.returncode == 0, audit.stderr
+    decisions = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert {d["subject"] for d in decisions} == {"ai.decisions.recommend", "ai.decisions.chat"}
+    recommended = next(d for d in decisions if d["subject"] == "ai.decisions.recommend")
+    assert recommended["model"] == "recommender" and len(recommended["outputIds"]) == 3
+    assert len(recommended["inputDigest"]) == 64 and len(recommended["traceId"]) == 32
+    assert all(d["userId"] == user_id for d in decisions)

@@ -1,0 +1,36 @@
+"""`aimesh audit USER_ID`: the AI decisions made for a user, read back from AI_DECISIONS."""
+from __future__ import annotations
+
+import json
+
+import nats
+from google.protobuf import json_format
+
+from aimesh.events.v1 import events_pb2
+
+READ_TIMEOUT_S = 5.0
+
+
+async def decisions(nats_url: str, user_id: str) -> list[dict]:
+    """Every decision for the user, oldest first, as JSON-ready dicts (with subject and time)."""
+    connection = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        jetstream = connection.jetstream(timeout=5)
+        total = (await jetstream.stream_info("AI_DECISIONS")).state.messages
+        found = []
+        if total:
+            reader = await jetstream.subscribe("ai.decisions.>", ordered_consumer=True)
+            for _ in range(total):
+                message = await reader.next_msg(timeout=READ_TIMEOUT_S)
+                event = events_pb2.Envelope.FromString(message.data)
+                decision = events_pb2.AiDecision()
+                if event.payload.Unpack(decision) and decision.user_id == user_id:
+                    found.append({"subject": event.type, "time": event.time.ToJsonString(),
+                                  **json_format.MessageToDict(decision)})
+        return found
+    finally:
+        await connection.close()
+
+
+def lines(found: list[dict]) -> str:
+    return "\n".join(json.dumps(d) for d in found)
