@@ -18,6 +18,7 @@ with warnings.catch_warnings():
 
 from .component import Component, http_ok
 from .paths import venv_bin
+from .supervisor import StartFailed
 from .topology import Infra
 
 DATABASE = "aimesh"
@@ -46,9 +47,12 @@ def postgres(infra: Infra, state_dir: Path) -> Component:
     data.mkdir(parents=True, exist_ok=True)
     user = _postgres_user(data)
     if not (data / "PG_VERSION").exists():
-        subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data), "--auth=trust",
-                        "--encoding=utf8", "-U", "postgres"],
-                       check=True, capture_output=True, user=user)
+        init = subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data), "--auth=trust",
+                               "--encoding=utf8", "-U", "postgres"],
+                              capture_output=True, text=True, user=user)
+        if init.returncode:
+            raise StartFailed("postgres", f"initdb exited with {init.returncode}",
+                              init.stdout + init.stderr)
     port = str(infra.postgres_port)
     isready = [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", port]
     return Component(
