@@ -9,6 +9,7 @@ from .embedder import Embedder
 from .store import DocumentStore, Job, JobStore
 
 BATCH = 64
+BATCH_DEADLINE_S = 30.0   # a busy CPU may take seconds per batch; a job has no caller waiting
 WORKERS = "search-indexer"   # one durable work-queue consumer shared by every instance
 
 
@@ -24,7 +25,8 @@ class Indexer:
         if job is None or job.state in ("succeeded", "failed"):
             return   # a redelivery of a job already finished
         while batch := await self.jobs.next_documents(job, BATCH):
-            embeddings = await self.embedder.embed([d.title + "\n" + d.body for d in batch])
+            embeddings = await self.embedder.embed([d.title + "\n" + d.body for d in batch],
+                                                   timeout_s=BATCH_DEADLINE_S)
             await self.documents.upsert(batch, embeddings)
             job = await self.jobs.progress(job.id, job.done_count + len(batch))
         await self._completed(await self.jobs.finish(job.id))
