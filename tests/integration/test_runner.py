@@ -55,9 +55,9 @@ def test_up_while_running_fails_clearly(mesh):
 
 
 def test_logs_show_a_components_json_log(mesh):
-    logs = mesh.cli("logs", "user")
-    assert any(json.loads(line).get("message") == "serving"
-               for line in logs.stdout.splitlines() if line.startswith("{"))
+    logs = mesh.cli("logs", "user", "-n", "5")
+    lines = [json.loads(line) for line in logs.stdout.splitlines()]
+    assert lines and all(line["service"] == "user" and line["level"] for line in lines)
 
 
 def test_services_export_metrics_per_method_and_log_calls_with_request_and_trace_ids(mesh, users, alice):
