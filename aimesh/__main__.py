@@ -3,12 +3,17 @@
   aimesh up          start Postgres, NATS, Triton, the services and Envoy; seed demo data
   aimesh down        stop everything (state stays in the state directory)
   aimesh status      what runs
+  aimesh apply       re-render Envoy's routes from the topology (canary weights) into the running mesh
   aimesh stop NAME   stop one component (--kill: as a crash would); aimesh start NAME restarts it
   aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
   aimesh token EMAIL a token for a demo account, for grpcurl
   aimesh audit USER  the AI decisions made for a user (JSON lines)
   aimesh gen         generate stubs and the descriptor set from proto/
   aimesh env         shell exports that put grpcurl, buf and envoy on PATH
+  aimesh models build   build the model artifacts that are not current (up does it too)
+  aimesh models list    each model artifact, its content key, and whether it is built
+  aimesh deploy render  write docker-compose.yml and deploy/ from the topology
+  aimesh deploy lock    hash-pin the images' requirements (needs the package index)
   aimesh test        run the test suite
 """
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import sys
 import time
 
-from . import codegen, paths, topology
+from . import codegen, models, paths, topology
 
 
 def cmd_up(args) -> int:
@@ -26,6 +31,8 @@ def cmd_up(args) -> int:
     topo = topology.load()
     mesh = Mesh(topo, paths.state_dir())
     started = time.monotonic()
+    if not all(models.is_current(a.name) for a in models.ARTIFACTS) and build_models():
+        return 1
     print(f"aimesh: starting the mesh (state in {mesh.state_dir})")
     try:
         mesh.up(demo=not args.no_demo)
@@ -58,6 +65,16 @@ def cmd_up(args) -> int:
 def cmd_down(args) -> int:
     from .mesh import Mesh
     Mesh(topology.load(), paths.state_dir()).down()
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from . import envoy
+    if not envoy.apply_routes(topology.load(), paths.state_dir()):
+        print("aimesh: listeners or clusters changed too; restart with `aimesh down` and `aimesh up`",
+              file=sys.stderr)
+        return 2
+    print("aimesh: routes applied (Envoy picks them up live)")
     return 0
 
 
@@ -116,8 +133,44 @@ def cmd_env(args) -> int:
     return 0
 
 
+def build_models(names: list[str] | None = None, force: bool = False) -> int:
+    print("aimesh: model artifacts (each built once per content key)", flush=True)
+    try:
+        models.build(names, force=force, progress=lambda line: print(f"  {line}", flush=True))
+    except models.BuildFailed as failure:
+        print(f"aimesh: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models_build(args) -> int:
+    return build_models(args.names or None, args.force)
+
+
+def cmd_models_list(args) -> int:
+    for artifact in models.ARTIFACTS:
+        state = "built" if models.is_current(artifact.name) else "not built"
+        print(f"  {artifact.name:<16} {models.key(artifact)}  {state:<10} {models.output(artifact.name)}")
+    return 0
+
+
+def cmd_deploy_render(args) -> int:
+    from . import deploy
+    written = deploy.write()
+    print("\n".join(f"  wrote {path}" for path in written) or "deploy files are current")
+    return 0
+
+
+def cmd_deploy_lock(args) -> int:
+    from . import deploy
+    deploy.lock()
+    return 0
+
+
 def cmd_test(args) -> int:
     codegen.generate()
+    if build_models():   # here, not inside the test session's `up` and its timeout
+        return 1
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])
     return 1
 
@@ -131,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop the whole mesh").set_defaults(run=cmd_down)
     commands.add_parser("status", help="which components run").set_defaults(run=cmd_status)
+    commands.add_parser("apply", help="apply the topology's routes (canary weights) live").set_defaults(
+        run=cmd_apply)
     start = commands.add_parser("start", help="start one stopped component of a running mesh")
     start.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
     start.set_defaults(run=cmd_start)
@@ -156,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     gen.set_defaults(run=cmd_gen)
     commands.add_parser("env", help="print shell exports: eval \"$(bin/aimesh env)\"").set_defaults(
         run=cmd_env)
+    models = commands.add_parser("models", help="model artifacts for Triton").add_subparsers(
+        dest="models_command", required=True)
+    build = models.add_parser("build", help="build the artifacts that are not current")
+    build.add_argument("names", nargs="*", help="only these artifacts (and what they need)")
+    build.add_argument("--force", action="store_true", help="rebuild the named ones even if current")
+    build.set_defaults(run=cmd_models_build)
+    models.add_parser("list", help="artifacts, keys, built or not").set_defaults(run=cmd_models_list)
+    deploy = commands.add_parser("deploy", help="compose and Kubernetes files").add_subparsers(
+        dest="deploy_command", required=True)
+    deploy.add_parser("render", help="write docker-compose.yml and deploy/ from the topology"
+                      ).set_defaults(run=cmd_deploy_render)
+    deploy.add_parser("lock", help="hash-pin deploy/requirements/*.in (needs the package index)"
+                      ).set_defaults(run=cmd_deploy_lock)
     commands.add_parser("test", help="run the tests (pytest arguments pass through)").set_defaults(
         run=cmd_test)
     args, extra = parser.parse_known_args(argv)

@@ -1,18 +1,25 @@
-"""The Envoy bootstrap, rendered from the one topology: listeners, routes, clusters, JWT check.
+"""The Envoy bootstrap, rendered from the one topology: listeners, routes, clusters, JWT check,
+rate limits, retries, circuit breaking, outlier detection, health checks, grpc-web, JSON, tracing.
 
 Two listeners built by one function share routes, JWT check and logs: the edge (clients) and the
 east-west listener (service -> service, service -> Triton), so the mesh's policies hold inside
-too. Only the east-west one routes to Triton, and it keeps the caller's x-request-id.
+too. Only the east-west one routes to Triton, and it keeps the caller's x-request-id. Only the
+edge limits rates (per user, per client address) and speaks grpc-web and JSON.
+
+`render` gives the whole config with routes inline (what the tests and the golden file read);
+`write` puts each listener's routes in a file of their own that Envoy watches (RDS from the
+filesystem), so `apply_routes` changes canary weights live, without a restart or a dropped call.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import yaml
 
 from aimesh import paths
-from aimesh.topology import Service, Topology
+from aimesh.topology import RateLimit, Service, Topology
 
 LOOPBACK = "127.0.0.1"
 JWT_PROVIDER = "user"                      # user-svc issues every token
@@ -21,44 +28,82 @@ JWKS_PATH = "/.well-known/jwks.json"
 JWKS_CACHE_S = 300                         # rotation publishes the new key first, so 5 min is safe
 PIN_HEADER = "x-model-version"             # pins one version of a canary service
 IDENTITY_HEADERS = {"sub": "x-aimesh-user-id", "tier": "x-aimesh-tier", "role": "x-aimesh-role"}
+DESCRIPTOR_SET = "gen/aimesh.binpb"        # for JSON transcoding; relative to the repository
 
-TRITON_CLUSTER = "triton"
-TRITON_SERVICE = "inference.GRPCInferenceService"
-TRITON_STREAMS = ("ModelStreamInfer",)     # decoupled models (chat_lm) stream tokens
-TRITON_TIMEOUT_S = 10                      # callers set tighter deadlines; this only bounds a hang
+# Triton is routed like a service of the topology: its streams have no route timeout, and
+# inference has no side effects, so every call may be retried.
+TRITON = Service(name="triton", grpc_services=("inference.GRPCInferenceService",), instances=(),
+                 timeout_s=10,             # callers set tighter deadlines; this only bounds a hang
+                 streams=("ModelStreamInfer",), idempotent=("*",))
+OTLP_CLUSTER = "otlp"                      # where spans go, when an OTLP endpoint is configured
+
+# Retry only what never produced an answer: a refused connection, a reset, or UNAVAILABLE.
+# RESOURCE_EXHAUSTED (a rate limit) is deliberately absent.
+RETRY_ON = "unavailable,reset,connect-failure"
+RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+CORS_FILTER = "envoy.filters.http.cors"
+MAX_USERS_TRACKED = 10000                  # per-user buckets kept per route (least recently used go)
+GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-model-version"
 
 
-def render(topo: Topology, *, access_log_path: str | None = None) -> dict:
-    """The full bootstrap as a plain dict; the same topology always gives the same dict."""
+def render(topo: Topology, *, access_log_path: str | None = None,
+           descriptor_set: str = DESCRIPTOR_SET, otlp_endpoint: str = "") -> dict:
+    """The full bootstrap as a plain dict; the same arguments always give the same dict.
+    `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on."""
     log = access_log_path or "/dev/stdout"
-    triton_routes = _routes(TRITON_SERVICE, {"cluster": TRITON_CLUSTER}, name="triton",
-                            timeout_s=TRITON_TIMEOUT_S, streams=TRITON_STREAMS,
-                            idle_timeout_s=topo.gateway.stream_idle_timeout_s)
+    listener = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint)}
     return {
+        # Routes read from files (see write) need the node named.
+        "node": {"id": "aimesh", "cluster": "aimesh"},
         "admin": {"address": _address(topo.gateway.admin_port)},
         "static_resources": {
             "listeners": [
-                _listener("edge", topo.gateway.edge_port, topo, [], log,
-                          public_prefixes=(), trust_request_id=False),
+                _listener("edge", topo.gateway.edge_port, [], edge_filters=_edge_filters(
+                    topo, descriptor_set), public_prefixes=(), trust_request_id=False, **listener),
                 # Workers call Triton with no user, so Triton routes need no token; they exist
                 # only here, never on the edge. Callers forward x-request-id, so keep it.
-                _listener("mesh", topo.gateway.mesh_port, topo, triton_routes, log,
-                          public_prefixes=(f"/{TRITON_SERVICE}/",), trust_request_id=True),
+                _listener("mesh", topo.gateway.mesh_port, _method_routes(TRITON, topo, edge=False),
+                          edge_filters=[], public_prefixes=(f"/{TRITON.grpc_services[0]}/",),
+                          trust_request_id=True, **listener),
             ],
-            "clusters": _clusters(topo),
+            "clusters": _clusters(topo, otlp_endpoint),
         },
     }
 
 
 def write(topo: Topology, state_dir: Path) -> Path:
-    """Render into the state directory (access log beside the other logs); return the file."""
-    logs = Path(state_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = Path(state_dir) / "envoy" / "envoy.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = render(topo, access_log_path=str(logs / "envoy-access.log"))
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    """Render into the state directory (access log beside the other logs, each listener's routes
+    in a watched file of their own); return the bootstrap file. Tracing is on when the
+    environment names an OTLP collector (OTEL_EXPORTER_OTLP_ENDPOINT, as for the services)."""
+    config = _render_for(topo, state_dir)
+    envoy_dir = Path(state_dir) / "envoy"
+    envoy_dir.mkdir(parents=True, exist_ok=True)
+    for listener in config["static_resources"]["listeners"]:
+        hcm = _hcm(listener)
+        _replace(_routes_path(state_dir, listener["name"]), _route_discovery(hcm.pop("route_config")))
+        hcm["rds"] = {"route_config_name": listener["name"], "config_source": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(_routes_path(state_dir, listener["name"]))}}}
+    path = envoy_dir / "envoy.yaml"
+    _replace(path, config)
     return path
+
+
+def apply_routes(topo: Topology, state_dir: Path) -> bool:
+    """Replace the running Envoy's routes with the topology's (weights, timeouts, limits) in
+    place. False when something beyond routes changed (listeners, clusters): that needs a
+    restart, and nothing is written."""
+    config = _render_for(topo, state_dir)
+    bootstrap = yaml.safe_load((Path(state_dir) / "envoy" / "envoy.yaml").read_text())
+    routes = {}
+    for listener in config["static_resources"]["listeners"]:
+        routes[listener["name"]] = _hcm(listener).pop("route_config")
+        _hcm(listener)["rds"] = _hcm(_find(bootstrap, listener["name"]))["rds"]
+    if config != bootstrap:
+        return False
+    for name, route_config in routes.items():
+        _replace(_routes_path(state_dir, name), _route_discovery(route_config))
+    return True
 
 
 def validate(path: Path) -> None:
@@ -71,14 +116,52 @@ def validate(path: Path) -> None:
         raise RuntimeError(f"envoy rejected {path}:\n{result.stdout}{result.stderr}")
 
 
+def _render_for(topo: Topology, state_dir: Path) -> dict:
+    logs = Path(state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    return render(topo, access_log_path=str(logs / "envoy-access.log"),
+                  descriptor_set=str(paths.DESCRIPTOR_SET),
+                  otlp_endpoint=endpoint.removeprefix("http://").removeprefix("https://"))
+
+
+def _routes_path(state_dir: Path, listener: str) -> Path:
+    return Path(state_dir) / "envoy" / f"routes-{listener}.yaml"
+
+
+def _route_discovery(route_config: dict) -> dict:
+    """A route config as the discovery response Envoy reads from a watched file."""
+    return {"resources": [{"@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                           **route_config}]}
+
+
+def _replace(path: Path, content: dict) -> None:
+    """Write beside, then rename over: Envoy (watching the file) never reads half a file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(yaml.safe_dump(content, sort_keys=False))
+    os.replace(partial, path)
+
+
+def _hcm(listener: dict) -> dict:
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def _find(config: dict, listener: str) -> dict:
+    return next(entry for entry in config["static_resources"]["listeners"] if entry["name"] == listener)
+
+
 # --- listeners ------------------------------------------------------------------------------
 
-def _listener(name: str, port: int, topo: Topology, extra_routes: list[dict],
-              access_log_path: str, *, public_prefixes: tuple[str, ...],
-              trust_request_id: bool) -> dict:
+def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
+              access_log_path: str, tracing: bool, edge_filters: list[dict],
+              public_prefixes: tuple[str, ...], trust_request_id: bool) -> dict:
     """A listener with every service's routes (built afresh, so the YAML has no aliases) after
     its own extra routes, and the one filter chain."""
-    routes = extra_routes + [r for s in topo.services.values() for r in _service_routes(s, topo)]
+    edge = name == "edge"
+    routes = extra_routes + [r for s in topo.services.values() for r in _method_routes(s, topo, edge=edge)]
+    virtual_host = {"name": name, "domains": ["*"], "routes": routes}
+    if edge:
+        virtual_host["typed_per_filter_config"] = {CORS_FILTER: _cors_policy(topo)}
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
                  ".v3.HttpConnectionManager",
@@ -92,12 +175,11 @@ def _listener(name: str, port: int, topo: Topology, extra_routes: list[dict],
         "preserve_external_request_id": trust_request_id,
         "stream_idle_timeout": _seconds(topo.gateway.stream_idle_timeout_s),
         "access_log": [_access_log(name, access_log_path)],
-        "route_config": {
-            "name": name,
-            "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
-        },
-        "http_filters": _http_filters(topo, public_prefixes),
+        "route_config": {"name": name, "virtual_hosts": [virtual_host]},
+        "http_filters": [*edge_filters, *_http_filters(topo, public_prefixes)],
     }
+    if tracing:
+        hcm["tracing"] = _tracing(name)
     return {
         "name": name,
         "address": _address(port),
@@ -107,10 +189,43 @@ def _listener(name: str, port: int, topo: Topology, extra_routes: list[dict],
     }
 
 
+def _edge_filters(topo: Topology, descriptor_set: str) -> list[dict]:
+    """Browsers and JSON clients become gRPC calls first, so identity, limits and routes treat
+    every call alike: CORS answers the page's preflight, grpc_web unwraps its framing, the
+    transcoder turns `POST /v1/search` into SearchService/Search (the google.api.http map)."""
+    services = [n for s in topo.services.values() for n in s.grpc_services if n.startswith("aimesh.")]
+    return [
+        {"name": CORS_FILTER, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+        {"name": "envoy.filters.http.grpc_web", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"}},
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3"
+                     ".GrpcJsonTranscoder",
+            "proto_descriptor": descriptor_set,
+            "services": services,
+            "convert_grpc_status": True,          # a gRPC error becomes an HTTP status + JSON body
+            "print_options": {"always_print_primitive_fields": True},
+        }},
+    ]
+
+
+def _cors_policy(topo: Topology) -> dict:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": topo.gateway.web_origin}],
+        "allow_methods": "POST, GET, OPTIONS",
+        "allow_headers": GRPC_WEB_HEADERS,
+        "expose_headers": "grpc-status,grpc-message",
+        "max_age": "600",
+    }
+
+
 def _http_filters(topo: Topology, public_prefixes: tuple[str, ...]) -> list[dict]:
     # Order matters: strip forged identity, then verify the token and write the real identity,
-    # then route. New filters (grpc_web, cors, rate limits) slot in before the router.
-    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes), _router_filter()]
+    # then count the call against the user's limit (it reads that identity), then route.
+    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes), _rate_limit_filter(),
+            _router_filter()]
 
 
 def _strip_identity_filter() -> dict:
@@ -170,11 +285,28 @@ def _public_matches(topo: Topology) -> list[dict]:
     return matches
 
 
+def _rate_limit_filter() -> dict:
+    # Present on the listener but inert: each limited route carries its own buckets.
+    return {"name": RATE_LIMIT_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "rate_limit"}}
+
+
 def _router_filter() -> dict:
     return {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     }
+
+
+def _tracing(listener: str) -> dict:
+    # Envoy starts (or continues) the trace and passes `traceparent` on, so the services'
+    # spans join the same trace.
+    return {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+        "service_name": f"envoy-{listener}",
+    }}}
 
 
 def _access_log(listener: str, path: str) -> dict:
@@ -184,6 +316,7 @@ def _access_log(listener: str, path: str) -> dict:
         "listener": listener,
         "request_id": "%REQ(X-REQUEST-ID)%",
         "traceparent": "%REQ(TRACEPARENT)%",
+        "trace_id": "%TRACE_ID%",
         "method": "%REQ(:METHOD)%",
         "path": "%REQ(:PATH)%",
         "route": "%ROUTE_NAME%",
@@ -207,39 +340,114 @@ def _access_log(listener: str, path: str) -> dict:
 
 # --- routes ---------------------------------------------------------------------------------
 
-def _service_routes(service: Service, topo: Topology) -> list[dict]:
-    policy = {"timeout_s": service.timeout_s, "streams": service.streams,
-              "idle_timeout_s": topo.gateway.stream_idle_timeout_s}
+def _method_routes(service: Service, topo: Topology, *, edge: bool) -> list[dict]:
+    """Every route of a service: for each of its gRPC services, pinned versions first (they
+    must match before the weighted split), then the split or the single cluster."""
     routes = []
     for grpc_service in service.grpc_services:
-        # A pinned version must match before the weighted split, so its routes come first.
         for version, cluster in _pins(service):
             pin = {"name": PIN_HEADER, "string_match": {"exact": version}}
-            routes += _routes(grpc_service, {"cluster": cluster}, headers=(pin,),
-                              name=f"{service.name}-{version}", **policy)
-        routes += _routes(grpc_service, _target(service), name=service.name, **policy)
+            routes += _routes(service, grpc_service, {"cluster": cluster}, topo, edge=edge,
+                              name=f"{service.name}-{version}", headers=(pin,))
+        routes += _routes(service, grpc_service, _target(service), topo, edge=edge, name=service.name)
     return routes
 
 
-def _routes(grpc_service: str, target: dict, *, name: str, timeout_s: float,
-            streams: tuple[str, ...], idle_timeout_s: float,
-            headers: tuple[dict, ...] = ()) -> list[dict]:
-    """The routes of one gRPC service to one target (a cluster or a weighted split): stream
-    methods first (exact paths), then the rest of the service by prefix."""
-    routes = []
-    for method in streams:
-        # A stream lives as long as the conversation: no route timeout, only an idle bound.
-        routes.append(_route(f"{name}-{method}", {"path": f"/{grpc_service}/{method}"}, headers,
-                             {**target, "timeout": "0s", "idle_timeout": _seconds(idle_timeout_s)}))
+def _routes(service: Service, grpc_service: str, target: dict, topo: Topology, *, edge: bool,
+            name: str, headers: tuple[dict, ...] = ()) -> list[dict]:
+    """Methods with a policy of their own (stream, public, idempotent) get an exact route; the
+    rest of the gRPC service shares one prefix route."""
+    named = [m for m in dict.fromkeys((*service.streams, *service.public, *service.idempotent))
+             if m != "*"]
+    routes = [_route(f"{name}-{m}", {"path": f"/{grpc_service}/{m}"}, headers,
+                     *_policy(service, m, target, topo, edge=edge)) for m in named]
     routes.append(_route(name, {"prefix": f"/{grpc_service}/"}, headers,
-                         {**target, "timeout": _seconds(timeout_s)}))
+                         *_policy(service, "*", target, topo, edge=edge)))
     return routes
 
 
-def _route(name: str, match: dict, headers: tuple[dict, ...], action: dict) -> dict:
+def _policy(service: Service, method: str, target: dict, topo: Topology, *,
+            edge: bool) -> tuple[dict, dict]:
+    """(route action, per-route filter configs) for a method ("*": any method not named)."""
+    stream = method in service.streams
+    public = method in service.public or "*" in service.public
+    idempotent = method in service.idempotent or "*" in service.idempotent
+    if stream:
+        # A stream lives as long as the conversation: no route timeout, only an idle bound;
+        # and it is never retried (part of it may have been answered).
+        action = {**target, "timeout": "0s",
+                  "idle_timeout": _seconds(topo.gateway.stream_idle_timeout_s)}
+    else:
+        action = {**target, "timeout": _seconds(service.timeout_s)}
+        if idempotent:
+            action["retry_policy"] = _retry_policy(topo)
+    filters = {}
+    if edge and (public or service.rate_limit):
+        limit, descriptors = _per_address(topo) if public else _per_user(service.rate_limit)
+        action["rate_limits"] = [{"actions": descriptors}]
+        filters[RATE_LIMIT_FILTER] = limit
+    return action, filters
+
+
+def _retry_policy(topo: Topology) -> dict:
+    return {
+        "retry_on": RETRY_ON,
+        "num_retries": topo.gateway.resilience.retries,
+        # Try another host: the one that failed is likely still down.
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3"
+                     ".PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
+def _per_user(limit: RateLimit) -> tuple[dict, list[dict]]:
+    """A bucket per user and tier: each distinct user id (written by jwt_authn from the token's
+    `sub`) gets its own bucket, sized by the token's tier."""
+    descriptors = [{"entries": [{"key": "tier", "value": tier}, {"key": "user"}],
+                    "token_bucket": _per_minute(per_minute)}
+                   for tier, per_minute in (("free", limit.free), ("pro", limit.pro))]
+    actions = [{"request_headers": {"header_name": IDENTITY_HEADERS["tier"], "descriptor_key": "tier"}},
+               {"request_headers": {"header_name": IDENTITY_HEADERS["sub"], "descriptor_key": "user"}}]
+    return _local_rate_limit(limit.free, descriptors), actions
+
+
+def _per_address(topo: Topology) -> tuple[dict, list[dict]]:
+    """A bucket per client address, for calls with no user (Login, Register)."""
+    per_minute = topo.gateway.public_rate_limit_per_minute
+    descriptors = [{"entries": [{"key": "remote_address"}], "token_bucket": _per_minute(per_minute)}]
+    return _local_rate_limit(per_minute, descriptors), [{"remote_address": {}}]
+
+
+def _local_rate_limit(fallback_per_minute: int, descriptors: list[dict]) -> dict:
+    everyone = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "rate_limit",
+        # Used only by a call that matches no descriptor (a token without a tier): the smallest.
+        "token_bucket": _per_minute(fallback_per_minute),
+        "always_consume_default_token_bucket": False,   # else it would be one bucket for all
+        "max_dynamic_descriptors": MAX_USERS_TRACKED,
+        "descriptors": descriptors,
+        "filter_enabled": {**everyone, "runtime_key": "rate_limit_enabled"},
+        "filter_enforced": {**everyone, "runtime_key": "rate_limit_enforced"},
+        # Without this a limited call is UNAVAILABLE, which clients (and retry policies) retry.
+        "rate_limited_as_resource_exhausted": True,
+    }
+
+
+def _per_minute(calls: int) -> dict:
+    return {"max_tokens": calls, "tokens_per_fill": calls, "fill_interval": "60s"}
+
+
+def _route(name: str, match: dict, headers: tuple[dict, ...], action: dict,
+           filters: dict | None = None) -> dict:
     if headers:
         match = {**match, "headers": list(headers)}
-    return {"name": name, "match": match, "route": action}
+    route = {"name": name, "match": match, "route": action}
+    if filters:
+        route["typed_per_filter_config"] = filters
+    return route
 
 
 def _pins(service: Service) -> list[tuple[str, str]]:
@@ -258,20 +466,61 @@ def _target(service: Service) -> dict:
 
 # --- clusters -------------------------------------------------------------------------------
 
-def _clusters(topo: Topology) -> list[dict]:
+def _clusters(topo: Topology, otlp_endpoint: str) -> list[dict]:
     clusters = []
     for service in topo.services.values():
         if _pins(service):
-            clusters += [_cluster(_version_cluster(service, i.version), [i.port])
+            clusters += [_cluster(_version_cluster(service, i.version), [i.port], topo)
                          for i in service.instances if i.version]
         else:
-            clusters.append(_cluster(_cluster_name(service), [i.port for i in service.instances]))
-    clusters.append(_cluster(TRITON_CLUSTER, [topo.infra.triton_grpc_port]))
-    clusters.append(_cluster(JWKS_CLUSTER, [_issuer_service(topo).jwks_port], http2=False))
+            clusters.append(_cluster(_cluster_name(service), [i.port for i in service.instances],
+                                     topo))
+    # Triton's python backend stub answers no grpc.health.v1: no active checks there.
+    clusters.append(_cluster(TRITON.name, [topo.infra.triton_grpc_port], topo, health_checks=False))
+    clusters.append(_plain_cluster(JWKS_CLUSTER, [(LOOPBACK, _issuer_service(topo).jwks_port)],
+                                   http2=False))
+    if otlp_endpoint:
+        host, port = otlp_endpoint.rsplit(":", 1)
+        clusters.append({**_plain_cluster(OTLP_CLUSTER, [(host, int(port))]),
+                         "type": "STRICT_DNS"})     # the collector may be named, not numbered
     return clusters
 
 
-def _cluster(name: str, ports: list[int], *, http2: bool = True) -> dict:
+def _cluster(name: str, ports: list[int], topo: Topology, *, health_checks: bool = True) -> dict:
+    """A cluster of service instances, with the mesh's circuit breakers, health checks and (when
+    there is another host to send to) outlier detection."""
+    r = topo.gateway.resilience
+    cluster = _plain_cluster(name, [(LOOPBACK, port) for port in ports])
+    cluster["circuit_breakers"] = {"thresholds": [{
+        "max_connections": r.max_connections,
+        "max_pending_requests": r.max_pending_requests,
+        "max_requests": r.max_requests,
+        "retry_budget": {"budget_percent": {"value": r.retry_budget_percent},
+                         "min_retry_concurrency": 3},
+    }]}
+    # With every host unhealthy or ejected, fail fast rather than route to them anyway (panic).
+    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    if health_checks:
+        cluster["health_checks"] = [{
+            "timeout": _seconds(r.health_timeout_s),
+            "interval": _seconds(r.health_interval_s),
+            "no_traffic_interval": _seconds(r.health_interval_s),
+            "unhealthy_threshold": r.unhealthy_threshold,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},        # grpc.health.v1 Check of the whole server
+        }]
+    if len(ports) > 1:
+        # Ejecting the only host would turn a blip into an outage, so only where there are more.
+        cluster["outlier_detection"] = {
+            "consecutive_gateway_failure": r.consecutive_gateway_failures,
+            "enforcing_consecutive_gateway_failure": 100,
+            "base_ejection_time": _seconds(r.ejection_s),
+            "max_ejection_percent": 50,     # always keep one of two instances
+        }
+    return cluster
+
+
+def _plain_cluster(name: str, hosts: list[tuple[str, int]], *, http2: bool = True) -> dict:
     cluster = {
         "name": name,
         "type": "STATIC",
@@ -280,7 +529,8 @@ def _cluster(name: str, ports: list[int], *, http2: bool = True) -> dict:
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": _address(port)}} for port in ports
+                {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+                for host, port in hosts
             ]}],
         },
     }

@@ -4,10 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from services.kit.config import Config
+from services.kit.probe import serving
 
 from .component import Component
 from .infra import postgres_dsn
@@ -41,14 +39,3 @@ def component(topo: Topology, service: Service, instance: Instance, state_dir: P
         start_timeout_s=30,
         stop_timeout_s=settings.grace_s + 5,
     )
-
-
-def serving(target: str, service_name: str = "") -> bool:
-    """grpc.health.v1 Check says SERVING."""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service_name), timeout=1)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING

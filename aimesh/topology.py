@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 DEFAULT_FILE = Path(__file__).with_name("topology.yaml")
+EXTENDS = "extends"          # a topology file may name another and override parts of it
 METRICS_PORT_SHIFT = 1000   # an instance's Prometheus /metrics is on its gRPC port + this
 
 
@@ -24,6 +25,13 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """Calls per minute for each user, by the token's tier."""
+    free: int
+    pro: int
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     grpc_services: tuple[str, ...]
@@ -31,11 +39,28 @@ class Service:
     timeout_s: float
     public: tuple[str, ...] = ()
     streams: tuple[str, ...] = ()
+    idempotent: tuple[str, ...] = ()      # unary methods safe to retry ("*": all of them)
+    rate_limit: RateLimit | None = None   # per user and tier, at the edge
     jwks_port: int = 0
 
     @property
     def module(self) -> str:
         return f"services.{self.name}"
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """Retries, circuit breaking, outlier detection and health checks, for every cluster."""
+    retries: int
+    retry_budget_percent: float
+    max_connections: int
+    max_pending_requests: int
+    max_requests: int
+    consecutive_gateway_failures: int
+    ejection_s: float
+    health_interval_s: float
+    health_timeout_s: float
+    unhealthy_threshold: int
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,10 @@ class Gateway:
     audience: str
     issuer: str
     stream_idle_timeout_s: float
+    web_origin: str                       # the page allowed to call through grpc-web (CORS)
+    public_rate_limit_per_minute: int     # public methods (Login, Register), per client address
+    resilience: Resilience
+
 
 
 @dataclass(frozen=True)
@@ -87,11 +116,33 @@ class Topology:
         return ports
 
 
-def load(path: Path = DEFAULT_FILE, port_offset: int | None = None) -> Topology:
+def default_file() -> Path:
+    """AIMESH_TOPOLOGY picks another file (tests use one with their own rate limits)."""
+    return Path(os.environ.get("AIMESH_TOPOLOGY") or DEFAULT_FILE)
+
+
+def read(path: Path) -> dict:
+    """The file's content; with `extends: <file>` it is that file's content (relative to this
+    one) with this file's mappings merged over it, so an override names only what differs."""
+    raw = yaml.safe_load(Path(path).read_text())
+    if EXTENDS not in raw:
+        return raw
+    return _merged(read(Path(path).parent / raw.pop(EXTENDS)), raw)
+
+
+def _merged(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        both_maps = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if both_maps else value
+    return merged
+
+
+def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
     """Read the topology; every port is shifted by AIMESH_PORT_OFFSET (tests run beside a dev mesh)."""
     if port_offset is None:
         port_offset = int(os.environ.get("AIMESH_PORT_OFFSET", "0"))
-    raw = yaml.safe_load(Path(path).read_text())
+    raw = read(path or default_file())
 
     def port(value: int) -> int:
         return int(value) + port_offset
@@ -100,7 +151,9 @@ def load(path: Path = DEFAULT_FILE, port_offset: int | None = None) -> Topology:
     gateway = Gateway(
         edge_port=port(g["edge_port"]), mesh_port=port(g["mesh_port"]),
         admin_port=port(g["admin_port"]), audience=g["audience"], issuer=g["issuer"],
-        stream_idle_timeout_s=float(g["stream_idle_timeout_s"]),
+        stream_idle_timeout_s=float(g["stream_idle_timeout_s"]), web_origin=g["web_origin"],
+        public_rate_limit_per_minute=int(g["public_rate_limit_per_minute"]),
+        resilience=Resilience(**g["resilience"]),
     )
     infra = Infra(
         postgres_port=port(infra["postgres"]["port"]),
@@ -120,7 +173,8 @@ def load(path: Path = DEFAULT_FILE, port_offset: int | None = None) -> Topology:
         services[name] = Service(
             name=name, grpc_services=tuple(s["grpc_services"]), instances=instances,
             timeout_s=float(s["timeout_s"]), public=tuple(s.get("public", ())),
-            streams=tuple(s.get("streams", ())),
+            streams=tuple(s.get("streams", ())), idempotent=tuple(s.get("idempotent", ())),
+            rate_limit=RateLimit(**s["rate_limit_per_minute"]) if "rate_limit_per_minute" in s else None,
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
         )
     return Topology(gateway=gateway, infra=infra, services=services)

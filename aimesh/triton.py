@@ -4,6 +4,7 @@ from __future__ import annotations
 import filecmp
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -11,11 +12,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aimesh.models
 import aimesh.paths
 from aimesh.component import Component
 from aimesh.topology import Infra
 
-MODELS = ("text_embedding",)
+MODELS = ("text_embedding", "recommender", "chat_lm")
 
 
 def server_dir() -> Path:
@@ -74,15 +76,57 @@ def ready(http_port: int, models: tuple[str, ...] = MODELS, timeout_s: float = 1
     return True
 
 
-def component(infra: Infra, state_dir: Path, model_repository: Path = aimesh.paths.TRITON_MODELS,
-              models: tuple[str, ...] = MODELS) -> Component:
+def inference_counts(metrics_port: int, model: str) -> tuple[float, float]:
+    """(inferences, executions) of a model so far, from Triton's Prometheus metrics: with dynamic
+    batching, executions fall well below inferences."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+
+    def counter(name: str) -> float:
+        match = re.search(rf'^{name}\{{[^}}]*model="{model}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
+        if not match:
+            raise RuntimeError(f"{name} for {model} is not in Triton's metrics")
+        return float(match.group(1))
+
+    return counter("nv_inference_count"), counter("nv_inference_exec_count")
+
+
+def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
+             sources: Path = aimesh.paths.TRITON_MODELS) -> Path:
+    """Triton's model repository, put together in work_dir/models from the sources and the builds.
+
+    Each model is a copy of its folder in triton_models/ (config.pbtxt, one folder per version with
+    its model.py); each version folder also gets a link `artifact` to the model's built files in
+    the cache (aimesh.models), which stay outside the clone. Raises if one is not built.
+    """
+    missing = [m for m in models if aimesh.models.artifact(m) and not aimesh.models.is_current(m)]
+    if missing:
+        raise RuntimeError(f"model artifacts not built: {', '.join(missing)}; "
+                           f"run `aimesh models build`")
+    repository = work_dir / "models"
+    fresh = work_dir / "models.partial"
+    shutil.rmtree(fresh, ignore_errors=True)
+    for model in models:
+        shutil.copytree(sources / model, fresh / model,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if aimesh.models.artifact(model):
+            built = aimesh.models.output(model)
+            for version in (fresh / model).iterdir():
+                if version.is_dir() and version.name.isdigit():
+                    (version / "artifact").symlink_to(built, target_is_directory=True)
+    shutil.rmtree(repository, ignore_errors=True)
+    os.rename(fresh, repository)
+    return repository
+
+
+def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS) -> Component:
     server = server_dir()
     install_stub(server)
     work_dir = Path(state_dir) / "triton"
     work_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(server / "bin" / "tritonserver"),
-        f"--model-repository={model_repository}",
+        f"--model-repository={assemble(work_dir, models)}",
         f"--backend-directory={server / 'backends'}",
         # Explicit control loads only the named models, so a half-written model folder in the
         # repository cannot stop the server, and readiness is a per-model question.

@@ -17,6 +17,7 @@ from aimesh.paths import ROOT
 from aimesh.user.v1 import user_pb2_grpc
 from tests import ports
 
+TOPOLOGY = Path(__file__).with_name("topology.yaml")
 
 
 @dataclass
@@ -73,9 +74,11 @@ def _processes_using(state_dir: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory) -> MeshHandle:
     state_dir = tmp_path_factory.mktemp("aimesh-state")
+    # The tests' own topology (small rate limits); spans go to the tracing test's collector.
     env = {**os.environ, "AIMESH_STATE": str(state_dir),
-           "AIMESH_PORT_OFFSET": str(ports.SESSION_MESH)}
-    handle = MeshHandle(topology.load(port_offset=ports.SESSION_MESH), state_dir, env)
+           "AIMESH_PORT_OFFSET": str(ports.SESSION_MESH), "AIMESH_TOPOLOGY": str(TOPOLOGY),
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.OTLP_COLLECTOR}"}
+    handle = MeshHandle(topology.load(TOPOLOGY, port_offset=ports.SESSION_MESH), state_dir, env)
     up = handle.cli("up", timeout=900)
     if up.returncode:
         handle.cli("down")

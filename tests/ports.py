@@ -8,3 +8,4 @@ SESSION_MESH = BASE
 FAILING_MESH = BASE + 500
 TRITON_ONLY = BASE + 700
 PORT_CHECK = BASE + 1500
+OTLP_COLLECTOR = BASE + 4317     # the tracing test's collector; the session mesh exports to it

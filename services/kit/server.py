@@ -142,5 +142,5 @@ def serve(setup: Setup) -> None:
     config = Config.from_env()
     logs.setup(config.name, config.log_level)
     telemetry.setup_tracing(config.service, config.name)
-    telemetry.serve_metrics(config.metrics_port)
+    telemetry.serve_metrics(config.metrics_port, config.host)   # beside the gRPC port
     asyncio.run(run(setup, config))

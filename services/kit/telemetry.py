@@ -20,9 +20,9 @@ LATENCY = prometheus_client.Histogram(
     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 
 
-def serve_metrics(port: int) -> None:
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     if port:
-        prometheus_client.start_http_server(port, addr="127.0.0.1")
+        prometheus_client.start_http_server(port, addr=host)
 
 
 def setup_tracing(service: str, instance: str) -> None:

@@ -20,7 +20,7 @@ GOLDEN = Path(__file__).parent / "golden" / "envoy.yaml"
 
 @pytest.fixture(scope="module")
 def topo() -> topology.Topology:
-    return topology.load(port_offset=0)
+    return topology.load(topology.DEFAULT_FILE, port_offset=0)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_render_matches_golden_file(config):
 
 
 def test_render_is_deterministic(topo):
-    assert envoy.render(topo) == envoy.render(topology.load(port_offset=0))
+    assert envoy.render(topo) == envoy.render(topology.load(topology.DEFAULT_FILE, port_offset=0))
 
 
 def test_envoy_accepts_the_written_config(topo, tmp_path):
@@ -119,10 +119,14 @@ def test_only_the_mesh_reaches_triton_and_without_a_token(config):
 
 
 def test_identity_headers_are_stripped_before_the_token_check(config):
-    names = [f["name"] for f in _listener(config, "edge")["http_filters"]]
-    assert names == ["envoy.filters.http.header_mutation", "envoy.filters.http.jwt_authn",
-                     "envoy.filters.http.router"]
-    removed = _listener(config, "edge")["http_filters"][0]["typed_config"]["mutations"]
+    """...and browser and JSON calls are gRPC calls before that, so the same checks apply."""
+    filters = _listener(config, "edge")["http_filters"]
+    assert [f["name"] for f in filters] == [
+        "envoy.filters.http.cors", "envoy.filters.http.grpc_web",
+        "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.header_mutation",
+        "envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router"]
+    removed = filters[3]["typed_config"]["mutations"]
     assert {m["remove"] for m in removed["request_mutations"]} == {
         "x-aimesh-user-id", "x-aimesh-tier", "x-aimesh-role"}
 
@@ -159,3 +163,49 @@ def test_every_grpc_cluster_speaks_http2(config):
         else:
             http = options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
             assert "http2_protocol_options" in http["explicit_http_config"]
+
+
+def test_limits_are_per_user_and_tier_on_the_edge_and_per_address_for_public_methods(config, topo):
+    edge, mesh = _listener(config, "edge"), _listener(config, "mesh")
+    search = _route_for(edge, "/aimesh.search.v1.SearchService/Search")
+    limit = search["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert limit["rate_limited_as_resource_exhausted"]
+    buckets = {d["entries"][0]["value"]: d["token_bucket"]["max_tokens"] for d in limit["descriptors"]}
+    assert buckets == {"free": topo.services["search"].rate_limit.free,
+                       "pro": topo.services["search"].rate_limit.pro}
+    keys = [a["request_headers"]["header_name"] for a in search["route"]["rate_limits"][0]["actions"]]
+    assert keys == ["x-aimesh-tier", "x-aimesh-user-id"]
+    login = _route_for(edge, "/aimesh.user.v1.UserService/Login")
+    assert login["route"]["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    assert "typed_per_filter_config" not in _route_for(mesh, "/aimesh.search.v1.SearchService/Search")
+
+
+def test_only_idempotent_unary_calls_are_retried_and_never_on_rate_limits(config):
+    edge = _listener(config, "edge")
+    retry = _route_for(edge, "/aimesh.search.v1.SearchService/Search")["route"]["retry_policy"]
+    assert set(retry["retry_on"].split(",")) == {"unavailable", "reset", "connect-failure"}
+    assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    assert "retry_policy" not in _route_for(edge, "/aimesh.search.v1.SearchService/IndexDocuments")["route"]
+    assert "retry_policy" not in _route_for(edge, "/aimesh.chat.v1.ChatService/Chat")["route"]
+
+
+def test_service_clusters_break_circuits_check_health_and_eject_outliers(config):
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    search = clusters["search"]
+    assert search["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
+    assert set(search["circuit_breakers"]["thresholds"][0]) >= {
+        "max_connections", "max_pending_requests", "max_requests", "retry_budget"}
+    assert "grpc_health_check" in search["health_checks"][0]
+    assert search["outlier_detection"]["consecutive_gateway_failure"] >= 1
+    assert "outlier_detection" not in clusters["user"]      # one host: nowhere else to send
+
+
+def test_written_routes_are_watched_files_that_apply_replaces(topo, tmp_path):
+    bootstrap = yaml.safe_load(envoy.write(topo, tmp_path).read_text())
+    for listener in bootstrap["static_resources"]["listeners"]:
+        rds = listener["filter_chains"][0]["filters"][0]["typed_config"]["rds"]
+        routes = Path(rds["config_source"]["path_config_source"]["path"])
+        assert yaml.safe_load(routes.read_text())["resources"][0]["name"] == listener["name"]
+    assert envoy.apply_routes(topo, tmp_path)
+    moved = topology.load(topology.DEFAULT_FILE, port_offset=1)
+    assert not envoy.apply_routes(moved, tmp_path)          # ports moved: needs a restart

@@ -1,8 +1,11 @@
-"""Client-side test tools: tokens (genuine, forged, expired), polling with a bound, status codes."""
+"""Client-side test tools: tokens (genuine, forged, expired), polling with a bound, status codes,
+grpc-web calls framed by hand."""
 from __future__ import annotations
 
+import http.client
 import time
 import uuid
+from dataclasses import dataclass
 
 import grpc
 import jwt
@@ -70,3 +73,42 @@ def code_of(call, *args, **kwargs) -> grpc.StatusCode:
     except grpc.RpcError as error:
         return error.code()
     return grpc.StatusCode.OK
+
+
+@dataclass
+class WebReply:
+    status: grpc.StatusCode
+    message: object | None          # the decoded response message, when there was one
+    headers: dict[str, str]
+
+
+def grpc_web(address: str, method: str, request, response_type, *, metadata=(),
+             source: str = "127.0.0.1", origin: str | None = None, timeout: float = 10) -> WebReply:
+    """One grpc-web call the way a browser makes it: an HTTP/1.1 POST whose body is the message
+    framed by hand (a flag byte, then the length in 4 bytes big-endian); the answer is message
+    frames and a trailer frame (flag 0x80) carrying grpc-status. `source` picks the client
+    address (any 127.x.y.z), so per-address limits can be tested apart from other tests."""
+    host, port = address.rsplit(":", 1)
+    payload = request.SerializeToString()
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **dict(metadata)}
+    if origin:
+        headers["origin"] = origin
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout, source_address=(source, 0))
+    try:
+        connection.request("POST", method, b"\0" + len(payload).to_bytes(4, "big") + payload, headers)
+        response = connection.getresponse()
+        body = response.read()
+        reply_headers = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+    message, trailers = None, dict(reply_headers)    # a trailers-only answer has them as headers
+    while body:
+        flag, length = body[0], int.from_bytes(body[1:5], "big")
+        frame, body = body[5:5 + length], body[5 + length:]
+        if flag & 0x80:
+            trailers.update(line.split(":", 1) for line in frame.decode().strip().split("\r\n") if line)
+        else:
+            message = response_type.FromString(frame)
+    code = int(trailers.get("grpc-status", grpc.StatusCode.UNKNOWN.value[0]))
+    status = next(s for s in grpc.StatusCode if s.value[0] == code)
+    return WebReply(status, message, reply_headers)

