@@ -1,44 +1,59 @@
-"""ChatService: answers grounded in the catalog, streamed as deltas.
+"""ChatService: answers grounded in the catalog, streamed token by token.
 
-The chat language model is not deployed yet (the models issue builds it), so each turn is a
-retrieval-only answer from SearchService, streamed word by word and marked FALLBACK."""
+Each turn retrieves catalog entries from SearchService (east-west through the gateway), asks the
+chat model in Triton with them and the conversation so far, and streams its pieces back as Triton
+produces them. When the model cannot answer, the turn is a retrieval-only answer, marked FALLBACK.
+A cancel or a disconnect cancels the Triton call, which stops the generation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
+
+import grpc
 
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
 from services.kit.audit import Audit
+from services.kit.inference import Triton
 
+from .model import MODEL, ChatModel, messages
 from .store import MIGRATIONS, ConversationStore
 
+log = logging.getLogger("aimesh.chat")
+
 RETRIEVED = 3
-NO_MODEL = "chat model not deployed: retrieval-only answer"
+EARLIER_TURNS = 4          # how much of a resumed conversation the model sees
+TURN_DEADLINE_S = 60.0     # the longest one turn may generate
+FINISH = {"stop": chat_pb2.FINISH_REASON_STOP, "length": chat_pb2.FINISH_REASON_LENGTH,
+          "cancelled": chat_pb2.FINISH_REASON_CANCELLED}
 
 
-class Turn:
-    """One question answered: the pieces to stream, then how it ended."""
+def retrieval_only(hits: list[search_pb2.SearchResult], max_tokens: int, *,
+                   searched: bool = True) -> tuple[list[str], int]:
+    """The fallback answer's pieces (word by word) and how it ends."""
+    if hits:
+        answer = "From the catalog: " + "; ".join(h.document.title for h in hits) + "."
+    elif searched:
+        answer = "I found nothing in the catalog for that."
+    else:
+        answer = "The assistant and the catalog search are unavailable right now; please try again soon."
+    words = answer.split(" ")
+    finish = chat_pb2.FINISH_REASON_LENGTH if len(words) > max_tokens else chat_pb2.FINISH_REASON_STOP
+    return [w + " " for w in words[:max_tokens]], finish
 
-    def __init__(self, hits: list[search_pb2.SearchResult], max_tokens: int):
-        if hits:
-            words = ("From the catalog: " + "; ".join(h.document.title for h in hits) + ".").split(" ")
-        else:
-            words = "I found nothing in the catalog for that.".split(" ")
-        self.deltas = [w + " " for w in words[:max_tokens]]
-        self.finish = (chat_pb2.FINISH_REASON_LENGTH if len(words) > max_tokens
-                       else chat_pb2.FINISH_REASON_STOP)
-        self.citations = chat_pb2.Citations(citations=[
-            chat_pb2.Citation(document_id=h.document.document_id, title=h.document.title,
-                              score=h.score) for h in hits])
+
+def delta(text: str) -> chat_pb2.ChatResponse:
+    return chat_pb2.ChatResponse(delta=chat_pb2.TokenDelta(text=text))
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversations: ConversationStore, search: search_pb2_grpc.SearchServiceStub,
-                 audit: Audit):
-        self.conversations, self.search, self.audit = conversations, search, audit
+                 model: ChatModel, audit: Audit):
+        self.conversations, self.search, self.model, self.audit = conversations, search, model, audit
 
     async def Ask(self, request, context):
         async for piece in self._turn(context, request.message, asyncio.Event()):
@@ -67,6 +82,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         finally:
             reader.cancel()
 
+    async def _retrieve(self, text: str) -> tuple[list[search_pb2.SearchResult], str]:
+        """Catalog entries for the question, and why there are none when search failed: a turn
+        goes on without them rather than failing."""
+        try:
+            found = await self.search.Search(search_pb2.SearchRequest(query=text, page_size=RETRIEVED))
+        except grpc.aio.AioRpcError as failure:
+            log.warning("retrieval failed; answering without catalog entries",
+                        extra={"fields": {"code": failure.code().name}})
+            return [], f"{failure.code().name} {failure.details()}"
+        return list(found.results), ""
+
     async def _turn(self, context, message: chat_pb2.UserMessage, cancel: asyncio.Event):
         who = kit.caller(context)
         text = kit.validate.text(message, "text", max_len=4000, parent="message")
@@ -76,32 +102,59 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         conversation = await self.conversations.open(who.user_id, message.conversation_id)
         if conversation is None:
             raise kit.NotFound(f"no conversation {message.conversation_id} for this user")
-        found = await self.search.Search(search_pb2.SearchRequest(query=text, page_size=RETRIEVED))
-        turn = Turn(list(found.results), max_tokens)
-        sent, finish = [], turn.finish
-        for delta in turn.deltas:
-            if cancel.is_set():
-                finish = chat_pb2.FINISH_REASON_CANCELLED
-                break
-            sent.append(delta)
-            yield chat_pb2.ChatResponse(delta=chat_pb2.TokenDelta(text=delta))
-            await asyncio.sleep(0)   # let a cancel that arrived be read between deltas
-        yield chat_pb2.ChatResponse(citations=turn.citations)
+        hits, search_failure = await self._retrieve(text)
+        prompt = messages(text, hits, await self.conversations.recent_turns(conversation, EARLIER_TURNS))
+
+        sent: list[str] = []
+        finish, source, reason = chat_pb2.FINISH_REASON_STOP, common_pb2.SOURCE_MODEL, ""
+        try:
+            async with contextlib.aclosing(self.model.generate(prompt, max_tokens, TURN_DEADLINE_S)) as pieces:
+                async for piece, finished in pieces:
+                    if cancel.is_set():   # leaving the loop cancels the generation in Triton
+                        finish = chat_pb2.FINISH_REASON_CANCELLED
+                        break
+                    if piece:
+                        sent.append(piece)
+                        yield delta(piece)
+                    if finished:
+                        finish = FINISH.get(finished, chat_pb2.FINISH_REASON_STOP)
+        except kit.Unavailable as why:
+            if sent:   # it failed mid-answer: the turn ends with what was said
+                reason = f"chat model failed mid-answer: {why}"
+            else:
+                source, reason = common_pb2.SOURCE_FALLBACK, f"chat model unavailable: {why}"
+                if search_failure:
+                    reason += f"; search unavailable: {search_failure}"
+                fallback, finish = retrieval_only(hits, max_tokens, searched=not search_failure)
+                for piece in fallback:
+                    if cancel.is_set():
+                        finish = chat_pb2.FINISH_REASON_CANCELLED
+                        break
+                    sent.append(piece)
+                    yield delta(piece)
+                    await asyncio.sleep(0)   # let a cancel that arrived be read between pieces
+
+        citations = [chat_pb2.Citation(document_id=h.document.document_id, title=h.document.title,
+                                       score=h.score) for h in hits]
+        yield chat_pb2.ChatResponse(citations=chat_pb2.Citations(citations=citations))
+        answer = "".join(sent)
         turn_id = await self.conversations.add_turn(
-            conversation, text, "".join(sent), chat_pb2.FinishReason.Name(finish), "fallback")
+            conversation, text, answer, chat_pb2.FinishReason.Name(finish),
+            common_pb2.Source.Name(source))
         await self.audit.record(
-            user_id=who.user_id, model="retrieval", version="", model_input=text,
-            output_ids=[c.document_id for c in turn.citations.citations],
-            latency_s=time.perf_counter() - started, source="SOURCE_FALLBACK")
+            user_id=who.user_id, model=MODEL if source == common_pb2.SOURCE_MODEL else "retrieval",
+            version="1", model_input=str(prompt), output_ids=[c.document_id for c in citations],
+            latency_s=time.perf_counter() - started, source=common_pb2.Source.Name(source))
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
             conversation_id=conversation, turn_id=turn_id, finish_reason=finish,
-            usage=chat_pb2.Usage(prompt_tokens=len(text.split()), completion_tokens=len(sent)),
-            source=common_pb2.SOURCE_FALLBACK, fallback_reason=NO_MODEL))
+            usage=chat_pb2.Usage(prompt_tokens=len(str(prompt).split()), completion_tokens=len(sent)),
+            source=source, fallback_reason=reason))
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:
     conversations = ConversationStore(await app.database(MIGRATIONS))
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
+    model = ChatModel(Triton(app.channel(app.config.triton_address, retries=0)))
     audit = Audit(await app.events(), "chat")
     return [kit.Binding("aimesh.chat.v1.ChatService", chat_pb2_grpc.add_ChatServiceServicer_to_server,
-                        ChatServicer(conversations, search, audit))]
+                        ChatServicer(conversations, search, model, audit))]

@@ -54,3 +54,10 @@ class ConversationStore:
             " VALUES ($1, $2, $3, $4, $5, $6)",
             turn, uuid.UUID(conversation_id), question, answer, finish_reason, source)
         return str(turn)
+
+    async def recent_turns(self, conversation_id: str, limit: int) -> list[tuple[str, str]]:
+        """The last (question, answer) pairs of the conversation, oldest first."""
+        rows = await self.pool.fetch(
+            "SELECT question, answer FROM turns WHERE conversation_id = $1"
+            " ORDER BY created_at DESC LIMIT $2", uuid.UUID(conversation_id), limit)
+        return [(r["question"], r["answer"]) for r in reversed(rows)]

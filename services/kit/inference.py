@@ -3,6 +3,8 @@ through the east-west listener. Any failure is kit.Unavailable, so callers with 
 catch one error type."""
 from __future__ import annotations
 
+from typing import AsyncIterator
+
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -24,20 +26,49 @@ def _array(output, raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=triton_to_np_dtype(output.datatype)).reshape(output.shape)
 
 
+def _request(model: str, inputs: dict[str, np.ndarray], version: str = "") -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=list(array.shape))
+        request.raw_input_contents.append(_raw(array))
+    return request
+
+
+def _outputs(reply: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
+    return {output.name: _array(output, raw)
+            for output, raw in zip(reply.outputs, reply.raw_output_contents)}
+
+
 class Triton:
     def __init__(self, channel: grpc.aio.Channel):
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str = "",
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
-        for name, array in inputs.items():
-            request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype),
-                               shape=list(array.shape))
-            request.raw_input_contents.append(_raw(array))
         try:
-            reply = await self.stub.ModelInfer(request, timeout=timeout_s)
+            reply = await self.stub.ModelInfer(_request(model, inputs, version), timeout=timeout_s)
         except grpc.aio.AioRpcError as failure:
             raise Unavailable(f"model {model}: {failure.code().name} {failure.details()}") from failure
-        return {output.name: _array(output, raw)
-                for output, raw in zip(reply.outputs, reply.raw_output_contents)}
+        return _outputs(reply)
+
+    async def stream(self, model: str, inputs: dict[str, np.ndarray], *, last_output: str,
+                     timeout_s: float | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
+        """A decoupled model's responses as they come, up to the one carrying `last_output`.
+        Leaving the loop early (or being cancelled) cancels the call, and Triton tells the
+        model, which stops generating."""
+        call = self.stub.ModelStreamInfer(timeout=timeout_s)
+        try:
+            await call.write(_request(model, inputs))
+            await call.done_writing()
+            async for response in call:
+                if response.error_message:
+                    raise Unavailable(f"model {model}: {response.error_message}")
+                outputs = _outputs(response.infer_response)
+                yield outputs
+                if last_output in outputs:
+                    return
+            raise Unavailable(f"model {model}: the stream ended before its last response")
+        except grpc.aio.AioRpcError as failure:
+            raise Unavailable(f"model {model}: {failure.code().name} {failure.details()}") from failure
+        finally:
+            call.cancel()

@@ -1,5 +1,6 @@
 """Every service through the gateway with the generated stubs, on its real store."""
 import json
+import threading
 import uuid
 
 import grpc
@@ -68,28 +69,63 @@ def test_recommend_answers_a_new_user_from_popular_items_marked_fallback(mesh, u
     assert reply.source == common_pb2.SOURCE_FALLBACK and "cold start" in reply.fallback_reason
 
 
-def test_chat_ask_streams_deltas_citations_and_end(mesh, alice):
+def test_chat_ask_streams_the_models_tokens_then_citations_and_end(mesh, alice):
     with mesh.channel() as channel:
         pieces = list(chat_pb2_grpc.ChatServiceStub(channel).Ask(
-            chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="Star Wars")),
-            metadata=bearer(alice), timeout=10))
+            chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="Tell me about Star Wars", max_tokens=24)),
+            metadata=bearer(alice), timeout=120))
     kinds = [p.WhichOneof("kind") for p in pieces]
     assert kinds.count("delta") >= 3 and kinds[-2:] == ["citations", "end"]
     assert any(c.title == "Star Wars" for c in pieces[-2].citations.citations)
-    assert pieces[-1].end.conversation_id and pieces[-1].end.finish_reason == chat_pb2.FINISH_REASON_STOP
+    end = pieces[-1].end
+    assert end.source == common_pb2.SOURCE_MODEL and end.fallback_reason == ""
+    assert end.conversation_id and end.finish_reason in (chat_pb2.FINISH_REASON_STOP,
+                                                         chat_pb2.FINISH_REASON_LENGTH)
+    assert end.usage.completion_tokens == kinds.count("delta") <= 24
 
 
 def test_chat_stream_resumes_only_own_conversations(mesh, alice, bob):
+    def ask(text, conversation_id=""):
+        return chat_pb2.UserMessage(conversation_id=conversation_id, text=text, max_tokens=8)
+
     with mesh.channel() as channel:
         chat = chat_pb2_grpc.ChatServiceStub(channel)
-        first = list(chat.Ask(chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="Fargo")),
-                              metadata=bearer(alice), timeout=10))[-1].end
-        again = chat.Chat(iter([chat_pb2.ChatRequest(message=chat_pb2.UserMessage(
-            conversation_id=first.conversation_id, text="and Contact?"))]), metadata=bearer(alice), timeout=10)
+        first = list(chat.Ask(chat_pb2.AskRequest(message=ask("Fargo")), metadata=bearer(alice), timeout=120))[-1].end
+        again = chat.Chat(iter([chat_pb2.ChatRequest(message=ask("and Contact?", first.conversation_id))]),
+                          metadata=bearer(alice), timeout=120)
         assert list(again)[-1].end.conversation_id == first.conversation_id
-        stolen = chat.Ask(chat_pb2.AskRequest(message=chat_pb2.UserMessage(
-            conversation_id=first.conversation_id, text="hi")), metadata=bearer(bob), timeout=10)
+        stolen = chat.Ask(chat_pb2.AskRequest(message=ask("hi", first.conversation_id)), metadata=bearer(bob),
+                          timeout=10)
         assert code_of(list, stolen) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_cancelled_turn_ends_cancelled_and_stops_the_generation(mesh, bob):
+    """CancelTurn after the first token: the turn ends CANCELLED, and Triton's model counts a
+    cancelled generation (it stopped generating), polled with a bound."""
+    from tests.integration.test_chat_lm import generations
+    cancelled_before = generations(mesh, "cancelled")
+    cancel = threading.Event()
+
+    def requests():
+        yield chat_pb2.ChatRequest(message=chat_pb2.UserMessage(
+            text="Write a very long story about every film in the catalog.", max_tokens=400))
+        cancel.wait(120)
+        yield chat_pb2.ChatRequest(cancel=chat_pb2.CancelTurn())
+
+    with mesh.channel() as channel:
+        replies = chat_pb2_grpc.ChatServiceStub(channel).Chat(requests(), metadata=bearer(bob), timeout=120)
+        deltas = 0
+        for reply in replies:
+            if reply.WhichOneof("kind") == "delta":
+                deltas += 1
+                cancel.set()
+            if reply.WhichOneof("kind") == "end":
+                break
+        replies.cancel()
+    assert reply.end.finish_reason == chat_pb2.FINISH_REASON_CANCELLED
+    assert 1 <= reply.end.usage.completion_tokens < 400
+    wait_for(lambda: generations(mesh, "cancelled") > cancelled_before, timeout_s=10,
+             what="Triton to count the generation as cancelled")
 
 
 def test_registration_and_purchase_events_become_notifications(mesh, users):
