@@ -4,8 +4,10 @@ Chaos tests run last."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +74,10 @@ def _processes_using(state_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def mesh(tmp_path_factory) -> MeshHandle:
-    state_dir = tmp_path_factory.mktemp("aimesh-state")
+def mesh() -> MeshHandle:
+    # Not under pytest's temp folder: another pytest session on the machine closes that folder
+    # (mode 0700) to everyone else, and Postgres runs as its own user when we are root.
+    state_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-state-"))
     # The tests' own topology (small rate limits); spans go to the tracing test's collector.
     env = {**os.environ, "AIMESH_STATE": str(state_dir),
            "AIMESH_PORT_OFFSET": str(ports.SESSION_MESH), "AIMESH_TOPOLOGY": str(TOPOLOGY),
@@ -90,6 +94,7 @@ def mesh(tmp_path_factory) -> MeshHandle:
     left = [pid for pid in pids if _running(pid)]
     assert not left, f"processes left after down: {left}"
     assert not _processes_using(state_dir), _processes_using(state_dir)
+    shutil.rmtree(state_dir)   # kept, with its logs, when the session failed to stop cleanly
 
 
 @pytest.fixture(scope="session")
