@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from . import clients, database, events, logs, telemetry
+from . import clients, database, events, logs, outbox, telemetry
 from .config import Config
 from .interceptors import Observe
 
@@ -56,6 +56,13 @@ class App:
         # close, not drain: drain waits on the cancelled pull subscriptions
         self._resources.push_async_callback(bus.connection.close)
         return bus
+
+    def outbox(self, pool, events: events.Events) -> "outbox.Outbox":
+        """Events written in the service's transactions, relayed to NATS after each commit
+        (the service's migrations must end with outbox.MIGRATION)."""
+        relay = outbox.Outbox(pool, events)
+        self.spawn(relay.run(self.stopping), name="outbox")
+        return relay
 
     def channel(self, target: str, *, timeout_s: float | None = None, retries: int = 2):
         chan = clients.channel(target, timeout_s=timeout_s or self.config.call_timeout_s,

@@ -1,0 +1,72 @@
+"""The transactional outbox: an event is written in the same database transaction as the change
+it announces, and published to NATS after the commit. A crash between the two delays the event
+instead of losing it; a row published twice is dropped by JetStream (Nats-Msg-Id = event id)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+import nats
+from google.protobuf.message import Message
+
+from aimesh.events.v1 import events_pb2
+
+from .events import Events, envelope
+
+log = logging.getLogger("aimesh.outbox")
+
+# Add to a service's migrations (last, as its next version) to give it an outbox.
+MIGRATION = """
+CREATE TABLE outbox (
+    event_id   text PRIMARY KEY,
+    subject    text NOT NULL,
+    envelope   bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+BATCH = 100
+POLL_S = 1.0   # a row a crashed instance left behind is relayed within this
+
+
+class Outbox:
+    def __init__(self, pool: asyncpg.Pool, events: Events):
+        self.pool, self.events = pool, events
+        self._pending = asyncio.Event()
+
+    async def add(self, connection: asyncpg.Connection, subject: str,
+                  payload: Message) -> events_pb2.Envelope:
+        """Write the event in the caller's transaction; it is published once that commits."""
+        event = envelope(subject, payload)
+        await connection.execute(
+            "INSERT INTO outbox (event_id, subject, envelope) VALUES ($1, $2, $3)",
+            event.event_id, subject, event.SerializeToString())
+        self._pending.set()
+        return event
+
+    async def relay(self) -> int:
+        """Publish what is waiting, oldest first; each row is deleted once JetStream has it.
+        Instances sharing the table skip each other's locked rows."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                "SELECT event_id, subject, envelope FROM outbox ORDER BY created_at"
+                " LIMIT $1 FOR UPDATE SKIP LOCKED", BATCH)
+            for row in rows:
+                await self.events.jetstream.publish(row["subject"], row["envelope"],
+                                                    headers={"Nats-Msg-Id": row["event_id"]})
+            await connection.execute("DELETE FROM outbox WHERE event_id = ANY($1::text[])",
+                                     [row["event_id"] for row in rows])
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop`: at once after a commit that added events, else every POLL_S."""
+        while not stop.is_set():
+            self._pending.clear()
+            try:
+                while await self.relay() == BATCH:
+                    pass
+            except (nats.errors.Error, asyncio.TimeoutError, OSError) as failure:
+                log.warning("publishing the outbox failed; will retry: %s", failure)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._pending.wait(), POLL_S)
