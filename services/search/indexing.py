@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aimesh.events.v1 import events_pb2
 from services import kit
+from services.kit.outbox import Outbox
 
 from .embedder import Embedder
 from .store import DocumentStore, Job, JobStore
@@ -15,8 +16,8 @@ WORKERS = "search-indexer"   # one durable work-queue consumer shared by every i
 
 class Indexer:
     def __init__(self, jobs: JobStore, documents: DocumentStore, embedder: Embedder,
-                 events: kit.Events):
-        self.jobs, self.documents, self.embedder, self.events = jobs, documents, embedder, events
+                 outbox: Outbox):
+        self.jobs, self.documents, self.embedder, self.outbox = jobs, documents, embedder, outbox
 
     async def run(self, event: events_pb2.Envelope) -> None:
         """Index one queued job. A Triton outage raises, so the job is redelivered and resumes."""
@@ -29,14 +30,14 @@ class Indexer:
                                                    timeout_s=BATCH_DEADLINE_S)
             await self.documents.upsert(batch, embeddings)
             job = await self.jobs.progress(job.id, job.done_count + len(batch))
-        await self._completed(await self.jobs.finish(job.id))
+        await self.jobs.finish(job.id, self._completed)
 
     async def give_up(self, event: events_pb2.Envelope, failure: Exception) -> None:
         queued = kit.unpack(event, events_pb2.IndexJobQueued)
         if (job := await self.jobs.get(queued.job_id)) and job.state not in ("succeeded", "failed"):
-            await self._completed(await self.jobs.finish(job.id, error=str(failure)[:500]))
+            await self.jobs.finish(job.id, self._completed, error=str(failure)[:500])
 
-    async def _completed(self, job: Job) -> None:
-        await self.events.publish("job.completed", events_pb2.JobCompleted(
+    async def _completed(self, connection, job: Job) -> None:
+        await self.outbox.add(connection, "job.completed", events_pb2.JobCompleted(
             job_id=job.id, user_id=job.user_id, succeeded=job.state == "succeeded",
             indexed_count=job.done_count, error=job.error))

@@ -5,6 +5,7 @@ from aimesh.events.v1 import events_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
 from services.kit.inference import Triton
+from services.kit.outbox import Outbox
 
 from .embedder import Embedder
 from .indexing import WORKERS, Indexer
@@ -38,8 +39,8 @@ def job_proto(job: Job) -> search_pb2.Job:
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, documents: DocumentStore, embedder: Embedder, jobs: JobStore,
-                 events: kit.Events):
-        self.documents, self.embedder, self.jobs, self.events = documents, embedder, jobs, events
+                 outbox: Outbox):
+        self.documents, self.embedder, self.jobs, self.outbox = documents, embedder, jobs, outbox
 
     async def IndexDocuments(self, request, context):
         kit.admin(context)
@@ -73,9 +74,13 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def SubmitIndexJob(self, request, context):
         who = kit.admin(context)
         incoming = kit.validate.count(request, "documents", 1, MAX_JOB)
-        job = await self.jobs.create(who.user_id, [_document(d, i) for i, d in enumerate(incoming)])
-        await self.events.publish("jobs.index", events_pb2.IndexJobQueued(job_id=job.id,
-                                                                          user_id=who.user_id))
+        documents = [_document(d, i) for i, d in enumerate(incoming)]
+
+        async def queue(connection, job: Job) -> None:
+            await self.outbox.add(connection, "jobs.index",
+                                  events_pb2.IndexJobQueued(job_id=job.id, user_id=job.user_id))
+
+        job = await self.jobs.create(who.user_id, documents, queue)
         return search_pb2.SubmitIndexJobResponse(job=job_proto(job))
 
     async def GetJob(self, request, context):
@@ -91,9 +96,10 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     documents, jobs = DocumentStore(pool), JobStore(pool)
     embedder = Embedder(Triton(app.channel(app.config.triton_address)))
     events = await app.events()
-    indexer = Indexer(jobs, documents, embedder, events)
+    outbox = app.outbox(pool, events)
+    indexer = Indexer(jobs, documents, embedder, outbox)
     app.spawn(events.consume("JOBS", WORKERS, indexer.run, give_up=indexer.give_up,
                              stop=app.stopping), name=WORKERS)
     return [kit.Binding("aimesh.search.v1.SearchService",
                         search_pb2_grpc.add_SearchServiceServicer_to_server,
-                        SearchServicer(documents, embedder, jobs, events))]
+                        SearchServicer(documents, embedder, jobs, outbox))]

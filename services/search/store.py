@@ -5,9 +5,12 @@ import json
 import uuid
 from dataclasses import dataclass, asdict
 from datetime import datetime
+from typing import Awaitable, Callable
 
 import asyncpg
 import numpy as np
+
+from services.kit import outbox
 
 DIMENSIONS = 384
 MIGRATIONS = [
@@ -42,6 +45,7 @@ MIGRATIONS = [
         PRIMARY KEY (job_id, seq)
     );
     """,
+    outbox.MIGRATION,
 ]
 
 
@@ -112,12 +116,16 @@ def _job(row) -> Job | None:
     return Job(**{**dict(row), "id": str(row["id"]), "user_id": str(row["user_id"])})
 
 
+# Writes the event that announces a job change, on the transaction's connection (an outbox).
+Announce = Callable[[asyncpg.Connection, "Job"], Awaitable[None]]
+
+
 class JobStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def create(self, user_id: str, documents: list[Document]) -> Job:
-        """The job and its documents, in one transaction."""
+    async def create(self, user_id: str, documents: list[Document], announce: Announce) -> Job:
+        """The job, its documents and its announcement (`announce`), in one transaction."""
         job_id = uuid.uuid4()
         async with self.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
@@ -126,6 +134,7 @@ class JobStore:
             await connection.executemany(
                 "INSERT INTO job_documents (job_id, seq, document) VALUES ($1, $2, $3::jsonb)",
                 [(job_id, seq, json.dumps(asdict(d))) for seq, d in enumerate(documents)])
+            await announce(connection, _job(row))
         return _job(row)
 
     async def get(self, job_id: str) -> Job | None:
@@ -147,11 +156,13 @@ class JobStore:
             "UPDATE jobs SET state = 'running', done_count = $2, updated_at = now()"
             " WHERE id = $1 RETURNING *", uuid.UUID(job_id), done_count))
 
-    async def finish(self, job_id: str, error: str = "") -> Job:
-        """Succeeded (no error) or failed; the waiting documents are no longer needed."""
+    async def finish(self, job_id: str, announce: Announce, error: str = "") -> Job:
+        """Succeeded (no error) or failed, announced in the same transaction; the waiting
+        documents are no longer needed."""
         async with self.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(
                 "UPDATE jobs SET state = $2, error = $3, updated_at = now() WHERE id = $1 RETURNING *",
                 uuid.UUID(job_id), "failed" if error else "succeeded", error)
             await connection.execute("DELETE FROM job_documents WHERE job_id = $1", uuid.UUID(job_id))
+            await announce(connection, _job(row))
         return _job(row)
