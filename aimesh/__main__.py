@@ -8,6 +8,9 @@
   aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
   aimesh token EMAIL a token for a demo account, for grpcurl
   aimesh audit USER  the AI decisions made for a user (JSON lines)
+  aimesh user create EMAIL [--tier pro] [--role admin]   create an account (as the demo admin)
+  aimesh user set EMAIL --tier pro|free --role user|admin  change it; shows in its next token
+  aimesh keys rotate a new signing key for user-svc, without downtime
   aimesh gen         generate stubs and the descriptor set from proto/
   aimesh env         shell exports that put grpcurl, buf and envoy on PATH
   aimesh models build   build the model artifacts that are not current (up does it too)
@@ -120,6 +123,45 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _as_admin(args, work) -> int:
+    """Print the lines of work(admin account), whose calls go through the gateway; a refused call
+    prints its status instead."""
+    import grpc
+    from .admin import Admin
+    gateway = f"127.0.0.1:{topology.load().gateway.edge_port}"
+    try:
+        print("\n".join(work(Admin(gateway, args.admin, args.admin_password))))
+    except grpc.RpcError as refused:
+        print(f"aimesh: {refused.code().name}: {refused.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_user_create(args) -> int:
+    from . import admin
+
+    def create(account):
+        profile, password = admin.create_user(account, args.email, password=args.password,
+                                              name=args.name, tier=args.tier, role=args.role)
+        return [admin.describe(profile)] + ([] if args.password else [f"  password: {password}"])
+    return _as_admin(args, create)
+
+
+def cmd_user_set(args) -> int:
+    from . import admin
+    if not (args.tier or args.role):
+        print("aimesh: give --tier or --role", file=sys.stderr)
+        return 2
+    return _as_admin(args, lambda account: [
+        admin.describe(admin.set_access(account, args.email, tier=args.tier, role=args.role)),
+        "  (the user's next token carries it; a token issued before keeps the old claims until it expires)"])
+
+
+def cmd_keys_rotate(args) -> int:
+    from . import admin
+    return _as_admin(args, admin.rotate_key)
+
+
 def cmd_gen(args) -> int:
     print("generated" if codegen.generate(force=args.force) else "stubs are current")
     if args.baseline:
@@ -204,6 +246,29 @@ def main(argv: list[str] | None = None) -> int:
     audit = commands.add_parser("audit", help="the AI decisions made for a user (admin)")
     audit.add_argument("user_id")
     audit.set_defaults(run=cmd_audit)
+    as_admin = argparse.ArgumentParser(add_help=False)   # options of every admin command
+    as_admin.add_argument("--admin", default="admin@demo.aimesh", help="the admin account's email")
+    as_admin.add_argument("--admin-password", default="aimesh-demo")
+    user = commands.add_parser("user", help="create accounts, set tier and role (admin)").add_subparsers(
+        dest="user_command", required=True)
+    create = user.add_parser("create", parents=[as_admin], help="create an account")
+    create.add_argument("email")
+    create.add_argument("--password", help="at least 8 characters (default: a random one, printed)")
+    create.add_argument("--name", help="display name (default: the email's local part)")
+    create.add_argument("--tier", choices=("free", "pro"), default="free")
+    create.add_argument("--role", choices=("user", "admin"), default="user")
+    create.set_defaults(run=cmd_user_create)
+    set_access = user.add_parser("set", parents=[as_admin],
+                                 help="set an account's tier and/or role (in its next token)")
+    set_access.add_argument("email")
+    set_access.add_argument("--tier", choices=("free", "pro"))
+    set_access.add_argument("--role", choices=("user", "admin"))
+    set_access.set_defaults(run=cmd_user_set)
+    keys = commands.add_parser("keys", help="user-svc's signing keys (admin)").add_subparsers(
+        dest="keys_command", required=True)
+    keys.add_parser("rotate", parents=[as_admin],
+                    help="add a signing key: published now, signs once the gateway has it, "
+                         "the old one leaves after the token lifetime").set_defaults(run=cmd_keys_rotate)
     gen = commands.add_parser("gen", help="generate stubs and the descriptor set")
     gen.add_argument("--force", action="store_true", help="regenerate even when current")
     gen.add_argument("--baseline", action="store_true",

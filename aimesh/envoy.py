@@ -25,7 +25,6 @@ LOOPBACK = "127.0.0.1"
 JWT_PROVIDER = "user"                      # user-svc issues every token
 JWKS_CLUSTER = "jwks"
 JWKS_PATH = "/.well-known/jwks.json"
-JWKS_CACHE_S = 300                         # rotation publishes the new key first, so 5 min is safe
 PIN_HEADER = "x-model-version"             # pins one version of a canary service
 IDENTITY_HEADERS = {"sub": "x-aimesh-user-id", "tier": "x-aimesh-tier", "role": "x-aimesh-role"}
 DESCRIPTOR_SET = "gen/aimesh.binpb"        # for JSON transcoding; relative to the repository
@@ -43,6 +42,8 @@ RETRY_ON = "unavailable,reset,connect-failure"
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 CORS_FILTER = "envoy.filters.http.cors"
 MAX_USERS_TRACKED = 10000                  # per-user buckets kept per route (least recently used go)
+RATE_LIMITED_MESSAGE = "local_rate_limited"   # Envoy's grpc-message for a limited call
+RESOURCE_EXHAUSTED = "8"                        # the gRPC status code, as a grpc-status header
 GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-model-version"
 
 
@@ -178,6 +179,8 @@ def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
         "route_config": {"name": name, "virtual_hosts": [virtual_host]},
         "http_filters": [*edge_filters, *_http_filters(topo, public_prefixes)],
     }
+    if edge:
+        hcm["local_reply_config"] = _grpc_web_local_replies()
     if tracing:
         hcm["tracing"] = _tracing(name)
     return {
@@ -208,6 +211,27 @@ def _edge_filters(topo: Topology, descriptor_set: str) -> list[dict]:
             "print_options": {"always_print_primitive_fields": True},
         }},
     ]
+
+
+def _grpc_web_local_replies() -> dict:
+    """A rate-limited grpc-web call reads RESOURCE_EXHAUSTED, as over gRPC. Envoy decides whether
+    a local reply is gRPC from the request as it arrived, and grpc-web is not gRPC there: the
+    limiter's reply goes out as HTTP 429, which the grpc_web filter then turns into UNAVAILABLE
+    (gRPC's HTTP mapping). So a 429 to a grpc-web client (they all send x-grpc-web) is rewritten
+    here into what the grpc_web filter passes through untouched: a trailers-only grpc-web reply."""
+    rate_limited = {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+        "default_value": 429, "runtime_key": "local_reply.rate_limited_status"}}}}
+    grpc_web_client = {"header_filter": {"header": {"name": "x-grpc-web", "present_match": True}}}
+    trailers = {"grpc-status": RESOURCE_EXHAUSTED,
+                "grpc-message": RATE_LIMITED_MESSAGE}
+    return {"mappers": [{
+        "filter": {"and_filter": {"filters": [rate_limited, grpc_web_client]}},
+        "status_code": 200,
+        "headers_to_add": [{"header": {"key": k, "value": v},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in trailers.items()],
+        # No body, so the headers end the reply: grpc-web's trailers-only form.
+        "body_format_override": {"text_format": "", "content_type": "application/grpc-web+proto"},
+    }]}
 
 
 def _cors_policy(topo: Topology) -> dict:
@@ -252,7 +276,8 @@ def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...]) -> dict:
                 "cluster": JWKS_CLUSTER,
                 "timeout": "2s",
             },
-            "cache_duration": _seconds(JWKS_CACHE_S),
+            # user-svc signs with a new key only once this much time has passed since publishing it
+            "cache_duration": _seconds(topo.gateway.jwks_cache_s),
             # Fetch in the background: the listener opens even while user-svc is still starting,
             # and a failed fetch is retried (failed_refetch_duration) instead of waiting a cache.
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},

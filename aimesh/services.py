@@ -23,7 +23,7 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         mesh_address=f"127.0.0.1:{g.mesh_port}", triton_address=f"127.0.0.1:{g.mesh_port}",
         state_dir=str(state_dir / "services" / instance.name),
         descriptor_set=str(DESCRIPTOR_SET), jwks_port=service.jwks_port,
-        audience=g.audience, issuer=g.issuer, demo=demo,
+        audience=g.audience, issuer=g.issuer, jwks_cache_s=g.jwks_cache_s, demo=demo,
     )
 
 

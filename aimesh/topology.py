@@ -74,6 +74,7 @@ class Gateway:
     web_origin: str                       # the page allowed to call through grpc-web (CORS)
     public_rate_limit_per_minute: int     # public methods (Login, Register), per client address
     resilience: Resilience
+    jwks_cache_s: float                   # how long Envoy caches user-svc's JWKS (key rotation waits it)
 
 
 
@@ -153,7 +154,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         admin_port=port(g["admin_port"]), audience=g["audience"], issuer=g["issuer"],
         stream_idle_timeout_s=float(g["stream_idle_timeout_s"]), web_origin=g["web_origin"],
         public_rate_limit_per_minute=int(g["public_rate_limit_per_minute"]),
-        resilience=Resilience(**g["resilience"]),
+        resilience=Resilience(**g["resilience"]), jwks_cache_s=float(g["jwks_cache_s"]),
     )
     infra = Infra(
         postgres_port=port(infra["postgres"]["port"]),

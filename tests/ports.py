@@ -8,4 +8,5 @@ SESSION_MESH = BASE
 FAILING_MESH = BASE + 500
 TRITON_ONLY = BASE + 700
 PORT_CHECK = BASE + 1500
+SLOW_UPSTREAM = BASE + 2300     # a lone Envoy in front of a deliberately slow service
 OTLP_COLLECTOR = BASE + 4317     # the tracing test's collector; the session mesh exports to it

@@ -24,6 +24,7 @@ class Config:
     descriptor_set: str = ""          # the full descriptor set, for the catalog
     jwks_port: int = 0
     token_ttl_s: int = 3600
+    jwks_cache_s: float = 300.0       # how long the gateway may cache the JWKS (key rotation waits it)
     audience: str = "aimesh"
     issuer: str = "aimesh-user"
     log_level: str = "INFO"

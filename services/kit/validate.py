@@ -37,6 +37,18 @@ def count(request, field: str, low: int, high: int) -> list:
     return values
 
 
+def choice(request, field: str, names: dict[str, int]) -> str | None:
+    """The name of an enum field's value (`names`: name -> number); None when it is unspecified
+    (0). A number not in `names` (a client with a newer contract, or a typo) is refused."""
+    value = getattr(request, field)
+    if value == 0:
+        return None
+    for name, number in names.items():
+        if number == value:
+            return name
+    raise InvalidArgument(field, f"must be one of {', '.join(names)}, got {value}")
+
+
 def email(request, field: str = "email") -> str:
     value = text(request, field, max_len=254).lower()
     local, _, domain = value.partition("@")

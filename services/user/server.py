@@ -12,7 +12,7 @@ from services import kit
 
 from .accounts import password_matches, register
 from .store import MIGRATIONS, User, UserStore
-from .tokens import Issuer, KeyRing, serve_jwks
+from .tokens import FETCH_MARGIN_S, Issuer, KeyRing, KeyTimes, RotationPending, serve_jwks
 
 TIERS = {"free": user_pb2.TIER_FREE, "pro": user_pb2.TIER_PRO}
 ROLES = {"user": user_pb2.ROLE_USER, "admin": user_pb2.ROLE_ADMIN}
@@ -24,9 +24,18 @@ def profile(user: User) -> user_pb2.Profile:
                             create_time=kit.timestamp(user.created_at))
 
 
+def signing_key(times: KeyTimes) -> user_pb2.SigningKey:
+    key = user_pb2.SigningKey(kid=times.key.kid,
+                              create_time=timestamp_pb2.Timestamp(seconds=int(times.key.created)),
+                              sign_time=timestamp_pb2.Timestamp(seconds=int(times.signs)))
+    if times.retires is not None:
+        key.retire_time.seconds = int(times.retires)
+    return key
+
+
 class UserServicer(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, users: UserStore, issuer: Issuer, events: kit.Events):
-        self.users, self.issuer, self.events = users, issuer, events
+    def __init__(self, users: UserStore, keys: KeyRing, issuer: Issuer, events: kit.Events):
+        self.users, self.keys, self.issuer, self.events = users, keys, issuer, events
 
     async def Register(self, request, context):
         email = kit.validate.email(request)
@@ -68,6 +77,28 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         return user_pb2.RecordPurchaseResponse(purchase_id=purchase.id,
                                                purchase_time=kit.timestamp(purchase.created_at))
 
+    async def SetAccess(self, request, context):
+        kit.admin(context)
+        email = kit.validate.email(request)
+        tier = kit.validate.choice(request, "tier", TIERS)
+        role = kit.validate.choice(request, "role", ROLES)
+        if tier is None and role is None:
+            raise kit.InvalidArgument("tier", "give a tier or a role (or both)",
+                                      ("role", "give a tier or a role (or both)"))
+        user = await self.users.set_access(email, tier=tier, role=role)
+        if user is None:
+            raise kit.NotFound(f"no account with email {email}")
+        return user_pb2.SetAccessResponse(profile=profile(user))
+
+    async def RotateSigningKey(self, request, context):
+        kit.admin(context)
+        try:
+            await asyncio.to_thread(self.keys.rotate)
+        except RotationPending as pending:
+            raise kit.FailedPrecondition(f"a rotation is under way: {pending}") from None
+        keys = [signing_key(k) for k in await asyncio.to_thread(self.keys.published)]
+        return user_pb2.RotateSigningKeyResponse(key=keys[-1], keys=keys)   # the new key is the newest
+
     async def _own(self, context) -> User:
         user = await self.users.by_id(kit.caller(context).user_id)
         if user is None:
@@ -78,13 +109,14 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 async def setup(app: kit.App) -> list[kit.Binding]:
     config = app.config
     users = UserStore(await app.database(MIGRATIONS))
-    keys = KeyRing(Path(config.state_dir) / "keys")
+    keys = KeyRing(Path(config.state_dir) / "keys", publish_s=config.jwks_cache_s + FETCH_MARGIN_S,
+                   token_ttl_s=config.token_ttl_s)
     jwks = serve_jwks(keys, config.host, config.jwks_port)
     app.on_close(lambda: asyncio.to_thread(jwks.shutdown))
     if config.demo:
         from .demo import seed
         await seed(users)
     issuer = Issuer(keys, config.issuer, config.audience, config.token_ttl_s)
-    servicer = UserServicer(users, issuer, await app.events())
+    servicer = UserServicer(users, keys, issuer, await app.events())
     return [kit.Binding("aimesh.user.v1.UserService", user_pb2_grpc.add_UserServiceServicer_to_server,
                         servicer)]

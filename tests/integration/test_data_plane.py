@@ -1,7 +1,7 @@
 """The data plane through the real Envoy: rate limits, grpc-web, JSON, canary split and live
-reload, streams beyond the unary timeouts, tracing from the edge into a service. Limits come
-from tests/topology.yaml (free users get 4 Recommend calls a minute); buckets are per user, so
-each test mints its own user."""
+reload, streams beyond the unary timeouts, route timeouts, tracing from the edge into a service.
+Limits come from tests/topology.yaml (free users get 4 Recommend calls a minute); buckets are per
+user, so each test mints its own user."""
 from __future__ import annotations
 
 import json
@@ -13,13 +13,15 @@ from concurrent import futures
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from aimesh import envoy, topology
+from aimesh.mesh import Mesh
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
-from aimesh.user.v1 import user_pb2
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from tests import ports
 from tests.conftest import TOPOLOGY
 from tests.integration.client import bearer, code_of, grpc_web, new_user, token, wait_for
@@ -28,7 +30,11 @@ RECOMMEND = "/aimesh.recommend.v1.RecommendService/Recommend"
 
 
 def envoy_stats(mesh) -> dict[str, int]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.topo.gateway.admin_port}/stats", timeout=5) as r:
+    return envoy_stats_at(mesh.topo)
+
+
+def envoy_stats_at(topo) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{topo.gateway.admin_port}/stats", timeout=5) as r:
         pairs = (line.split(": ", 1) for line in r.read().decode().splitlines())
         return {k: int(v) for k, v in pairs if v.isdigit()}
 
@@ -58,6 +64,12 @@ def test_a_user_over_the_limit_is_resource_exhausted_and_reaches_no_upstream(mes
     assert [recommend_code(recommend, user) for _ in range(limit.free)] == [grpc.StatusCode.OK] * limit.free
     before = sum(upstream_calls(mesh, f"recommend-{v}") for v in ("v1", "v2"))
     assert recommend_code(recommend, user) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # A browser reads the same status (and may read it: CORS headers are on the reply).
+    origin = mesh.topo.gateway.web_origin
+    web = grpc_web(mesh.gateway, RECOMMEND, recommend_pb2.RecommendRequest(limit=3),
+                   recommend_pb2.RecommendResponse, metadata=user, origin=origin)
+    assert web.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert web.headers["access-control-allow-origin"] == origin
     assert sum(upstream_calls(mesh, f"recommend-{v}") for v in ("v1", "v2")) == before
     # Buckets are per user and sized by tier: others are not limited by this one.
     assert recommend_code(recommend, bearer(fresh_token(mesh, "free"))) == grpc.StatusCode.OK
@@ -72,7 +84,7 @@ def test_public_methods_are_limited_per_client_address(mesh):
     per_minute = mesh.topo.gateway.public_rate_limit_per_minute
     replies = [grpc_web(mesh.gateway, *login, source="127.0.0.2") for _ in range(per_minute + 5)]
     limited = [r for r in replies if r.headers.get("grpc-message") == "local_rate_limited"]
-    assert limited and all(r.status != grpc.StatusCode.OK for r in limited)
+    assert limited and {r.status for r in limited} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert grpc_web(mesh.gateway, *login, source="127.0.0.3").status == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -176,6 +188,63 @@ def test_a_stream_outlives_the_unary_timeouts(mesh, users):
         arrived = next(live).notification
         live.cancel()
     assert arrived.kind == "user.purchased"
+
+
+class SlowLogin(user_pb2_grpc.UserServiceServicer):
+    """UserService whose Login never answers by itself: it holds the call until the caller
+    goes away, and notes both moments."""
+
+    def __init__(self):
+        self.busy = threading.Event()        # a Login is being served
+        self.abandoned = threading.Event()   # ... and its caller (Envoy) gave up on it
+
+    def Login(self, request, context):
+        self.busy.set()
+        gone = threading.Event()
+        context.add_callback(gone.set)       # runs when the call ends: here, a reset from Envoy
+        if gone.wait(timeout=120):
+            self.abandoned.set()
+        return user_pb2.LoginResponse()
+
+
+@pytest.fixture
+def slow_gateway(tmp_path):
+    """A lone Envoy rendered from the tests' topology on ports of its own, whose only live
+    upstream is a SlowLogin in user-svc's place (answering health checks, so it is in rotation)."""
+    topo = topology.load(TOPOLOGY, port_offset=ports.SLOW_UPSTREAM)
+    slow = SlowLogin()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    user_pb2_grpc.add_UserServiceServicer_to_server(slow, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{topo.services['user'].instances[0].port}")
+    server.start()
+    gateway = Mesh(topo, tmp_path)
+    try:
+        gateway.start("envoy", on_progress=lambda _: None)
+        wait_for(lambda: envoy_stats_at(topo).get("cluster.user.membership_healthy") == 1,
+                 timeout_s=30, what="the slow user-svc to pass Envoy's health check")
+        yield topo, slow
+    finally:
+        gateway.stop("envoy")
+        server.stop(grace=None)
+
+
+def test_a_slow_upstream_hits_its_route_timeout(slow_gateway):
+    """Login (not idempotent, so never retried) outlasts user-svc's route timeout: Envoy answers
+    the caller itself and resets the upstream call, which was still being served."""
+    topo, slow = slow_gateway
+    route_timeout_s = topo.services["user"].timeout_s
+    with grpc.insecure_channel(f"127.0.0.1:{topo.gateway.edge_port}") as channel:
+        login = user_pb2_grpc.UserServiceStub(channel).Login
+        with pytest.raises(grpc.RpcError) as refused:
+            # The client would wait far longer: the answer must come from the route's timeout.
+            login(user_pb2.LoginRequest(email="slow@example.com", password="x"),
+                  timeout=route_timeout_s * 10)
+    assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert refused.value.details() == "upstream request timeout"
+    assert slow.busy.is_set()
+    assert envoy_stats_at(topo).get("cluster.user.upstream_rq_timeout") == 1
+    wait_for(slow.abandoned.is_set, timeout_s=10, what="Envoy to reset the timed-out upstream call")
 
 
 class Collector(trace_service_pb2_grpc.TraceServiceServicer):

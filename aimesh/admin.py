@@ -1,0 +1,70 @@
+"""Admin commands, made through the gateway as an admin account (as any client would): create
+users, set their tier and role, rotate user-svc's signing key."""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+
+from . import demo
+
+TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class Admin:
+    gateway: str
+    email: str = "admin@demo.aimesh"
+    password: str = demo.PASSWORD
+
+    def call(self, method: str, request):
+        """Log in as the admin, then call UserService.<method> with the admin's token."""
+        with grpc.insecure_channel(self.gateway) as channel:
+            users = user_pb2_grpc.UserServiceStub(channel)
+            token = users.Login(user_pb2.LoginRequest(email=self.email, password=self.password),
+                                timeout=TIMEOUT_S).access_token
+            return getattr(users, method)(request, timeout=TIMEOUT_S,
+                                          metadata=[("authorization", f"Bearer {token}")])
+
+
+def create_user(admin: Admin, email: str, *, password: str | None, name: str | None,
+                tier: str, role: str) -> tuple[user_pb2.Profile, str]:
+    """Register the account, then give it its tier and role; returns its profile and password
+    (a random one when none is given)."""
+    password = password or secrets.token_urlsafe(12)
+    admin.call("GetProfile", user_pb2.GetProfileRequest())   # bad admin credentials: stop here
+    with grpc.insecure_channel(admin.gateway) as channel:
+        user_pb2_grpc.UserServiceStub(channel).Register(user_pb2.RegisterRequest(
+            email=email, password=password, display_name=name or email.split("@")[0]),
+            timeout=TIMEOUT_S)
+    return set_access(admin, email, tier=tier, role=role), password
+
+
+def set_access(admin: Admin, email: str, *, tier: str | None, role: str | None) -> user_pb2.Profile:
+    return admin.call("SetAccess", user_pb2.SetAccessRequest(
+        email=email,   # unset: unchanged (the enums' zero value)
+        tier=user_pb2.Tier.Value(f"TIER_{tier.upper()}") if tier else 0,
+        role=user_pb2.Role.Value(f"ROLE_{role.upper()}") if role else 0)).profile
+
+
+def describe(profile: user_pb2.Profile) -> str:
+    return (f"{profile.email}  id {profile.user_id}  tier {user_pb2.Tier.Name(profile.tier)}"
+            f"  role {user_pb2.Role.Name(profile.role)}")
+
+
+def rotate_key(admin: Admin) -> list[str]:
+    """Rotate the signing key; lines that say when each key signs and retires."""
+    reply = admin.call("RotateSigningKey", user_pb2.RotateSigningKeyRequest())
+
+    def when(stamp) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp.seconds))
+
+    lines = [f"added key {reply.key.kid}; it signs tokens from {when(reply.key.sign_time)}"]
+    for key in reply.keys:
+        retires = f", leaves the JWKS {when(key.retire_time)}" if key.HasField("retire_time") else ""
+        lines.append(f"  {key.kid}: signs from {when(key.sign_time)}{retires}")
+    return lines
