@@ -8,16 +8,17 @@ from argon2.exceptions import VerificationError
 
 from services import kit
 
-from .store import EmailTaken, User, UserStore
+from .store import Announce, EmailTaken, User, UserStore
 
 passwords = PasswordHasher()
 
 
 async def register(users: UserStore, email: str, password: str, display_name: str, *,
-                   tier: str = "free", role: str = "user") -> User:
+                   tier: str = "free", role: str = "user", announce: Announce | None = None) -> User:
     password_hash = await asyncio.to_thread(passwords.hash, password)
     try:
-        return await users.create(email, password_hash, display_name, tier=tier, role=role)
+        return await users.create(email, password_hash, display_name, tier=tier, role=role,
+                                  announce=announce)
     except EmailTaken:
         raise kit.AlreadyExists(f"an account with email {email} exists") from None
 

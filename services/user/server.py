@@ -9,9 +9,10 @@ from google.protobuf import timestamp_pb2
 from aimesh.events.v1 import events_pb2
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services import kit
+from services.kit.outbox import Outbox
 
 from .accounts import password_matches, register
-from .store import MIGRATIONS, User, UserStore
+from .store import MIGRATIONS, Purchase, User, UserStore
 from .tokens import FETCH_MARGIN_S, Issuer, KeyRing, KeyTimes, RotationPending, serve_jwks
 
 TIERS = {"free": user_pb2.TIER_FREE, "pro": user_pb2.TIER_PRO}
@@ -34,16 +35,19 @@ def signing_key(times: KeyTimes) -> user_pb2.SigningKey:
 
 
 class UserServicer(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, users: UserStore, keys: KeyRing, issuer: Issuer, events: kit.Events):
-        self.users, self.keys, self.issuer, self.events = users, keys, issuer, events
+    def __init__(self, users: UserStore, keys: KeyRing, issuer: Issuer, outbox: Outbox):
+        self.users, self.keys, self.issuer, self.outbox = users, keys, issuer, outbox
 
     async def Register(self, request, context):
         email = kit.validate.email(request)
         password = kit.validate.text(request, "password", min_len=8, max_len=256)
         display_name = kit.validate.text(request, "display_name", max_len=80)
-        user = await register(self.users, email, password, display_name)
-        await self.events.publish("user.registered", events_pb2.UserRegistered(
-            user_id=user.id, email=user.email, display_name=user.display_name))
+
+        async def registered(connection, user: User) -> None:
+            await self.outbox.add(connection, "user.registered", events_pb2.UserRegistered(
+                user_id=user.id, email=user.email, display_name=user.display_name))
+
+        user = await register(self.users, email, password, display_name, announce=registered)
         return user_pb2.RegisterResponse(profile=profile(user))
 
     async def Login(self, request, context):
@@ -71,9 +75,12 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if request.item_id <= 0:
             raise kit.InvalidArgument("item_id", "must be a positive catalog item id")
         user = await self._own(context)
-        purchase = await self.users.record_purchase(user.id, request.item_id)
-        await self.events.publish("user.purchased", events_pb2.UserPurchased(
-            user_id=user.id, purchase_id=purchase.id, item_id=purchase.item_id))
+
+        async def purchased(connection, purchase: Purchase) -> None:
+            await self.outbox.add(connection, "user.purchased", events_pb2.UserPurchased(
+                user_id=purchase.user_id, purchase_id=purchase.id, item_id=purchase.item_id))
+
+        purchase = await self.users.record_purchase(user.id, request.item_id, purchased)
         return user_pb2.RecordPurchaseResponse(purchase_id=purchase.id,
                                                purchase_time=kit.timestamp(purchase.created_at))
 
@@ -108,7 +115,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 
 async def setup(app: kit.App) -> list[kit.Binding]:
     config = app.config
-    users = UserStore(await app.database(MIGRATIONS))
+    pool = await app.database(MIGRATIONS)
+    users = UserStore(pool)
     keys = KeyRing(Path(config.state_dir) / "keys", publish_s=config.jwks_cache_s + FETCH_MARGIN_S,
                    token_ttl_s=config.token_ttl_s)
     jwks = serve_jwks(keys, config.host, config.jwks_port)
@@ -117,6 +125,6 @@ async def setup(app: kit.App) -> list[kit.Binding]:
         from .demo import seed
         await seed(users)
     issuer = Issuer(keys, config.issuer, config.audience, config.token_ttl_s)
-    servicer = UserServicer(users, keys, issuer, await app.events())
+    servicer = UserServicer(users, keys, issuer, app.outbox(pool, await app.events()))
     return [kit.Binding("aimesh.user.v1.UserService", user_pb2_grpc.add_UserServiceServicer_to_server,
                         servicer)]

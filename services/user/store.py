@@ -4,8 +4,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Awaitable, Callable
 
 import asyncpg
+
+from services.kit import outbox
 
 MIGRATIONS = [
     """
@@ -26,6 +29,7 @@ MIGRATIONS = [
     );
     CREATE INDEX purchases_by_user ON purchases (user_id, created_at DESC);
     """,
+    outbox.MIGRATION,
 ]
 
 
@@ -56,20 +60,28 @@ def _user(row) -> User | None:
     return None if row is None else User(**{**dict(row), "id": str(row["id"])})
 
 
+# Writes the event that announces a change, on the transaction's connection (an outbox).
+Announce = Callable[[asyncpg.Connection, Any], Awaitable[None]]
+
+
 class UserStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
     async def create(self, email: str, password_hash: str, display_name: str, *,
-                     tier: str = "free", role: str = "user") -> User:
+                     tier: str = "free", role: str = "user", announce: Announce | None = None) -> User:
+        """A new account, and its announcement (`announce`) in the same transaction."""
         try:
-            row = await self.pool.fetchrow(
-                "INSERT INTO users (id, email, password_hash, display_name, tier, role)"
-                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
-                uuid.uuid4(), email, password_hash, display_name, tier, role)
+            async with self.pool.acquire() as connection, connection.transaction():
+                user = _user(await connection.fetchrow(
+                    "INSERT INTO users (id, email, password_hash, display_name, tier, role)"
+                    " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+                    uuid.uuid4(), email, password_hash, display_name, tier, role))
+                if announce:
+                    await announce(connection, user)
         except asyncpg.UniqueViolationError as taken:
             raise EmailTaken(email) from taken
-        return _user(row)
+        return user
 
     async def by_email(self, email: str) -> User | None:
         return _user(await self.pool.fetchrow("SELECT * FROM users WHERE email = $1", email))
@@ -88,9 +100,13 @@ class UserStore:
             "UPDATE users SET tier = coalesce($2, tier), role = coalesce($3, role)"
             " WHERE email = $1 RETURNING *", email, tier, role))
 
-    async def record_purchase(self, user_id: str, item_id: int) -> Purchase:
-        row = await self.pool.fetchrow(
-            "INSERT INTO purchases (id, user_id, item_id) VALUES ($1, $2, $3) RETURNING *",
-            uuid.uuid4(), uuid.UUID(user_id), item_id)
-        return Purchase(id=str(row["id"]), user_id=user_id, item_id=row["item_id"],
-                        created_at=row["created_at"])
+    async def record_purchase(self, user_id: str, item_id: int, announce: Announce) -> Purchase:
+        """The purchase, and its announcement in the same transaction."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                "INSERT INTO purchases (id, user_id, item_id) VALUES ($1, $2, $3) RETURNING *",
+                uuid.uuid4(), uuid.UUID(user_id), item_id)
+            purchase = Purchase(id=str(row["id"]), user_id=user_id, item_id=row["item_id"],
+                                created_at=row["created_at"])
+            await announce(connection, purchase)
+        return purchase

@@ -112,3 +112,13 @@ def grpc_web(address: str, method: str, request, response_type, *, metadata=(),
     code = int(trailers.get("grpc-status", grpc.StatusCode.UNKNOWN.value[0]))
     status = next(s for s in grpc.StatusCode if s.value[0] == code)
     return WebReply(status, message, reply_headers)
+
+
+def next_of_kind(live, kind: str):
+    """The next notification of `kind` from a Subscribe stream (bounded by the stream's own
+    deadline). Others are skipped: the welcome for a new account may still arrive live, since
+    events are relayed from the outbox just after the change commits."""
+    for reply in live:
+        if reply.notification.kind == kind:
+            return reply.notification
+    raise AssertionError(f"the stream ended before a {kind} notification")
