@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -22,8 +20,8 @@ import tritonclient.grpc as grpcclient
 from tokenizers import Tokenizer
 
 import loadgen
+import lone_triton
 from aimesh import models, topology, triton
-from aimesh.supervisor import Supervisor
 
 MODEL = "text_embedding"
 CONCURRENCY = 64
@@ -76,19 +74,11 @@ def main() -> None:
     print(f"{len(texts)} distinct sentences, {os.cpu_count()} cores")
     batch_size, limit = in_process_best(texts)
 
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-embedding-") as state:
-        supervisor = Supervisor(Path(state))
-        component = triton.component(infra, Path(state), models=(MODEL,))
-        supervisor.start(component)
-        try:
-            supervisor.wait_healthy([component])
-            with grpcclient.InferenceServerClient(f"127.0.0.1:{infra.triton_grpc_port}") as client:
-                through_triton(client, texts, 300)                  # warm up
-                before = triton.inference_counts(infra.triton_metrics_port, MODEL)
-                rate = through_triton(client, texts, REQUESTS)
-                after = triton.inference_counts(infra.triton_metrics_port, MODEL)
-        finally:
-            supervisor.stop(component.name)
+    with lone_triton.serving(MODEL, infra) as client:
+        through_triton(client, texts, 300)                  # warm up
+        before = triton.inference_counts(infra.triton_metrics_port, MODEL)
+        rate = through_triton(client, texts, REQUESTS)
+        after = triton.inference_counts(infra.triton_metrics_port, MODEL)
 
     inferences, executions = (a - b for a, b in zip(after, before))
     print(f"  Triton, concurrency {CONCURRENCY}, one sentence per request: {rate:7.1f} sentences/s"

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 import loadgen
-from aimesh import models, topology, triton
-from aimesh.supervisor import Supervisor
+import lone_triton
+from aimesh import models, topology
 
 MODEL = "recommender"
 VERSIONS = ("1", "2")
@@ -59,23 +56,14 @@ def main() -> None:
     infra = topology.load(port_offset=int(os.environ.get("AIMESH_PORT_OFFSET", "2000"))).infra
     print(f"{len(users)} user histories ({min(map(len, users))}-{max(map(len, users))} items), "
           f"K={K}, {REQUESTS} requests per row, {os.cpu_count()} cores")
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-recommender-") as state:
-        supervisor = Supervisor(Path(state))
-        component = triton.component(infra, Path(state), models=(MODEL,))
-        supervisor.start(component)
-        try:
-            supervisor.wait_healthy([component])
-            with grpcclient.InferenceServerClient(f"127.0.0.1:{infra.triton_grpc_port}") as client:
-                for version in VERSIONS:
-                    latencies(client, version, 8, 200, users)                 # warm up
-                    for concurrency in CONCURRENCIES:
-                        taken, rate = latencies(client, version, concurrency, REQUESTS, users)
-                        p50, p99 = np.percentile(taken, [50, 99]) * 1000
-                        print(f"  v{version} concurrency {concurrency:>2}: p50 {p50:6.2f} ms  "
-                              f"p99 {p99:6.2f} ms  {rate:7.1f} requests/s")
-        finally:
-            supervisor.stop(component.name)
-
+    with lone_triton.serving(MODEL, infra) as client:
+        for version in VERSIONS:
+            latencies(client, version, 8, 200, users)                 # warm up
+            for concurrency in CONCURRENCIES:
+                taken, rate = latencies(client, version, concurrency, REQUESTS, users)
+                p50, p99 = np.percentile(taken, [50, 99]) * 1000
+                print(f"  v{version} concurrency {concurrency:>2}: p50 {p50:6.2f} ms  "
+                      f"p99 {p99:6.2f} ms  {rate:7.1f} requests/s")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,27 @@
+"""A Triton of its own for a benchmark: serving one model, in a temporary state dir, stopped after."""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import tritonclient.grpc as grpcclient
+
+from aimesh import triton
+from aimesh.supervisor import Supervisor
+from aimesh.topology import Infra
+
+
+@contextlib.contextmanager
+def serving(model: str, infra: Infra) -> Iterator[grpcclient.InferenceServerClient]:
+    with tempfile.TemporaryDirectory(prefix=f"aimesh-bench-{model}-") as state:
+        supervisor = Supervisor(Path(state))
+        component = triton.component(infra, Path(state), models=(model,))
+        supervisor.start(component)
+        try:
+            supervisor.wait_healthy([component])
+            with grpcclient.InferenceServerClient(f"127.0.0.1:{infra.triton_grpc_port}") as client:
+                yield client
+        finally:
+            supervisor.stop(component.name)
