@@ -89,11 +89,13 @@ class DocumentStore:
 
     async def nearest(self, embedding: np.ndarray, *, filters: dict[str, str], limit: int,
                       offset: int) -> list[Hit]:
+        # No WHERE without filters: an always-true containment test can make the planner walk
+        # the metadata index and sort every row, instead of walking the HNSW index.
+        where = "WHERE metadata @> $4::jsonb" if filters else ""
         rows = await self.pool.fetch(
             "SELECT id, title, body, metadata, 1 - (embedding <=> $1::vector) AS score"
-            " FROM documents WHERE metadata @> $2::jsonb"
-            " ORDER BY embedding <=> $1::vector LIMIT $3 OFFSET $4",
-            _vector(embedding), json.dumps(filters), limit, offset)
+            f" FROM documents {where} ORDER BY embedding <=> $1::vector LIMIT $2 OFFSET $3",
+            _vector(embedding), limit, offset, *([json.dumps(filters)] if filters else []))
         return [Hit(Document(r["id"], r["title"], r["body"], json.loads(r["metadata"])),
                     float(r["score"])) for r in rows]
 
