@@ -12,6 +12,7 @@
   aimesh user set EMAIL --tier pro|free --role user|admin  change it; shows in its next token
   aimesh keys rotate a new signing key for user-svc, without downtime
   aimesh gen         generate stubs and the descriptor set from proto/
+  aimesh web         build the browser page (web/ -> web/dist; up does it too)
   aimesh env         shell exports that put grpcurl, buf and envoy on PATH
   aimesh models build   build the model artifacts that are not current (up does it too)
   aimesh models list    each model artifact, its content key, and whether it is built
@@ -26,7 +27,7 @@ import os
 import sys
 import time
 
-from . import codegen, models, paths, topology
+from . import codegen, models, paths, topology, web
 
 
 def cmd_up(args) -> int:
@@ -51,6 +52,7 @@ def cmd_up(args) -> int:
             print(f"  indexed {indexed} MovieLens titles")
         token = demo.login(gateway, "alice@demo.aimesh")
     print(f"aimesh: up in {time.monotonic() - started:.1f} s\n")
+    print(f"  page:            http://{gateway}/")
     print(f"  gateway (gRPC):  {gateway}")
     print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
     print(f"  logs:            {mesh.supervisor.log_dir}")
@@ -170,6 +172,11 @@ def cmd_gen(args) -> int:
     return 0
 
 
+def cmd_web(args) -> int:
+    print(f"built {paths.WEB_DIST}" if web.build(force=args.force) else "the page is current")
+    return 0
+
+
 def cmd_env(args) -> int:
     print(f'export PATH="{paths.venv_bin("")}:$PATH"')
     return 0
@@ -274,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--baseline", action="store_true",
                      help="also accept the contracts as the buf breaking baseline")
     gen.set_defaults(run=cmd_gen)
+    page = commands.add_parser("web", help="build the browser page (web/dist)")
+    page.add_argument("--force", action="store_true", help="rebuild even when current")
+    page.set_defaults(run=cmd_web)
     commands.add_parser("env", help="print shell exports: eval \"$(bin/aimesh env)\"").set_defaults(
         run=cmd_env)
     models = commands.add_parser("models", help="model artifacts for Triton").add_subparsers(

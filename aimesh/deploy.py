@@ -48,6 +48,7 @@ GRAFANA_IMAGE = "grafana/grafana:12.1.0"
 APP_STATE = "/var/lib/aimesh"               # where a service keeps files (user-svc's signing keys)
 APP_DESCRIPTOR_SET = "/app/gen/aimesh.binpb"
 ENVOY_DESCRIPTOR_SET = "/etc/envoy/aimesh.binpb"
+ENVOY_WEB_DIR = "/etc/envoy/web"            # the built page, in the gateway image
 ENVOY_CONFIG_DIR = "/etc/envoy/config"      # k8s: the ConfigMap; compose: the mounted file
 TRITON_REPOSITORY = "/models"
 
@@ -127,6 +128,7 @@ def envoy_config(topo: Topology, hosts: dict[int, tuple[str, int]], *, otlp: boo
     interface, each upstream 127.0.0.1:<port> replaced by hosts[port] (a name, resolved by DNS:
     a headless k8s Service gives every pod, each health-checked and balanced)."""
     config = envoy.render(topo, access_log_path="/dev/stdout", descriptor_set=ENVOY_DESCRIPTOR_SET,
+                          web_dir=ENVOY_WEB_DIR,
                           otlp_endpoint=f"jaeger:{OTLP_PORT}" if otlp else "")
 
     def readdress(node):

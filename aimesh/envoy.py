@@ -28,6 +28,14 @@ JWKS_PATH = "/.well-known/jwks.json"
 PIN_HEADER = "x-model-version"             # pins one version of a canary service
 IDENTITY_HEADERS = {"sub": "x-aimesh-user-id", "tier": "x-aimesh-tier", "role": "x-aimesh-role"}
 DESCRIPTOR_SET = "gen/aimesh.binpb"        # for JSON transcoding; relative to the repository
+WEB_DIR = "web/dist"                       # the built page (`aimesh web`); relative to the repository
+# The page's files, served by the edge itself (one front door, one origin): path -> (file, type).
+WEB_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/web/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/web/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+MAX_WEB_FILE_BYTES = 4 * 1024 * 1024       # Envoy's default cap on a direct response is 4 KiB
 
 # Triton is routed like a service of the topology: its streams have no route timeout, and
 # inference has no side effects, so every call may be retried.
@@ -48,7 +56,8 @@ GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-time
 
 
 def render(topo: Topology, *, access_log_path: str | None = None,
-           descriptor_set: str = DESCRIPTOR_SET, otlp_endpoint: str = "") -> dict:
+           descriptor_set: str = DESCRIPTOR_SET, web_dir: str = WEB_DIR,
+           otlp_endpoint: str = "") -> dict:
     """The full bootstrap as a plain dict; the same arguments always give the same dict.
     `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on."""
     log = access_log_path or "/dev/stdout"
@@ -59,8 +68,10 @@ def render(topo: Topology, *, access_log_path: str | None = None,
         "admin": {"address": _address(topo.gateway.admin_port)},
         "static_resources": {
             "listeners": [
-                _listener("edge", topo.gateway.edge_port, [], edge_filters=_edge_filters(
-                    topo, descriptor_set), public_prefixes=(), trust_request_id=False, **listener),
+                _listener("edge", topo.gateway.edge_port, _web_routes(web_dir),
+                          edge_filters=_edge_filters(topo, descriptor_set),
+                          public_prefixes=(), public_paths=tuple(WEB_FILES),
+                          trust_request_id=False, **listener),
                 # Workers call Triton with no user, so Triton routes need no token; they exist
                 # only here, never on the edge. Callers forward x-request-id, so keep it.
                 _listener("mesh", topo.gateway.mesh_port, _method_routes(TRITON, topo, edge=False),
@@ -122,7 +133,7 @@ def _render_for(topo: Topology, state_dir: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     return render(topo, access_log_path=str(logs / "envoy-access.log"),
-                  descriptor_set=str(paths.DESCRIPTOR_SET),
+                  descriptor_set=str(paths.DESCRIPTOR_SET), web_dir=str(paths.WEB_DIST),
                   otlp_endpoint=endpoint.removeprefix("http://").removeprefix("https://"))
 
 
@@ -155,14 +166,17 @@ def _find(config: dict, listener: str) -> dict:
 
 def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
               access_log_path: str, tracing: bool, edge_filters: list[dict],
-              public_prefixes: tuple[str, ...], trust_request_id: bool) -> dict:
+              public_prefixes: tuple[str, ...], trust_request_id: bool,
+              public_paths: tuple[str, ...] = ()) -> dict:
     """A listener with every service's routes (built afresh, so the YAML has no aliases) after
     its own extra routes, and the one filter chain."""
     edge = name == "edge"
     routes = extra_routes + [r for s in topo.services.values() for r in _method_routes(s, topo, edge=edge)]
     virtual_host = {"name": name, "domains": ["*"], "routes": routes}
+    route_config = {"name": name, "virtual_hosts": [virtual_host]}
     if edge:
         virtual_host["typed_per_filter_config"] = {CORS_FILTER: _cors_policy(topo)}
+        route_config["max_direct_response_body_size_bytes"] = MAX_WEB_FILE_BYTES
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
                  ".v3.HttpConnectionManager",
@@ -176,8 +190,8 @@ def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
         "preserve_external_request_id": trust_request_id,
         "stream_idle_timeout": _seconds(topo.gateway.stream_idle_timeout_s),
         "access_log": [_access_log(name, access_log_path)],
-        "route_config": {"name": name, "virtual_hosts": [virtual_host]},
-        "http_filters": [*edge_filters, *_http_filters(topo, public_prefixes)],
+        "route_config": route_config,
+        "http_filters": [*edge_filters, *_http_filters(topo, public_prefixes, public_paths)],
     }
     if edge:
         hcm["local_reply_config"] = _grpc_web_local_replies()
@@ -245,10 +259,12 @@ def _cors_policy(topo: Topology) -> dict:
     }
 
 
-def _http_filters(topo: Topology, public_prefixes: tuple[str, ...]) -> list[dict]:
+def _http_filters(topo: Topology, public_prefixes: tuple[str, ...],
+                  public_paths: tuple[str, ...]) -> list[dict]:
     # Order matters: strip forged identity, then verify the token and write the real identity,
     # then count the call against the user's limit (it reads that identity), then route.
-    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes), _rate_limit_filter(),
+    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes, public_paths),
+            _rate_limit_filter(),
             _router_filter()]
 
 
@@ -265,7 +281,8 @@ def _strip_identity_filter() -> dict:
     }
 
 
-def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...]) -> dict:
+def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
+                public_paths: tuple[str, ...]) -> dict:
     issuer = _issuer_service(topo)
     provider = {
         "issuer": topo.gateway.issuer,
@@ -288,6 +305,7 @@ def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...]) -> dict:
     # First matching rule wins: public paths have no requirement, everything else needs a token.
     rules = [{"match": match} for match in _public_matches(topo)]
     rules += [{"match": {"prefix": p}} for p in public_prefixes]
+    rules += [{"match": {"path": p}} for p in public_paths]
     rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
     return {
         "name": "envoy.filters.http.jwt_authn",
@@ -364,6 +382,20 @@ def _access_log(listener: str, path: str) -> dict:
 
 
 # --- routes ---------------------------------------------------------------------------------
+
+def _web_routes(web_dir: str) -> list[dict]:
+    """The page and its two files, read by Envoy when it loads the routes (so a rebuilt page is
+    served after `aimesh apply` or a restart). no-cache: the browser revalidates every load."""
+    return [{
+        "name": f"web-{file}",
+        "match": {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "direct_response": {"status": 200, "body": {"filename": f"{web_dir}/{file}"}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": content_type},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+            {"header": {"key": "cache-control", "value": "no-cache"}}],
+    } for path, (file, content_type) in WEB_FILES.items()]
+
 
 def _method_routes(service: Service, topo: Topology, *, edge: bool) -> list[dict]:
     """Every route of a service: for each of its gRPC services, pinned versions first (they

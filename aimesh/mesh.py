@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from . import codegen, envoy, infra, services, triton
+from . import codegen, envoy, infra, services, triton, web
 from .component import Component, http_ok
 from .paths import venv_bin
 from .supervisor import StartFailed, Supervisor
@@ -76,6 +76,7 @@ class Mesh:
                                f"({', '.join(self.supervisor.running())}); run `aimesh down` first")
         check_ports_free(self.topo)
         codegen.generate()
+        web.build()          # Envoy serves the page from web/dist
         try:
             # Triton loads models slowest: start it first, wait for it last.
             model_server = triton.component(self.topo.infra, self.state_dir)

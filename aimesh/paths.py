@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GEN = ROOT / "gen"
 DESCRIPTOR_SET = GEN / "aimesh.binpb"
 TRITON_MODELS = ROOT / "triton_models"
+WEB = ROOT / "web"
+WEB_DIST = WEB / "dist"            # the built page, served by Envoy's edge
 
 
 def state_dir() -> Path:

@@ -108,6 +108,20 @@ def test_public_methods_need_no_token_and_others_do(config, listener):
     assert _needs_token(hcm, "/aimesh.chat.v1.ChatService/Chat")
 
 
+def test_the_edge_serves_the_page_without_a_token_and_only_the_page(config):
+    edge, mesh = _listener(config, "edge"), _listener(config, "mesh")
+    for path, (file, content_type) in envoy.WEB_FILES.items():
+        route = _route_for(edge, path, {":method": "GET"})
+        assert route["direct_response"]["body"] == {"filename": f"{envoy.WEB_DIR}/{file}"}
+        assert {"key": "content-type", "value": content_type} in [
+            h["header"] for h in route["response_headers_to_add"]]
+        assert not _needs_token(edge, path)
+    assert edge["route_config"]["max_direct_response_body_size_bytes"] >= 1024 * 1024
+    assert _needs_token(edge, "/web/other.js")      # only the named files are public
+    with pytest.raises(AssertionError, match="no route"):
+        _route_for(mesh, "/", {":method": "GET"})
+
+
 def test_only_the_mesh_reaches_triton_and_without_a_token(config):
     triton = "/inference.GRPCInferenceService/ModelInfer"
     mesh, edge = _listener(config, "mesh"), _listener(config, "edge")

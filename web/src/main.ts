@@ -1,0 +1,212 @@
+// The page: log in, search, recommendations, a streamed chat and live notifications, each a
+// small function over the generated clients in api.ts. Server text is only ever set as
+// textContent, never parsed as HTML.
+import { FinishReason } from "../gen/aimesh/chat/v1/chat_pb";
+import { Source } from "../gen/aimesh/common/v1/common_pb";
+import type { Notification } from "../gen/aimesh/notify/v1/notify_pb";
+import { Tier } from "../gen/aimesh/user/v1/user_pb";
+import { chat, Code, ConnectError, notify, problem, recommend, search, session, users } from "./api";
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
+
+function element(tag: string, text = "", className = ""): HTMLElement {
+  const node = document.createElement(tag);
+  node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+// --- problems and the signed-in state -------------------------------------------------------
+
+function show(message: string): void {
+  $("problem").textContent = message;
+  $("problem").hidden = !message;
+}
+
+/** Shows what went wrong; a token the gateway no longer accepts ends the session. */
+function fail(error: unknown): void {
+  const p = problem(error);
+  show(p.message);
+  if (p.signedOut) signOut();
+}
+
+let subscription: AbortController | null = null;
+
+function signOut(): void {
+  session.token = null;
+  subscription?.abort();
+  subscription = null;
+  $("app").hidden = true;
+  $("who").hidden = true;
+  $("login").hidden = false;
+}
+
+async function signIn(): Promise<void> {
+  const { profile } = await users.getProfile({});
+  $("who-name").textContent = profile?.displayName || profile?.email || "";
+  $("who-tier").textContent = Tier[profile?.tier ?? Tier.UNSPECIFIED].toLowerCase();
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("who").hidden = false;
+  subscription = new AbortController();
+  void listenForNotifications(subscription.signal);
+  await showRecommendations();
+}
+
+async function logIn(event: SubmitEvent): Promise<void> {
+  event.preventDefault();
+  show("");
+  try {
+    const reply = await users.login({ email: $<HTMLInputElement>("email").value,
+                                      password: $<HTMLInputElement>("password").value });
+    session.token = reply.accessToken;
+    await signIn();
+  } catch (error) {
+    const e = ConnectError.from(error);
+    show(e.code === Code.Unauthenticated ? "Wrong email or password." : problem(e).message);
+  }
+}
+
+// --- catalog: search, recommendations, purchases --------------------------------------------
+
+interface Item { itemId: bigint; title: string; detail: string }
+
+function itemList(list: HTMLElement, items: Item[]): void {
+  list.replaceChildren(...items.map((item) => {
+    const row = element("li");
+    row.dataset.itemId = String(item.itemId);
+    const buy = element("button", "Buy");
+    buy.addEventListener("click", () => void purchase(item, buy as HTMLButtonElement));
+    row.append(element("span", item.title, "title"), element("span", item.detail, "detail"), buy);
+    return row;
+  }));
+}
+
+async function runSearch(event: SubmitEvent): Promise<void> {
+  event.preventDefault();
+  show("");
+  try {
+    const reply = await search.search({ query: $<HTMLInputElement>("query").value, pageSize: 10 });
+    itemList($("search-results"), reply.results.map(({ document, score }) => ({
+      itemId: BigInt(document?.metadata["item_id"] ?? 0),
+      title: document?.title ?? "",
+      detail: `${document?.metadata["year"] ?? ""} · score ${score.toFixed(3)}`,
+    })));
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function showRecommendations(): Promise<void> {
+  try {
+    const reply = await recommend.recommend({ limit: 8 });
+    const source = reply.source === Source.MODEL ? "from the model" : `fallback: ${reply.fallbackReason}`;
+    $("recs-meta").textContent = `model ${reply.modelVersion || "–"} · ${source}`;
+    $("recs-meta").dataset.source = Source[reply.source];
+    itemList($("recs-list"), reply.items.map((item) => ({
+      itemId: item.itemId, title: item.title, detail: `score ${item.score.toFixed(2)}`,
+    })));
+  } catch (error) {
+    fail(error);
+  }
+}
+
+async function purchase(item: Item, button: HTMLButtonElement): Promise<void> {
+  button.disabled = true;
+  try {
+    await users.recordPurchase({ itemId: item.itemId });
+    button.textContent = "Bought";
+    await showRecommendations();
+  } catch (error) {
+    button.disabled = false;
+    fail(error);
+  }
+}
+
+// --- chat: one streamed answer per question -------------------------------------------------
+
+let conversationId = "";
+
+async function ask(event: SubmitEvent): Promise<void> {
+  event.preventDefault();
+  show("");
+  const input = $<HTMLInputElement>("chat-input");
+  const log = $("chat-log");
+  log.append(element("p", input.value, "question"));
+  const answer = element("p", "", "answer");
+  answer.dataset.state = "streaming";
+  log.append(answer);
+  const text = input.value;
+  input.value = "";
+  const sent = performance.now();
+  try {
+    for await (const reply of chat.ask({ message: { conversationId, text } })) {
+      switch (reply.kind.case) {
+        case "delta":
+          answer.dataset.firstTokenMs ??= (performance.now() - sent).toFixed(1);
+          answer.textContent += reply.kind.value.text;
+          break;
+        case "citations":
+          answer.after(element("p", "Sources: " + reply.kind.value.citations.map((c) => c.title).join("; "), "citations"));
+          break;
+        case "end": {
+          const end = reply.kind.value;
+          conversationId = end.conversationId;
+          answer.dataset.source = Source[end.source];
+          answer.dataset.finish = FinishReason[end.finishReason];
+          if (end.source === Source.FALLBACK) answer.append(element("em", ` (retrieval only: ${end.fallbackReason})`));
+          break;
+        }
+      }
+    }
+    answer.dataset.state = "done";
+  } catch (error) {
+    answer.dataset.state = "failed";
+    fail(error);
+  }
+}
+
+// --- notifications: the list so far, then live ----------------------------------------------
+
+function addNotification(n: Notification, live: boolean): void {
+  const list = $("notification-list");
+  if (list.querySelector(`[data-id="${CSS.escape(n.notificationId)}"]`)) return;
+  const row = element("li", "", n.read ? "read" : "unread");
+  row.dataset.id = n.notificationId;
+  row.dataset.kind = n.kind;
+  row.append(element("strong", n.title), element("span", n.body));
+  if (live) list.prepend(row);
+  else list.append(row);
+  $("unread").textContent = String(list.querySelectorAll(".unread").length);
+}
+
+const RESUBSCRIBE_MS = [1000, 2000, 5000, 10000];
+
+async function listenForNotifications(signal: AbortSignal): Promise<void> {
+  for (let attempt = 0; !signal.aborted; attempt++) {
+    try {
+      const { notifications } = await notify.listNotifications({ pageSize: 20 }, { signal });
+      notifications.forEach((n) => addNotification(n, false));
+      for await (const { notification } of notify.subscribe({}, { signal })) {
+        attempt = 0;
+        if (notification) addNotification(notification, true);
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      if (problem(error).signedOut) return fail(error);
+    }
+    // The stream ended (an idle timeout, a restart): come back after a growing pause.
+    await new Promise((resume) => setTimeout(resume, RESUBSCRIBE_MS[Math.min(attempt, RESUBSCRIBE_MS.length - 1)]));
+  }
+}
+
+// --- start ----------------------------------------------------------------------------------
+
+$("login-form").addEventListener("submit", (e) => void logIn(e as SubmitEvent));
+$("search-form").addEventListener("submit", (e) => void runSearch(e as SubmitEvent));
+$("chat-form").addEventListener("submit", (e) => void ask(e as SubmitEvent));
+$("recs-refresh").addEventListener("click", () => void showRecommendations());
+$("logout").addEventListener("click", () => { show(""); signOut(); });
+
+if (session.token) signIn().catch(fail);
+else signOut();
