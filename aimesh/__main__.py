@@ -218,6 +218,7 @@ def cmd_deploy_lock(args) -> int:
 
 def cmd_test(args) -> int:
     codegen.generate()
+    web.build()
     if build_models():   # here, not inside the test session's `up` and its timeout
         return 1
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])

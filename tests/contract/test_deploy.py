@@ -116,7 +116,7 @@ def _envoy_weights(documents: list[dict], service: str) -> dict[str, int]:
     config = yaml.safe_load(config_map["data"]["envoy.yaml"])
     edge = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     for route in edge["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
-        split = route["route"].get("weighted_clusters")
+        split = route.get("route", {}).get("weighted_clusters")
         if split and route["name"] == service:
             return {c["name"]: c["weight"] for c in split["clusters"]}
     raise AssertionError(f"no weighted route for {service}")
@@ -157,7 +157,12 @@ def test_canary_component_moves_the_share_to_the_newest_version(topo, share, tmp
                                     *(f"deploy/k8s/components/canary-{s}/envoy-config.yaml"
                                       for s in deploy.CANARY_STEPS)])
 def test_container_envoy_configs_pass_envoys_own_validation(config, tmp_path):
+    page = tmp_path / "web"             # the page's files, as the gateway image has them
+    page.mkdir()
+    for file, _ in envoy.WEB_FILES.values():
+        (page / file).write_text("page")
     text = (ROOT / config).read_text().replace(deploy.ENVOY_DESCRIPTOR_SET, str(paths.DESCRIPTOR_SET))
+    text = text.replace(deploy.ENVOY_WEB_DIR, str(page))
     (tmp_path / "envoy.yaml").write_text(text)
     envoy.validate(tmp_path / "envoy.yaml")
 
@@ -174,7 +179,8 @@ def test_container_envoy_routes_are_the_local_ones(topo, config):
     """Only addresses differ from the local runner's Envoy: every route, timeout, limit and
     weight is the topology's."""
     container = yaml.safe_load((ROOT / config).read_text())
-    assert _container_routes(container) == _container_routes(envoy.render(topo))
+    assert _container_routes(container) == _container_routes(
+        envoy.render(topo, web_dir=deploy.ENVOY_WEB_DIR))
     assert [c["name"] for c in container["static_resources"]["clusters"]] == \
         [c["name"] for c in envoy.render(topo, otlp_endpoint="jaeger:4317")["static_resources"]
          ["clusters"]][:len(container["static_resources"]["clusters"])]
