@@ -138,13 +138,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                                        score=h.score) for h in hits]
         yield chat_pb2.ChatResponse(citations=chat_pb2.Citations(citations=citations))
         answer = "".join(sent)
+
+        async def audit(connection) -> None:
+            await self.audit.record(
+                user_id=who.user_id, model=MODEL if source == common_pb2.SOURCE_MODEL else "retrieval",
+                version="1", model_input=str(prompt), output_ids=[c.document_id for c in citations],
+                latency_s=time.perf_counter() - started, source=common_pb2.Source.Name(source),
+                connection=connection)
         turn_id = await self.conversations.add_turn(
             conversation, text, answer, chat_pb2.FinishReason.Name(finish),
-            common_pb2.Source.Name(source))
-        await self.audit.record(
-            user_id=who.user_id, model=MODEL if source == common_pb2.SOURCE_MODEL else "retrieval",
-            version="1", model_input=str(prompt), output_ids=[c.document_id for c in citations],
-            latency_s=time.perf_counter() - started, source=common_pb2.Source.Name(source))
+            common_pb2.Source.Name(source), audit)
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
             conversation_id=conversation, turn_id=turn_id, finish_reason=finish,
             usage=chat_pb2.Usage(prompt_tokens=len(str(prompt).split()), completion_tokens=len(sent)),
@@ -152,9 +155,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:
-    conversations = ConversationStore(await app.database(MIGRATIONS))
+    pool = await app.database(MIGRATIONS)
+    conversations = ConversationStore(pool)
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
     model = ChatModel(Triton(app.channel(app.config.triton_address, retries=0)))
-    audit = Audit(await app.events(), "chat")
+    audit = Audit(app.outbox(pool, await app.events()), "chat")
     return [kit.Binding("aimesh.chat.v1.ChatService", chat_pb2_grpc.add_ChatServiceServicer_to_server,
                         ChatServicer(conversations, search, model, audit))]

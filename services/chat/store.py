@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import uuid
+from typing import Awaitable, Callable
 
 import asyncpg
+
+from services.kit import outbox
 
 MIGRATIONS = [
     """
@@ -23,6 +26,7 @@ MIGRATIONS = [
     );
     CREATE INDEX turns_by_conversation ON turns (conversation_id, created_at);
     """,
+    outbox.MIGRATION,
 ]
 
 
@@ -47,12 +51,16 @@ class ConversationStore:
         return None if found is None else str(found)
 
     async def add_turn(self, conversation_id: str, question: str, answer: str,
-                       finish_reason: str, source: str) -> str:
+                       finish_reason: str, source: str,
+                       audit: Callable[[asyncpg.Connection], Awaitable[None]]) -> str:
+        """Store the turn, and its audit record (`audit`) in the same transaction."""
         turn = uuid.uuid4()
-        await self.pool.execute(
-            "INSERT INTO turns (id, conversation_id, question, answer, finish_reason, source)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            turn, uuid.UUID(conversation_id), question, answer, finish_reason, source)
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO turns (id, conversation_id, question, answer, finish_reason, source)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                turn, uuid.UUID(conversation_id), question, answer, finish_reason, source)
+            await audit(connection)
         return str(turn)
 
     async def recent_turns(self, conversation_id: str, limit: int) -> list[tuple[str, str]]:

@@ -56,3 +56,9 @@ def ratings() -> tuple[Rating, ...]:
 def rating_counts() -> collections.Counter:
     """How many ratings each item has: its popularity before the mesh existed."""
     return collections.Counter(r.item_id for r in ratings())
+
+
+def history(user_id: int, limit: int) -> list[Rating]:
+    """A MovieLens user's latest `limit` ratings, oldest first."""
+    theirs = sorted((r for r in ratings() if r.user_id == user_id), key=lambda r: r.timestamp)
+    return theirs[-limit:]

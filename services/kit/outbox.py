@@ -45,6 +45,12 @@ class Outbox:
         self._pending.set()
         return event
 
+    async def append(self, subject: str, payload: Message) -> events_pb2.Envelope:
+        """An event that joins no change of the service's (an audit record): written alone, so
+        the call that made it goes on while NATS is down, and relayed like the rest."""
+        async with self.pool.acquire() as connection:
+            return await self.add(connection, subject, payload)
+
     async def relay(self) -> int:
         """Publish what is waiting, oldest first; each row is deleted once JetStream has it.
         Instances sharing the table skip each other's locked rows."""

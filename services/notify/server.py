@@ -21,6 +21,8 @@ def describe(event: events_pb2.Envelope) -> tuple[str, str, str] | None:
         return e.user_id, "Welcome to aimesh", f"Hello {e.display_name}, your account is ready."
     if event.type == "user.purchased":
         e = kit.unpack(event, events_pb2.UserPurchased)
+        if e.imported:   # past history brought in with the account, not news to its owner
+            return None
         return e.user_id, "Purchase recorded", f"Item {e.item_id} is in your history."
     if event.type == "job.completed":
         e = kit.unpack(event, events_pb2.JobCompleted)

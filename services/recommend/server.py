@@ -74,7 +74,8 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
 async def setup(app: kit.App) -> list[kit.Binding]:
     config = app.config
-    store = RecommendStore(await app.database(MIGRATIONS))
+    pool = await app.database(MIGRATIONS)
+    store = RecommendStore(pool)
     if config.demo:
         from .demo import seed
         await seed(store)
@@ -90,6 +91,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     version = config.version or "v1"
     model = RecommenderModel(Triton(app.channel(config.triton_address, retries=0)),
                              version.removeprefix("v"), Breaker(f"{MODEL}-{version}"))
-    servicer = RecommendServicer(store, model, Audit(events, "recommend"), RecentAnswers(), version)
+    audit = Audit(app.outbox(pool, events), "recommend")
+    servicer = RecommendServicer(store, model, audit, RecentAnswers(), version)
     return [kit.Binding("aimesh.recommend.v1.RecommendService",
                         recommend_pb2_grpc.add_RecommendServiceServicer_to_server, servicer)]

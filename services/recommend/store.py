@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from services.kit import outbox
+
 MIGRATIONS = [
     """
     CREATE TABLE items (
@@ -22,6 +24,7 @@ MIGRATIONS = [
     );
     CREATE INDEX history_by_user ON history (user_id, created_at DESC);
     """,
+    outbox.MIGRATION,   # for the audit of its decisions
 ]
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
@@ -12,8 +11,8 @@ from services import kit
 from services.kit.outbox import Outbox
 
 from .accounts import password_matches, register
-from .store import MIGRATIONS, Purchase, User, UserStore
-from .tokens import FETCH_MARGIN_S, Issuer, KeyRing, KeyTimes, RotationPending, serve_jwks
+from .store import MIGRATIONS, Announce, Purchase, User, UserStore
+from .tokens import FETCH_MARGIN_S, Issuer, KeyRing, KeyStore, KeyTimes, RotationPending, serve_jwks
 
 TIERS = {"free": user_pb2.TIER_FREE, "pro": user_pb2.TIER_PRO}
 ROLES = {"user": user_pb2.ROLE_USER, "admin": user_pb2.ROLE_ADMIN}
@@ -34,8 +33,17 @@ def signing_key(times: KeyTimes) -> user_pb2.SigningKey:
     return key
 
 
+def purchased(outbox: Outbox, *, imported: bool = False) -> Announce:
+    """Announces a purchase as `user.purchased`, in the purchase's transaction."""
+    async def announce(connection, purchase: Purchase) -> None:
+        await outbox.add(connection, "user.purchased", events_pb2.UserPurchased(
+            user_id=purchase.user_id, purchase_id=purchase.id, item_id=purchase.item_id,
+            imported=imported))
+    return announce
+
+
 class UserServicer(user_pb2_grpc.UserServiceServicer):
-    def __init__(self, users: UserStore, keys: KeyRing, issuer: Issuer, outbox: Outbox):
+    def __init__(self, users: UserStore, keys: KeyStore, issuer: Issuer, outbox: Outbox):
         self.users, self.keys, self.issuer, self.outbox = users, keys, issuer, outbox
 
     async def Register(self, request, context):
@@ -75,12 +83,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         if request.item_id <= 0:
             raise kit.InvalidArgument("item_id", "must be a positive catalog item id")
         user = await self._own(context)
-
-        async def purchased(connection, purchase: Purchase) -> None:
-            await self.outbox.add(connection, "user.purchased", events_pb2.UserPurchased(
-                user_id=purchase.user_id, purchase_id=purchase.id, item_id=purchase.item_id))
-
-        purchase = await self.users.record_purchase(user.id, request.item_id, purchased)
+        purchase = await self.users.record_purchase(user.id, request.item_id, purchased(self.outbox))
         return user_pb2.RecordPurchaseResponse(purchase_id=purchase.id,
                                                purchase_time=kit.timestamp(purchase.created_at))
 
@@ -100,10 +103,10 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     async def RotateSigningKey(self, request, context):
         kit.admin(context)
         try:
-            await asyncio.to_thread(self.keys.rotate)
+            await self.keys.rotate()
         except RotationPending as pending:
             raise kit.FailedPrecondition(f"a rotation is under way: {pending}") from None
-        keys = [signing_key(k) for k in await asyncio.to_thread(self.keys.published)]
+        keys = [signing_key(k) for k in self.keys.ring.published()]
         return user_pb2.RotateSigningKeyResponse(key=keys[-1], keys=keys)   # the new key is the newest
 
     async def _own(self, context) -> User:
@@ -117,14 +120,17 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     config = app.config
     pool = await app.database(MIGRATIONS)
     users = UserStore(pool)
-    keys = KeyRing(Path(config.state_dir) / "keys", publish_s=config.jwks_cache_s + FETCH_MARGIN_S,
-                   token_ttl_s=config.token_ttl_s)
-    jwks = serve_jwks(keys, config.host, config.jwks_port)
+    ring = KeyRing(publish_s=config.jwks_cache_s + FETCH_MARGIN_S, token_ttl_s=config.token_ttl_s)
+    keys = KeyStore(pool, ring)
+    await keys.open()
+    app.spawn(keys.run(app.stopping), name="signing-keys")
+    jwks = serve_jwks(ring, config.host, config.jwks_port)
     app.on_close(lambda: asyncio.to_thread(jwks.shutdown))
+    outbox = app.outbox(pool, await app.events())
     if config.demo:
         from .demo import seed
-        await seed(users)
-    issuer = Issuer(keys, config.issuer, config.audience, config.token_ttl_s)
-    servicer = UserServicer(users, keys, issuer, app.outbox(pool, await app.events()))
+        await seed(users, purchased(outbox, imported=True))
+    issuer = Issuer(ring, config.issuer, config.audience, config.token_ttl_s)
+    servicer = UserServicer(users, keys, issuer, outbox)
     return [kit.Binding("aimesh.user.v1.UserService", user_pb2_grpc.add_UserServiceServicer_to_server,
                         servicer)]

@@ -1,4 +1,4 @@
-"""Accounts and purchases in user-svc's own schema."""
+"""Accounts, purchases and signing keys in user-svc's own schema."""
 from __future__ import annotations
 
 import uuid
@@ -30,6 +30,12 @@ MIGRATIONS = [
     CREATE INDEX purchases_by_user ON purchases (user_id, created_at DESC);
     """,
     outbox.MIGRATION,
+    """
+    CREATE TABLE signing_keys (            -- the token signing keys (tokens.KeyStore)
+        kid         text PRIMARY KEY,      -- starts with its creation time: sorts oldest first
+        private_pem bytea NOT NULL
+    );
+    """,
 ]
 
 
@@ -110,3 +116,21 @@ class UserStore:
                                 created_at=row["created_at"])
             await announce(connection, purchase)
         return purchase
+
+    async def import_purchases(self, user_id: str, bought: list[tuple[int, datetime]],
+                               announce: Announce) -> bool:
+        """Past purchases (item id, when) brought in for an account that has none yet, each
+        announced in the same transaction; False, and nothing written, when it has some."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            # The account's row lock: two instances importing at once write it once.
+            await connection.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(user_id))
+            if await connection.fetchval("SELECT EXISTS (SELECT 1 FROM purchases WHERE user_id = $1)",
+                                         uuid.UUID(user_id)):
+                return False
+            for item_id, when in bought:
+                row = await connection.fetchrow(
+                    "INSERT INTO purchases (id, user_id, item_id, created_at) VALUES ($1, $2, $3, $4)"
+                    " RETURNING *", uuid.uuid4(), uuid.UUID(user_id), item_id, when)
+                await announce(connection, Purchase(id=str(row["id"]), user_id=user_id,
+                                                    item_id=item_id, created_at=row["created_at"]))
+        return True

@@ -1,31 +1,41 @@
 """Signing keys, access tokens (ES256 JWT) and the JWKS the gateway verifies them with.
 
-Keys live as PEM files in the service's state directory, named by key id; a key id starts with
-its creation time (UTC), so the files sort oldest first. Rotation without downtime:
+Keys live in user-svc's Postgres (table signing_keys), so every instance signs with the same keys
+and publishes the same JWKS; each instance keeps them in memory and reloads them every RELOAD_S.
+A key id starts with its creation time (UTC), so ids sort oldest first, and every instance
+derives the same schedule from them. Rotation without downtime:
 
-1. `rotate` adds a key. The JWKS publishes it at once, but tokens are still signed with the
-   previous key: the gateway caches the JWKS and would refuse a kid it has not fetched yet.
-2. Once the gateway's cache time (plus time for a fetch) has passed, the new key signs.
+1. `rotate` adds a key. The JWKS publishes it at once (every instance within RELOAD_S), but tokens
+   are still signed with the previous key: the gateway caches the JWKS and would refuse a kid it
+   has not fetched yet.
+2. Once the gateway's cache time (plus time for a fetch and a reload) has passed, the new key signs.
 3. The old key stays in the JWKS until its last token has expired (the token lifetime after the
-   new key took over); then it leaves the JWKS, and its file is deleted by the next rotation."""
+   new key took over); then it leaves the JWKS, and its row is deleted by the next rotation."""
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
+import asyncpg
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+log = logging.getLogger("aimesh.keys")
+
 JWKS_PATH = "/.well-known/jwks.json"
 KID_TIME = "%Y%m%d%H%M%S"
-FETCH_MARGIN_S = 5.0   # beyond the gateway's cache time: one fetch, and one retry after a failure
+RELOAD_S = 1.0        # how soon another instance's rotation shows in this one's JWKS
+# Beyond the gateway's cache time: a reload, one fetch, and one retry after a failure.
+FETCH_MARGIN_S = 5.0 + RELOAD_S
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,10 @@ class SigningKey:
     def created(self) -> float:
         """Unix seconds, from the key id."""
         return float(calendar.timegm(time.strptime(self.kid.split("-")[0], KID_TIME)))
+
+    def pem(self) -> bytes:
+        return self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption())
 
 
 @dataclass(frozen=True)
@@ -53,36 +67,33 @@ class RotationPending(Exception):
 
 
 class KeyRing:
-    def __init__(self, directory: Path, *, publish_s: float, token_ttl_s: float, clock=time.time):
+    """The keys and their schedule, in memory (KeyStore keeps them in Postgres)."""
+
+    def __init__(self, *, publish_s: float, token_ttl_s: float, clock=time.time):
         """publish_s: how long a new key is published before it signs (the gateway's JWKS cache
         time plus FETCH_MARGIN_S); token_ttl_s: the longest token lifetime."""
-        self.directory, self.publish_s, self.token_ttl_s, self.clock = (
-            directory, publish_s, token_ttl_s, clock)
-        directory.mkdir(parents=True, exist_ok=True)
-        if not list(directory.glob("*.pem")):
-            self.add()
+        self.publish_s, self.token_ttl_s, self.clock = publish_s, token_ttl_s, clock
+        self._keys: tuple[SigningKey, ...] = ()   # replaced whole: the JWKS thread reads it
+
+    def keys(self) -> list[SigningKey]:
+        """Every key, oldest first."""
+        return list(self._keys)
+
+    def load(self, keys: list[SigningKey]) -> None:
+        self._keys = tuple(sorted(keys, key=lambda k: k.kid))
 
     def add(self) -> SigningKey:
         """A new key, published now; it signs once `publish_s` has passed (see `signing`)."""
-        key = ec.generate_private_key(ec.SECP256R1())
         kid = time.strftime(KID_TIME, time.gmtime(self.clock())) + "-" + uuid.uuid4().hex[:8]
-        path = self.directory / f"{kid}.pem"
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-        path.chmod(0o600)
-        return SigningKey(kid, key)
-
-    def keys(self) -> list[SigningKey]:
-        """Every key on disk, oldest first."""
-        return [SigningKey(p.stem, serialization.load_pem_private_key(p.read_bytes(), None))
-                for p in sorted(self.directory.glob("*.pem"))]
+        key = SigningKey(kid, ec.generate_private_key(ec.SECP256R1()))
+        self.load([*self._keys, key])
+        return key
 
     def schedule(self) -> list[KeyTimes]:
-        """Each key on disk with when it signs and when it retires, oldest first. The oldest
-        signs from its creation (the first key of a fresh service: no gateway has cached a JWKS
-        yet); a later one `publish_s` after its creation. A key retires the token lifetime after
-        the next one started signing."""
+        """Each key with when it signs and when it retires, oldest first. The oldest signs from
+        its creation (the first key of a fresh service: no gateway has cached a JWKS yet); a later
+        one `publish_s` after its creation. A key retires the token lifetime after the next one
+        started signing."""
         keys = self.keys()
         signs = [key.created + (self.publish_s if i else 0) for i, key in enumerate(keys)]
         return [KeyTimes(key, signs[i], signs[i + 1] + self.token_ttl_s if i + 1 < len(keys) else None)
@@ -99,15 +110,13 @@ class KeyRing:
         return [k for k in self.published() if k.signs <= now][-1].key
 
     def rotate(self) -> SigningKey:
-        """Delete the files of retired keys and add a new key (it signs after `publish_s`)."""
+        """Drop retired keys and add a new key (it signs after `publish_s`)."""
         now = self.clock()
         newest = self.schedule()[-1]
         if newest.signs > now:
             raise RotationPending(f"key {newest.key.kid} was added and signs from "
                                   f"{time.strftime('%H:%M:%S UTC', time.gmtime(newest.signs))}")
-        for times in self.schedule():
-            if times.retires is not None and times.retires <= now:
-                (self.directory / f"{times.key.kid}.pem").unlink(missing_ok=True)
+        self.load([t.key for t in self.schedule() if t.retires is None or t.retires > now])
         return self.add()
 
     def jwks(self) -> dict:
@@ -116,6 +125,63 @@ class KeyRing:
             jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(times.key.private.public_key()))
             entries.append({**jwk, "kid": times.key.kid, "alg": "ES256", "use": "sig"})
         return {"keys": entries}
+
+
+class KeyStore:
+    """The ring's keys in Postgres. Changes (the first key, a rotation) are made under a lock, on
+    the keys as stored, so instances starting or rotating together agree."""
+
+    def __init__(self, pool: asyncpg.Pool, ring: KeyRing):
+        self.pool, self.ring = pool, ring
+
+    async def _stored(self, connection) -> list[SigningKey]:
+        return [SigningKey(r["kid"], serialization.load_pem_private_key(r["private_pem"], None))
+                for r in await connection.fetch("SELECT kid, private_pem FROM signing_keys")]
+
+    async def reload(self) -> None:
+        async with self.pool.acquire() as connection:
+            self.ring.load(await self._stored(connection))
+
+    @contextlib.asynccontextmanager
+    async def _change(self):
+        """The ring as stored, to change; what it holds after is stored in the same transaction."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext('signing_keys'))")
+            before = await self._stored(connection)
+            self.ring.load(before)
+            try:
+                yield self.ring
+            except BaseException:
+                self.ring.load(before)
+                raise
+            after = {k.kid: k for k in self.ring.keys()}
+            await connection.execute("DELETE FROM signing_keys WHERE NOT (kid = ANY($1::text[]))", list(after))
+            await connection.executemany(
+                "INSERT INTO signing_keys (kid, private_pem) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING",
+                [(k.kid, k.pem()) for k in after.values()])
+
+    async def open(self) -> None:
+        """Load the keys; the first instance of a fresh service makes the first key."""
+        async with self._change() as ring:
+            if not ring.keys():
+                ring.add()
+
+    async def rotate(self) -> SigningKey:
+        async with self._change() as ring:
+            return ring.rotate()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reload every RELOAD_S until `stop`: a rotation made by another instance shows here."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), RELOAD_S)
+            if stop.is_set():
+                return
+            try:
+                await self.reload()
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as failure:
+                # Postgres away for a moment: sign with the keys already loaded.
+                log.warning("reloading the signing keys failed; will retry: %s", failure)
 
 
 @dataclass(frozen=True)
@@ -133,8 +199,6 @@ class Issuer:
         claims = {"sub": user_id, "tier": tier, "role": role, "iss": self.issuer,
                   "aud": self.audience, "iat": now, "exp": expires}
         return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid}), expires
-
-
 def serve_jwks(keys: KeyRing, host: str, port: int) -> ThreadingHTTPServer:
     """Serve the JWKS over plain HTTP for the gateway's remote_jwks fetch."""
 
@@ -156,3 +220,4 @@ def serve_jwks(keys: KeyRing, host: str, port: int) -> ThreadingHTTPServer:
     server = ThreadingHTTPServer((host, port), JwksHandler)
     threading.Thread(target=server.serve_forever, name="jwks", daemon=True).start()
     return server
+

@@ -21,9 +21,21 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 def signing_key(mesh):
-    """user-svc's newest signing key, read from its state directory (tests only)."""
-    keys = sorted((mesh.state_dir / "services" / "user" / "keys").glob("*.pem"))
-    return keys[-1].stem, serialization.load_pem_private_key(keys[-1].read_bytes(), None)
+    """user-svc's newest signing key, read from its table (tests only)."""
+    import asyncio
+
+    import asyncpg
+    from aimesh.infra import postgres_dsn
+
+    async def newest():
+        connection = await asyncpg.connect(postgres_dsn(mesh.topo.infra))
+        try:
+            return await connection.fetchrow(
+                'SELECT kid, private_pem FROM "user".signing_keys ORDER BY kid DESC LIMIT 1')
+        finally:
+            await connection.close()
+    row = asyncio.run(newest())
+    return row["kid"], serialization.load_pem_private_key(row["private_pem"], None)
 
 
 def token(mesh, *, key=None, kid=None, expires_in: int = 600, **claims) -> str:
