@@ -65,6 +65,9 @@ NAMESPACE = "aimesh"
 SCALE_LIMIT = 4                             # HPA: at most this many times the topology's count
 
 LOCKS = ("services", "codegen", "triton")   # deploy/requirements/<name>.in -> <name>.txt
+# The Triton image's model-build stage installs the developer's build environment as it is:
+# requirements-build.txt -> deploy/requirements/build.txt.
+BUILD_LOCK = "build"
 DATA_PACKAGES = "requirements-nodeps.txt"   # installed --no-deps; hashed into data.txt
 
 
@@ -320,10 +323,12 @@ def nats_args(topo: Topology, store: str) -> list[str]:
 
 
 def triton_args(topo: Topology) -> list[str]:
-    """The same server flags as the local runner's (aimesh.triton), on every interface."""
+    """The local runner's server flags (aimesh.triton), on every interface, for the image's
+    repository."""
     i = topo.infra
     return [f"--model-repository={TRITON_REPOSITORY}", "--model-control-mode=explicit",
-            *(f"--load-model={m}" for m in triton.MODELS), "--exit-on-error=true",
+            # text_embedding's ensemble and the models it is made of (aimesh.triton.IMAGE_FOLDERS)
+            *(f"--load-model={m}" for m in triton.folders(image=True)), "--exit-on-error=true",
             f"--http-port={i.triton_http_port}", f"--grpc-port={i.triton_grpc_port}",
             f"--metrics-port={i.triton_metrics_port}", "--exit-timeout-secs=10"]
 
@@ -723,17 +728,31 @@ def stale(root: Path = ROOT) -> list[str]:
 
 # --- hash-pinned requirements for the images -------------------------------------------------
 
-def lock(root: Path = ROOT, progress=print) -> None:
-    """deploy/requirements/<name>.in -> <name>.txt with every transitive dependency pinned and
-    hashed (pip-compile), and the data packages (installed without dependencies) -> data.txt.
-    Needs the package index: run it when an .in file or requirements-nodeps.txt changes."""
+def lock_inputs(root: Path = ROOT) -> dict[str, Path]:
+    """Each lock's name -> the requirements it pins (deploy/requirements/<name>.txt)."""
     folder = root / "deploy" / "requirements"
-    for name in LOCKS:
+    inputs = {name: folder / f"{name}.in" for name in LOCKS}
+    inputs[BUILD_LOCK] = root / "requirements-build.txt"
+    return inputs
+
+
+def lock(root: Path = ROOT, progress=print, names: list[str] | None = None) -> None:
+    """deploy/requirements/<name>.txt for each input of `lock_inputs` (all, or those named) with
+    every transitive dependency pinned and hashed (pip-compile), and the data packages (installed
+    without dependencies) -> data.txt (with all, or named "data"). Needs the package index: run it
+    when an input changes."""
+    folder = root / "deploy" / "requirements"
+    for name, requirements in lock_inputs(root).items():
+        if names and name not in names:
+            continue
         progress(f"locking {name}")
         subprocess.run([sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
                         "--allow-unsafe", "--strip-extras", "--no-header", "--rebuild",
-                        "--output-file", str(folder / f"{name}.txt"), str(folder / f"{name}.in")],
-                       check=True)
+                        "--output-file", str(folder / f"{name}.txt"),
+                        str(requirements.relative_to(root))],     # as the lock's "via" names it
+                       cwd=root, check=True)
+    if names and "data" not in names:
+        return
     pins = [line.strip() for line in (root / DATA_PACKAGES).read_text().splitlines()
             if "==" in line and not line.lstrip().startswith("#")]
     lines = [f"# {DATA_PACKAGES} with hashes, for `pip install --no-deps --require-hashes`."]

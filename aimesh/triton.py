@@ -19,6 +19,18 @@ from aimesh.topology import Infra
 
 MODELS = ("text_embedding", "recommender", "chat_lm")
 
+# In the Triton image (deploy/triton/Dockerfile) text_embedding is an ensemble with the same
+# interface, TEXT -> EMBEDDING: the python model's tokenizer, then the ONNX graph on Triton's native
+# onnxruntime backend on the GPU. The pip wheel's Triton that the local runner starts has only the
+# python backend, so here it stays one python model. Served model -> {repository folder: its
+# config file in the served model's folder of triton_models/}; any other model is one folder with
+# its config.pbtxt.
+IMAGE_FOLDERS = {
+    "text_embedding": {"text_embedding": "ensemble.pbtxt",
+                       "text_embedding_tokenizer": "tokenizer.pbtxt",
+                       "text_embedding_encoder": "encoder.pbtxt"},
+}
+
 
 def server_dir() -> Path:
     """<site-packages>/pytriton/tritonserver, found without importing pytriton (a heavy import)."""
@@ -91,13 +103,26 @@ def inference_counts(metrics_port: int, model: str) -> tuple[float, float]:
     return counter("nv_inference_count"), counter("nv_inference_exec_count")
 
 
+def folders(models: tuple[str, ...] = MODELS, *, image: bool = False) -> dict[str, tuple[str, str]]:
+    """Repository folder -> (the served model whose source folder it comes from, config file)."""
+    found = {}
+    for model in models:
+        image_folders = IMAGE_FOLDERS.get(model) if image else None
+        for folder, config in (image_folders or {model: "config.pbtxt"}).items():
+            found[folder] = (model, config)
+    return found
+
+
 def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
-             sources: Path = aimesh.paths.TRITON_MODELS) -> Path:
+             sources: Path = aimesh.paths.TRITON_MODELS, *, image: bool = False) -> Path:
     """Triton's model repository, put together in work_dir/models from the sources and the builds.
 
-    Each model is a copy of its folder in triton_models/ (config.pbtxt, one folder per version with
-    its model.py); each version folder also gets a link `artifact` to the model's built files in
-    the cache (aimesh.models), which stay outside the clone. Raises if one is not built.
+    Each folder (see `folders`: for the image, text_embedding's ensemble) gets its config and one
+    folder per version, filled by what the config runs on: a python model gets a copy of its source
+    folder (the version folders with their model.py, shared modules beside them) and in each
+    version folder a link `artifact` to the model's built files in the cache (aimesh.models),
+    which stay outside the clone; an onnxruntime model gets a link `model.onnx` to the built graph
+    (where that backend looks); an ensemble, empty version folders. Raises if one is not built.
     """
     missing = [m for m in models if aimesh.models.artifact(m) and not aimesh.models.is_current(m)]
     if missing:
@@ -106,27 +131,38 @@ def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
     repository = work_dir / "models"
     fresh = work_dir / "models.partial"
     shutil.rmtree(fresh, ignore_errors=True)
-    for model in models:
-        shutil.copytree(sources / model, fresh / model,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        if aimesh.models.artifact(model):
-            built = aimesh.models.output(model)
-            for version in (fresh / model).iterdir():
-                if version.is_dir() and version.name.isdigit():
-                    (version / "artifact").symlink_to(built, target_is_directory=True)
+    for folder, (model, config_file) in folders(models, image=image).items():
+        source, target = sources / model, fresh / folder
+        config = (source / config_file).read_text()
+        runs_on = re.search(r'^(?:backend|platform):\s*"(\w+)"', config, re.MULTILINE).group(1)
+        if runs_on == "python":
+            shutil.copytree(source, target,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pbtxt"))
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "config.pbtxt").write_text(config)
+        built = aimesh.models.output(model) if aimesh.models.artifact(model) else None
+        for version in (v for v in source.iterdir() if v.is_dir() and v.name.isdigit()):
+            (target / version.name).mkdir(exist_ok=True)
+            if built and runs_on == "python":
+                (target / version.name / "artifact").symlink_to(built, target_is_directory=True)
+            elif built and runs_on == "onnxruntime":
+                (target / version.name / "model.onnx").symlink_to(built / "model.onnx")
     shutil.rmtree(repository, ignore_errors=True)
     os.rename(fresh, repository)
     return repository
 
 
-def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS) -> Component:
+def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
+              repository: Path | None = None) -> Component:
+    """Triton serving `models` from the project's repository (assembled here), or from
+    `repository`, one already put together (a benchmark's own)."""
     server = server_dir()
     install_stub(server)
     work_dir = Path(state_dir) / "triton"
     work_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(server / "bin" / "tritonserver"),
-        f"--model-repository={assemble(work_dir, models)}",
+        f"--model-repository={repository or assemble(work_dir, models)}",
         f"--backend-directory={server / 'backends'}",
         # Explicit control loads only the named models, so a half-written model folder in the
         # repository cannot stop the server, and readiness is a per-model question.

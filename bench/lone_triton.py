@@ -14,10 +14,13 @@ from aimesh.topology import Infra
 
 
 @contextlib.contextmanager
-def serving(model: str, infra: Infra) -> Iterator[grpcclient.InferenceServerClient]:
-    with tempfile.TemporaryDirectory(prefix=f"aimesh-bench-{model}-") as state:
+def serving(model: str | tuple[str, ...], infra: Infra,
+            repository: Path | None = None) -> Iterator[grpcclient.InferenceServerClient]:
+    """Triton serving one model (or several), from the project's repository or `repository`."""
+    models = (model,) if isinstance(model, str) else model
+    with tempfile.TemporaryDirectory(prefix=f"aimesh-bench-{models[0]}-") as state:
         supervisor = Supervisor(Path(state))
-        component = triton.component(infra, Path(state), models=(model,))
+        component = triton.component(infra, Path(state), models=models, repository=repository)
         supervisor.start(component)
         try:
             supervisor.wait_healthy([component])

