@@ -212,13 +212,18 @@ def cmd_deploy_render(args) -> int:
 
 def cmd_deploy_lock(args) -> int:
     from . import deploy
-    deploy.lock()
+    deploy.lock(names=args.names)
     return 0
 
 
 def cmd_test(args) -> int:
+    from . import browser
     codegen.generate()
     web.build()
+    try:
+        browser.install()    # the page's tests run in Debian's headless chromium
+    except RuntimeError as missing:   # not root: the other tests still run
+        print(f"aimesh: {missing}", file=sys.stderr)
     if build_models():   # here, not inside the test session's `up` and its timeout
         return 1
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])
@@ -298,8 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         dest="deploy_command", required=True)
     deploy.add_parser("render", help="write docker-compose.yml and deploy/ from the topology"
                       ).set_defaults(run=cmd_deploy_render)
-    deploy.add_parser("lock", help="hash-pin deploy/requirements/*.in (needs the package index)"
-                      ).set_defaults(run=cmd_deploy_lock)
+    lock = deploy.add_parser("lock", help="hash-pin the images' requirements into "
+                             "deploy/requirements/*.txt (needs the package index)")
+    lock.add_argument("names", nargs="*", help="only these locks (services, codegen, triton, "
+                      "build, data)")
+    lock.set_defaults(run=cmd_deploy_lock)
     commands.add_parser("test", help="run the tests (pytest arguments pass through)").set_defaults(
         run=cmd_test)
     args, extra = parser.parse_known_args(argv)

@@ -34,6 +34,7 @@ let subscription: AbortController | null = null;
 
 function signOut(): void {
   session.token = null;
+  newConversation();
   subscription?.abort();
   subscription = null;
   $("app").hidden = true;
@@ -100,8 +101,9 @@ async function runSearch(event: SubmitEvent): Promise<void> {
 async function showRecommendations(): Promise<void> {
   try {
     const reply = await recommend.recommend({ limit: 8 });
-    const source = reply.source === Source.MODEL ? "from the model" : `fallback: ${reply.fallbackReason}`;
-    $("recs-meta").textContent = `model ${reply.modelVersion || "–"} · ${source}`;
+    $("recs-meta").textContent = reply.source === Source.MODEL
+      ? `from recommender ${reply.modelVersion}`
+      : `popular items (fallback: ${reply.fallbackReason})`;
     $("recs-meta").dataset.source = Source[reply.source];
     itemList($("recs-list"), reply.items.map((item) => ({
       itemId: item.itemId, title: item.title, detail: `score ${item.score.toFixed(2)}`,
@@ -115,8 +117,7 @@ async function purchase(item: Item, button: HTMLButtonElement): Promise<void> {
   button.disabled = true;
   try {
     await users.recordPurchase({ itemId: item.itemId });
-    button.textContent = "Bought";
-    await showRecommendations();
+    button.textContent = "Bought";   // recommendations follow when the purchase's event arrives
   } catch (error) {
     button.disabled = false;
     fail(error);
@@ -125,7 +126,12 @@ async function purchase(item: Item, button: HTMLButtonElement): Promise<void> {
 
 // --- chat: one streamed answer per question -------------------------------------------------
 
-let conversationId = "";
+let conversationId = "";   // the next question continues this conversation; "" starts one
+
+function newConversation(): void {
+  conversationId = "";
+  $("chat-log").replaceChildren();
+}
 
 async function ask(event: SubmitEvent): Promise<void> {
   event.preventDefault();
@@ -178,6 +184,8 @@ function addNotification(n: Notification, live: boolean): void {
   if (live) list.prepend(row);
   else list.append(row);
   $("unread").textContent = String(list.querySelectorAll(".unread").length);
+  // The purchase reached the mesh's events, and with them the user's history.
+  if (live && n.kind === "user.purchased") void showRecommendations();
 }
 
 const RESUBSCRIBE_MS = [1000, 2000, 5000, 10000];
@@ -206,6 +214,7 @@ $("login-form").addEventListener("submit", (e) => void logIn(e as SubmitEvent));
 $("search-form").addEventListener("submit", (e) => void runSearch(e as SubmitEvent));
 $("chat-form").addEventListener("submit", (e) => void ask(e as SubmitEvent));
 $("recs-refresh").addEventListener("click", () => void showRecommendations());
+$("chat-new").addEventListener("click", newConversation);
 $("logout").addEventListener("click", () => { show(""); signOut(); });
 
 if (session.token) signIn().catch(fail);
