@@ -45,7 +45,7 @@ JAEGER_IMAGE = "jaegertracing/jaeger:2.9.0"
 GRAFANA_IMAGE = "grafana/grafana:12.1.0"
 
 # Inside the images (services/Dockerfile, deploy/triton/Dockerfile).
-APP_STATE = "/var/lib/aimesh"               # where a service keeps files (user-svc's signing keys)
+APP_STATE = "/var/lib/aimesh"               # a service's scratch files (its stores are Postgres, NATS)
 APP_DESCRIPTOR_SET = "/app/gen/aimesh.binpb"
 ENVOY_DESCRIPTOR_SET = "/etc/envoy/aimesh.binpb"
 ENVOY_WEB_DIR = "/etc/envoy/web"            # the built page, in the gateway image
@@ -275,8 +275,6 @@ def compose(topo: Topology) -> dict:
             "healthcheck": _healthcheck(grpc_probe(instance.port)),
             "stop_grace_period": f"{int(float(env['AIMESH_GRACE_S'])) + 5}s",
         })
-        if service.jwks_port:
-            container["volumes"] = [f"{instance.name}-keys:{APP_STATE}"]   # tokens survive restarts
         containers[instance.name] = container
     containers["envoy"] = {
         "build": {"context": ".", "dockerfile": SERVICE_DOCKERFILE, "target": "envoy"},
@@ -306,7 +304,6 @@ def compose(topo: Topology) -> dict:
         "depends_on": {"prometheus": {"condition": "service_started"}},
     }
     volumes = {"postgres": {}, "nats": {}}
-    volumes.update({f"{i.name}-keys": {} for s, i in topo.instances() if s.jwks_port})
     return {"name": "aimesh", "services": containers, "volumes": volumes}
 
 
@@ -506,7 +503,6 @@ def k8s_services(topo: Topology) -> list[dict]:
         }
         pod = {"terminationGracePeriodSeconds": int(float(env["AIMESH_GRACE_S"])) + 5,
                "securityContext": {"runAsNonRoot": True},
-               # user-svc's signing keys: per pod until a Secret holds them (docs/deploy.md)
                "volumes": [{"name": "state", "emptyDir": {}}]}
         documents += [
             _deployment(workload.name, workload.replicas, container, pod=pod,
