@@ -130,7 +130,7 @@ def random_embedding(out: Path, on_gpu: bool, trace_device: str = "cpu") -> None
     import torch
     from transformers import BertConfig, BertModel
 
-    from aimesh.models.text_embedding import OPSET, _pooled_encoder   # the build's own wrapper
+    from aimesh.models.text_embedding import _pooled_encoder, export_onnx   # the build's own
 
     torch.manual_seed(0)
     encoder = _pooled_encoder(BertModel(BertConfig(**MINILM), add_pooling_layer=False))
@@ -143,12 +143,7 @@ def random_embedding(out: Path, on_gpu: bool, trace_device: str = "cpu") -> None
             moved = tuple(t.to(trace_device) for t in example)
             torch.jit.save(torch.jit.trace(encoder.to(trace_device), moved), str(out / "encoder.pt"))
         if not on_gpu:
-            torch.onnx.export(
-                encoder, example, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
-                input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                              "attention_mask": {0: "batch", 1: "tokens"},
-                              "embedding": {0: "batch"}})
+            export_onnx(encoder, example, out / "model.onnx")
 
 
 def random_recommender(out: Path) -> None:

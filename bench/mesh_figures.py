@@ -80,6 +80,13 @@ class BenchMesh:
                 pass
         return tree
 
+    def down_and_report(self) -> bool:
+        """Bring the mesh down and say whether anything was left running; True when clean."""
+        self.down()
+        left = self.leftovers()
+        print(f"\nmesh down: {'nothing left running' if not left else 'LEFT RUNNING: ' + ', '.join(left)}")
+        return not left
+
     def leftovers(self) -> list[str]:
         """What still runs or listens after `down`: pid files, processes seen, mesh ports."""
         left = [f"{n} (pid {p}, pid file)" for n, p in Supervisor(self.state).running().items()]
@@ -271,13 +278,11 @@ def main() -> int:
         print("\n  memory after the calls:")
         memory(mesh, detail=False)
     finally:
-        mesh.down()
-        left = mesh.leftovers()
-        print(f"\nmesh down: {'nothing left running' if not left else 'LEFT RUNNING: ' + ', '.join(left)}")
+        clean = mesh.down_and_report()
 
     print("\n4. summary")
     summary(ups, demo_up, rss, pss, rpc)
-    return 0 if not left else 1
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

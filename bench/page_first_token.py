@@ -119,10 +119,8 @@ def main() -> int:
     finally:
         if driver:
             driver.quit()
-        mesh.down()
-        left = mesh.leftovers()
-        print(f"\nmesh down: {'nothing left running' if not left else 'LEFT RUNNING: ' + ', '.join(left)}")
-    return 0 if not left else 1
+        clean = mesh.down_and_report()
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

@@ -115,12 +115,7 @@ def build(out: Path, progress: Callable[[str], None]) -> None:
     example = _tokens(tokenizer, ["an example sentence", "and a longer example sentence here"])
     progress("exporting to ONNX (encoder, mean pooling, L2 normalisation)")
     with torch.no_grad():
-        torch.onnx.export(
-            encoder, example, str(out / "model.onnx"), dynamo=False, opset_version=OPSET,
-            input_names=["input_ids", "attention_mask"], output_names=["embedding"],
-            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                          "attention_mask": {0: "batch", 1: "tokens"},
-                          "embedding": {0: "batch"}})
+        export_onnx(encoder, example, out / "model.onnx")
         progress("tracing the TorchScript copy for GPUs")
         torch.jit.save(torch.jit.trace(encoder, example), str(out / "encoder.pt"))
 
@@ -142,6 +137,17 @@ def _tokens(tokenizer, texts: list[str]):
     encodings = tokenizer.encode_batch(texts)
     return (torch.tensor([e.ids for e in encodings], dtype=torch.int64),
             torch.tensor([e.attention_mask for e in encodings], dtype=torch.int64))
+
+
+def export_onnx(encoder, example, path: Path) -> None:
+    """The pooled encoder as ONNX: batch and token count dynamic, the names Triton's configs use."""
+    import torch
+    torch.onnx.export(
+        encoder, example, str(path), dynamo=False, opset_version=OPSET,
+        input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+        dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                      "attention_mask": {0: "batch", 1: "tokens"},
+                      "embedding": {0: "batch"}})
 
 
 def _pooled_encoder(transformer):
