@@ -744,6 +744,8 @@ def lock(root: Path = ROOT, progress=print, names: list[str] | None = None) -> N
         progress(f"locking {name}")
         subprocess.run([sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
                         "--allow-unsafe", "--strip-extras", "--no-header", "--rebuild",
+                        # the image's pip uses its own index; never this machine's mirrors
+                        "--no-emit-index-url", "--no-emit-find-links",
                         "--output-file", str(folder / f"{name}.txt"),
                         str(requirements.relative_to(root))],     # as the lock's "via" names it
                        cwd=root, check=True)
