@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -173,7 +174,11 @@ def cmd_gen(args) -> int:
 
 
 def cmd_web(args) -> int:
-    print(f"built {paths.WEB_DIST}" if web.build(force=args.force) else "the page is current")
+    try:
+        print(f"built {paths.WEB_DIST}" if web.build(force=args.force) else "the page is current")
+    except RuntimeError as failure:
+        print(f"aimesh: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -219,10 +224,14 @@ def cmd_deploy_lock(args) -> int:
 def cmd_test(args) -> int:
     from . import browser
     codegen.generate()
-    web.build()
+    try:
+        web.build()
+    except RuntimeError as failure:
+        print(f"aimesh: the page: {failure}", file=sys.stderr)
+        return 1
     try:
         browser.install()    # the page's tests run in Debian's headless chromium
-    except RuntimeError as missing:   # not root: the other tests still run
+    except (RuntimeError, subprocess.SubprocessError) as missing:   # the other tests still run
         print(f"aimesh: {missing}", file=sys.stderr)
     if build_models():   # here, not inside the test session's `up` and its timeout
         return 1

@@ -9,6 +9,7 @@ import subprocess
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 PACKAGES = ("chromium", "chromium-driver")
+APT_TIMEOUT_S = 900                      # each apt-get step: a fresh install fetches ~100 MB
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1280,1000")
@@ -26,7 +27,8 @@ def install() -> None:
         raise RuntimeError(f"the page's tests need {' and '.join(PACKAGES)}: "
                            f"sudo apt-get install {' '.join(PACKAGES)}")
     print(f"aimesh: installing {', '.join(PACKAGES)} (Debian packages, once)", flush=True)
-    quiet = {"stdout": subprocess.DEVNULL, "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
+    quiet = {"stdout": subprocess.DEVNULL, "timeout": APT_TIMEOUT_S,
+             "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
     subprocess.run(["apt-get", "update", "-qq"], check=True, **quiet)
     subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, **quiet)
 

@@ -15,12 +15,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import codegen
+from . import codegen, envoy
 from .paths import ROOT, WEB, WEB_DIST
 
 NODE_MODULES = WEB / "node_modules"
 STAMP = WEB_DIST / ".stamp"
 CACHE = Path(os.environ.get("AIMESH_CACHE", Path.home() / ".cache" / "aimesh"))
+BUILT = tuple(file for file, _ in envoy.WEB_FILES.values())   # what Envoy serves
+NPM_TIMEOUT_S = 600                              # a first install fetches ~70 MB from npm
 
 
 def _inputs() -> list[Path]:
@@ -38,10 +40,14 @@ def _digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def _run(*command: str, cwd: Path) -> None:
+def _run(*command: str, cwd: Path, timeout_s: float = NPM_TIMEOUT_S) -> None:
     # buf comes from the virtualenv: put it on PATH whoever runs this (bin/aimesh does already).
     env = {**os.environ, "PATH": f"{Path(codegen.venv_bin('buf')).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                                timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{' '.join(command)} took over {timeout_s:.0f} s") from None
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
 
@@ -50,7 +56,7 @@ def _node_modules() -> None:
     """npm ci into the cache, once per lock file and Node version; web/node_modules links there."""
     if not shutil.which("npm"):
         raise RuntimeError("the page needs Node.js 18+ with npm (Debian: apt-get install nodejs npm)")
-    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256((WEB / "package-lock.json").read_bytes() + node.encode()).hexdigest()[:16]
     home = CACHE / f"web-node-{key}"
     if not (home / ".ready").exists():
@@ -76,7 +82,8 @@ def _node_modules() -> None:
 def build(force: bool = False) -> bool:
     """Build web/dist when an input changed; True when it did."""
     digest = _digest(_inputs())
-    if not force and STAMP.exists() and STAMP.read_text() == digest:
+    built = STAMP.exists() and all((WEB_DIST / name).exists() for name in BUILT)
+    if not force and built and STAMP.read_text() == digest:
         return False
     _node_modules()
     codegen.vendor_google_api()        # buf.yaml's google/api module

@@ -133,32 +133,38 @@ class KeyStore:
 
     def __init__(self, pool: asyncpg.Pool, ring: KeyRing):
         self.pool, self.ring = pool, ring
+        self._lock = asyncio.Lock()   # a reload never lands in the middle of this instance's change
 
     async def _stored(self, connection) -> list[SigningKey]:
         return [SigningKey(r["kid"], serialization.load_pem_private_key(r["private_pem"], None))
                 for r in await connection.fetch("SELECT kid, private_pem FROM signing_keys")]
 
     async def reload(self) -> None:
-        async with self.pool.acquire() as connection:
+        async with self._lock, self.pool.acquire() as connection:
             self.ring.load(await self._stored(connection))
 
     @contextlib.asynccontextmanager
     async def _change(self):
-        """The ring as stored, to change; what it holds after is stored in the same transaction."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute("SELECT pg_advisory_xact_lock(hashtext('signing_keys'))")
-            before = await self._stored(connection)
-            self.ring.load(before)
+        """The ring as stored, to change; what it holds after is stored in the same transaction.
+        If anything fails before the commit, the ring goes back to the keys as stored."""
+        async with self._lock, self.pool.acquire() as connection:
+            before = None
             try:
-                yield self.ring
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock(hashtext('signing_keys'))")
+                    before = await self._stored(connection)
+                    self.ring.load(before)
+                    yield self.ring
+                    after = {k.kid: k for k in self.ring.keys()}
+                    await connection.execute(
+                        "DELETE FROM signing_keys WHERE NOT (kid = ANY($1::text[]))", list(after))
+                    await connection.executemany(
+                        "INSERT INTO signing_keys (kid, private_pem) VALUES ($1, $2) "
+                        "ON CONFLICT (kid) DO NOTHING", [(k.kid, k.pem()) for k in after.values()])
             except BaseException:
-                self.ring.load(before)
+                if before is not None:
+                    self.ring.load(before)
                 raise
-            after = {k.kid: k for k in self.ring.keys()}
-            await connection.execute("DELETE FROM signing_keys WHERE NOT (kid = ANY($1::text[]))", list(after))
-            await connection.executemany(
-                "INSERT INTO signing_keys (kid, private_pem) VALUES ($1, $2) ON CONFLICT (kid) DO NOTHING",
-                [(k.kid, k.pem()) for k in after.values()])
 
     async def open(self) -> None:
         """Load the keys; the first instance of a fresh service makes the first key."""
@@ -199,6 +205,8 @@ class Issuer:
         claims = {"sub": user_id, "tier": tier, "role": role, "iss": self.issuer,
                   "aud": self.audience, "iat": now, "exp": expires}
         return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid}), expires
+
+
 def serve_jwks(keys: KeyRing, host: str, port: int) -> ThreadingHTTPServer:
     """Serve the JWKS over plain HTTP for the gateway's remote_jwks fetch."""
 

@@ -102,6 +102,11 @@ def test_a_purchase_shows_a_notification(browser, users):
     assert "unread" in notification.get_attribute("class")
     assert row.find_element(By.TAG_NAME, "button").text == "Bought"
     screenshot(browser, "page")
+    # Logging out leaves nothing of this user for the next one at the same browser.
+    browser.find_element(By.ID, "logout").click()
+    wait_for(lambda: visible(browser, "login"), what="the login form")
+    for listed in ("#search-results li", "#recs-list li", "#notification-list li"):
+        assert not browser.find_elements(By.CSS_SELECTOR, listed), listed
 
 
 def test_a_wrong_password_is_said_plainly(browser, users):

@@ -2,17 +2,20 @@
 grpc-web calls framed by hand."""
 from __future__ import annotations
 
+import asyncio
 import http.client
 import time
 import uuid
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from aimesh.infra import postgres_dsn
 from aimesh.user.v1 import user_pb2
 
 
@@ -20,21 +23,21 @@ def bearer(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-def signing_key(mesh):
-    """user-svc's newest signing key, read from its table (tests only)."""
-    import asyncio
-
-    import asyncpg
-    from aimesh.infra import postgres_dsn
-
-    async def newest():
+def stored(mesh, query: str, *args):
+    """The first row of a query on the mesh's Postgres: what a service stored and no call shows
+    (tests only)."""
+    async def first_row():
         connection = await asyncpg.connect(postgres_dsn(mesh.topo.infra))
         try:
-            return await connection.fetchrow(
-                'SELECT kid, private_pem FROM "user".signing_keys ORDER BY kid DESC LIMIT 1')
+            return await connection.fetchrow(query, *args)
         finally:
             await connection.close()
-    row = asyncio.run(newest())
+    return asyncio.run(first_row())
+
+
+def signing_key(mesh):
+    """user-svc's newest signing key, read from its table."""
+    row = stored(mesh, 'SELECT kid, private_pem FROM "user".signing_keys ORDER BY kid DESC LIMIT 1')
     return row["kid"], serialization.load_pem_private_key(row["private_pem"], None)
 
 

@@ -2,7 +2,6 @@
 resource of someone else (a conversation, a job, a notification), and every call that acts on
 "the caller" with the owner's id slipped into the identity headers. Each attempt gets the
 status the service gives, and the owner's data is the same afterwards."""
-import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -10,12 +9,12 @@ import pytest
 
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
-from aimesh.infra import postgres_dsn
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
-from tests.integration.client import bearer, new_user, wait_for
+from tests.integration.client import bearer, new_user, stored, wait_for
+from tests.integration.test_demo_data import wait_for_demo_history
 
 OK, NOT_FOUND, DENIED = grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED
 
@@ -64,15 +63,10 @@ def owned(stubs, users, admin) -> Owned:
     return Owned(token, user_id, turn.conversation_id, welcome.notification_id, job.job_id)
 
 
-async def _turns(mesh, conversation_id: str) -> int:
+def _turns(mesh, conversation_id: str) -> int:
     """chat-svc keeps turns in its own schema and no call lists them: the test reads the table."""
-    import asyncpg
-    connection = await asyncpg.connect(postgres_dsn(mesh.topo.infra))
-    try:
-        return await connection.fetchval("SELECT count(*) FROM chat.turns WHERE conversation_id = $1::uuid",
-                                         conversation_id)
-    finally:
-        await connection.close()
+    return stored(mesh, "SELECT count(*) FROM chat.turns WHERE conversation_id = $1::uuid",
+                  conversation_id)[0]
 
 
 def snapshot(mesh, stubs: Stubs, owned: Owned, admin: str) -> tuple:
@@ -82,7 +76,7 @@ def snapshot(mesh, stubs: Stubs, owned: Owned, admin: str) -> tuple:
                                           metadata=bearer(owned.token), timeout=5).notifications
     job = stubs.search.GetJob(search_pb2.GetJobRequest(job_id=owned.job_id), metadata=bearer(admin), timeout=5).job
     return (profile.SerializeToString(), [(n.notification_id, n.kind, n.read) for n in inbox],
-            asyncio.run(_turns(mesh, owned.conversation_id)), job.SerializeToString())
+            _turns(mesh, owned.conversation_id), job.SerializeToString())
 
 
 def spoofing(token: str, owned: Owned) -> list[tuple[str, str]]:
@@ -161,6 +155,7 @@ def test_recommendations_are_only_ever_the_callers(mesh, users, bob):
     (bob has a history, so his come from the model)."""
     bob_id = users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(bob), timeout=5).profile.user_id
     _, intruder = new_user(users, "intruder")
+    wait_for_demo_history(mesh, "bob@demo.aimesh")
     with mesh.channel() as channel:
         stub = recommend_pb2_grpc.RecommendServiceStub(channel)
         theirs = stub.Recommend(recommend_pb2.RecommendRequest(limit=5), metadata=bearer(intruder) + [

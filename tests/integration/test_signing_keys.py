@@ -3,24 +3,18 @@ same key and a rotation made on one shows on every other (against the mesh's rea
 schema of the test's own, on a clock the test moves)."""
 import uuid
 
-import jwt
 import pytest
 
 from aimesh.infra import postgres_dsn
 from services.kit import database
 from services.user.store import MIGRATIONS
-from services.user.tokens import Issuer, KeyRing, KeyStore, RotationPending
-from tests.unit.user.test_key_ring import PUBLISH_S, TTL_S, Clock
-
-
-def signed_kid(ring: KeyRing) -> str:
-    token, _ = Issuer(ring, "aimesh-user", "aimesh", TTL_S).issue("u1", "free", "user")
-    return jwt.get_unverified_header(token)["kid"]
+from services.user.tokens import KeyRing, KeyStore, RotationPending
+from tests.unit.user.test_key_ring import PUBLISH_S, TTL_S, Clock, signed_kid
 
 
 async def test_instances_share_the_keys_and_see_each_others_rotation(mesh):
-    pool = await database.connect(postgres_dsn(mesh.topo.infra), f"keys_test_{uuid.uuid4().hex[:8]}",
-                                  MIGRATIONS)
+    schema = f"keys_test_{uuid.uuid4().hex[:8]}"
+    pool = await database.connect(postgres_dsn(mesh.topo.infra), schema, MIGRATIONS)
     clock = Clock()
 
     def instance() -> KeyStore:
@@ -45,4 +39,5 @@ async def test_instances_share_the_keys_and_see_each_others_rotation(mesh):
         await restarted.open()
         assert restarted.ring.jwks() == one.ring.jwks()
     finally:
+        await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await pool.close()

@@ -30,13 +30,15 @@ function fail(error: unknown): void {
   if (p.signedOut) signOut();
 }
 
-let subscription: AbortController | null = null;
+// Everything a signed-in session runs (the notification stream, a streaming answer) stops with it.
+let signedIn = new AbortController();
 
 function signOut(): void {
   session.token = null;
+  signedIn.abort();
   newConversation();
-  subscription?.abort();
-  subscription = null;
+  for (const id of ["search-results", "recs-list", "notification-list"]) $(id).replaceChildren();
+  for (const id of ["recs-meta", "unread", "who-name", "who-tier"]) $(id).textContent = "";
   $("app").hidden = true;
   $("who").hidden = true;
   $("login").hidden = false;
@@ -49,8 +51,8 @@ async function signIn(): Promise<void> {
   $("login").hidden = true;
   $("app").hidden = false;
   $("who").hidden = false;
-  subscription = new AbortController();
-  void listenForNotifications(subscription.signal);
+  signedIn = new AbortController();
+  void listenForNotifications(signedIn.signal);
   await showRecommendations();
 }
 
@@ -70,17 +72,26 @@ async function logIn(event: SubmitEvent): Promise<void> {
 
 // --- catalog: search, recommendations, purchases --------------------------------------------
 
-interface Item { itemId: bigint; title: string; detail: string }
+interface Item { itemId: bigint | null; title: string; detail: string }   // null: not for sale
 
 function itemList(list: HTMLElement, items: Item[]): void {
   list.replaceChildren(...items.map((item) => {
     const row = element("li");
-    row.dataset.itemId = String(item.itemId);
-    const buy = element("button", "Buy");
-    buy.addEventListener("click", () => void purchase(item, buy as HTMLButtonElement));
-    row.append(element("span", item.title, "title"), element("span", item.detail, "detail"), buy);
+    row.append(element("span", item.title, "title"), element("span", item.detail, "detail"));
+    if (item.itemId !== null) {
+      row.dataset.itemId = String(item.itemId);
+      const buy = element("button", "Buy") as HTMLButtonElement;
+      buy.addEventListener("click", () => void purchase(item.itemId!, buy));
+      row.append(buy);
+    }
     return row;
   }));
+}
+
+/** A catalog document's item id; documents indexed without one are shown, not sold. */
+function itemIdOf(metadata: { [key: string]: string }): bigint | null {
+  const id = metadata["item_id"];
+  return id && /^[0-9]+$/.test(id) ? BigInt(id) : null;
 }
 
 async function runSearch(event: SubmitEvent): Promise<void> {
@@ -89,7 +100,7 @@ async function runSearch(event: SubmitEvent): Promise<void> {
   try {
     const reply = await search.search({ query: $<HTMLInputElement>("query").value, pageSize: 10 });
     itemList($("search-results"), reply.results.map(({ document, score }) => ({
-      itemId: BigInt(document?.metadata["item_id"] ?? 0),
+      itemId: itemIdOf(document?.metadata ?? {}),
       title: document?.title ?? "",
       detail: `${document?.metadata["year"] ?? ""} · score ${score.toFixed(3)}`,
     })));
@@ -113,10 +124,10 @@ async function showRecommendations(): Promise<void> {
   }
 }
 
-async function purchase(item: Item, button: HTMLButtonElement): Promise<void> {
+async function purchase(itemId: bigint, button: HTMLButtonElement): Promise<void> {
   button.disabled = true;
   try {
-    await users.recordPurchase({ itemId: item.itemId });
+    await users.recordPurchase({ itemId });
     button.textContent = "Bought";   // recommendations follow when the purchase's event arrives
   } catch (error) {
     button.disabled = false;
@@ -127,8 +138,11 @@ async function purchase(item: Item, button: HTMLButtonElement): Promise<void> {
 // --- chat: one streamed answer per question -------------------------------------------------
 
 let conversationId = "";   // the next question continues this conversation; "" starts one
+let turn = new AbortController();   // the answer streaming now, if any
 
+/** Stops the answer in progress (Triton stops generating) and forgets the conversation. */
 function newConversation(): void {
+  turn.abort();
   conversationId = "";
   $("chat-log").replaceChildren();
 }
@@ -145,8 +159,9 @@ async function ask(event: SubmitEvent): Promise<void> {
   const text = input.value;
   input.value = "";
   const sent = performance.now();
+  const thisTurn = (turn = new AbortController());
   try {
-    for await (const reply of chat.ask({ message: { conversationId, text } })) {
+    for await (const reply of chat.ask({ message: { conversationId, text } }, { signal: thisTurn.signal })) {
       switch (reply.kind.case) {
         case "delta":
           answer.dataset.firstTokenMs ??= (performance.now() - sent).toFixed(1);
@@ -157,7 +172,7 @@ async function ask(event: SubmitEvent): Promise<void> {
           break;
         case "end": {
           const end = reply.kind.value;
-          conversationId = end.conversationId;
+          if (!thisTurn.signal.aborted) conversationId = end.conversationId;
           answer.dataset.source = Source[end.source];
           answer.dataset.finish = FinishReason[end.finishReason];
           if (end.source === Source.FALLBACK) answer.append(element("em", ` (retrieval only: ${end.fallbackReason})`));
@@ -167,8 +182,8 @@ async function ask(event: SubmitEvent): Promise<void> {
     }
     answer.dataset.state = "done";
   } catch (error) {
-    answer.dataset.state = "failed";
-    fail(error);
+    answer.dataset.state = thisTurn.signal.aborted ? "cancelled" : "failed";
+    if (!thisTurn.signal.aborted) fail(error);
   }
 }
 
@@ -217,5 +232,9 @@ $("recs-refresh").addEventListener("click", () => void showRecommendations());
 $("chat-new").addEventListener("click", newConversation);
 $("logout").addEventListener("click", () => { show(""); signOut(); });
 
-if (session.token) signIn().catch(fail);
-else signOut();
+if (session.token) {
+  // A failure here leaves no page to show: back to the login form, with the reason.
+  signIn().catch((error) => { signOut(); show(problem(error).message); });
+} else {
+  signOut();
+}

@@ -30,6 +30,8 @@ def ring(clock):
 
 def kids(ring) -> list[str]:
     return [key["kid"] for key in ring.jwks()["keys"]]
+
+
 def signed_kid(ring) -> str:
     token, _ = Issuer(ring, "aimesh-user", "aimesh", TTL_S).issue("u1", "free", "user")
     return jwt.get_unverified_header(token)["kid"]
