@@ -2,10 +2,13 @@
 search, a streamed chat answer, a notification after a purchase, and the errors a person sees."""
 from __future__ import annotations
 
+import uuid
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from tests.integration.client import PASSWORD, forged_key, new_user, token, wait_for
+from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from tests.integration.client import PASSWORD, bearer, forged_key, new_user, token, wait_for
 
 from .conftest import screenshot
 
@@ -24,10 +27,11 @@ def log_in(driver: WebDriver, email: str, password: str = PASSWORD) -> None:
 
 
 def logged_in_user(driver: WebDriver, users, prefix: str) -> str:
-    email, _ = new_user(users, prefix)
+    """A new account, logged in on the page; returns its token (for checks over gRPC)."""
+    email, token = new_user(users, prefix)
     log_in(driver, email)
     wait_for(lambda: visible(driver, "app"), timeout_s=UI_TIMEOUT_S, what="the signed-in page")
-    return email
+    return token
 
 
 def texts(driver: WebDriver, selector: str) -> list[str]:
@@ -85,8 +89,8 @@ def test_chat_answer_streams_token_by_token(browser, users):
     screenshot(browser, "page-chat")
 
 
-def test_a_purchase_shows_a_notification(browser, users):
-    logged_in_user(browser, users, "page-buy")
+def test_a_purchase_shows_a_notification_and_mark_read_reads_it(browser, users, mesh):
+    user_token = logged_in_user(browser, users, "page-buy")
     browser.find_element(By.ID, "query").send_keys("Star Wars")
     browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
     wait_for(lambda: texts(browser, "#search-results .title"), timeout_s=UI_TIMEOUT_S,
@@ -102,11 +106,39 @@ def test_a_purchase_shows_a_notification(browser, users):
     assert "unread" in notification.get_attribute("class")
     assert row.find_element(By.TAG_NAME, "button").text == "Bought"
     screenshot(browser, "page")
+    browser.find_element(By.ID, "mark-read").click()
+    wait_for(lambda: browser.find_element(By.ID, "unread").text == "0", timeout_s=UI_TIMEOUT_S,
+             what="no unread notifications")
+    with mesh.channel() as channel:
+        unread = notify_pb2_grpc.NotificationServiceStub(channel).ListNotifications(
+            notify_pb2.ListNotificationsRequest(unread_only=True), metadata=bearer(user_token), timeout=5)
+    assert not unread.notifications            # read on the server too, not only on the page
     # Logging out leaves nothing of this user for the next one at the same browser.
     browser.find_element(By.ID, "logout").click()
     wait_for(lambda: visible(browser, "login"), what="the login form")
     for listed in ("#search-results li", "#recs-list li", "#notification-list li"):
         assert not browser.find_elements(By.CSS_SELECTOR, listed), listed
+
+
+def test_create_an_account_on_the_page_and_not_twice(browser):
+    email = f"page-new-{uuid.uuid4().hex[:8]}@example.com"
+
+    def register() -> None:
+        browser.find_element(By.CSS_SELECTOR, "#register summary").click()
+        browser.find_element(By.ID, "register-name").send_keys("Page User")
+        browser.find_element(By.ID, "register-email").send_keys(email)
+        browser.find_element(By.ID, "register-password").send_keys(PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "#register-form button").click()
+
+    register()
+    wait_for(lambda: visible(browser, "app"), timeout_s=UI_TIMEOUT_S, what="the new account's page")
+    assert browser.find_element(By.ID, "who-name").text == "Page User"
+    browser.find_element(By.ID, "logout").click()
+    browser.refresh()
+    register()
+    wait_for(lambda: problem(browser), timeout_s=UI_TIMEOUT_S, what="the taken-email error")
+    assert "already registered" in problem(browser)
+    assert not visible(browser, "app")
 
 
 def test_a_wrong_password_is_said_plainly(browser, users):

@@ -70,6 +70,21 @@ async function logIn(event: SubmitEvent): Promise<void> {
   }
 }
 
+async function register(event: SubmitEvent): Promise<void> {
+  event.preventDefault();
+  show("");
+  const email = $<HTMLInputElement>("register-email").value;
+  const password = $<HTMLInputElement>("register-password").value;
+  try {
+    await users.register({ email, password, displayName: $<HTMLInputElement>("register-name").value });
+    session.token = (await users.login({ email, password })).accessToken;
+    await signIn();
+  } catch (error) {
+    const e = ConnectError.from(error);
+    show(e.code === Code.AlreadyExists ? "That email is already registered: log in instead." : problem(e).message);
+  }
+}
+
 // --- catalog: search, recommendations, purchases --------------------------------------------
 
 interface Item { itemId: bigint | null; title: string; detail: string }   // null: not for sale
@@ -189,6 +204,22 @@ async function ask(event: SubmitEvent): Promise<void> {
 
 // --- notifications: the list so far, then live ----------------------------------------------
 
+function countUnread(): void {
+  $("unread").textContent = String($("notification-list").querySelectorAll(".unread").length);
+}
+
+async function markAllRead(): Promise<void> {
+  const unread = [...$("notification-list").querySelectorAll<HTMLElement>(".unread")];
+  if (!unread.length) return;
+  try {
+    await notify.markRead({ notificationIds: unread.map((row) => row.dataset.id!) });
+    unread.forEach((row) => row.className = "read");
+    countUnread();
+  } catch (error) {
+    fail(error);
+  }
+}
+
 function addNotification(n: Notification, live: boolean): void {
   const list = $("notification-list");
   if (list.querySelector(`[data-id="${CSS.escape(n.notificationId)}"]`)) return;
@@ -198,7 +229,7 @@ function addNotification(n: Notification, live: boolean): void {
   row.append(element("strong", n.title), element("span", n.body));
   if (live) list.prepend(row);
   else list.append(row);
-  $("unread").textContent = String(list.querySelectorAll(".unread").length);
+  countUnread();
   // The purchase reached the mesh's events, and with them the user's history.
   if (live && n.kind === "user.purchased") void showRecommendations();
 }
@@ -226,6 +257,8 @@ async function listenForNotifications(signal: AbortSignal): Promise<void> {
 // --- start ----------------------------------------------------------------------------------
 
 $("login-form").addEventListener("submit", (e) => void logIn(e as SubmitEvent));
+$("register-form").addEventListener("submit", (e) => void register(e as SubmitEvent));
+$("mark-read").addEventListener("click", () => void markAllRead());
 $("search-form").addEventListener("submit", (e) => void runSearch(e as SubmitEvent));
 $("chat-form").addEventListener("submit", (e) => void ask(e as SubmitEvent));
 $("recs-refresh").addEventListener("click", () => void showRecommendations());
