@@ -233,18 +233,14 @@ def embedding_model(version: Path, on_gpu: bool, ids, mask, retrace):
     served = served_module(version)
     model = served.TritonPythonModel()
     args = {"model_instance_kind": "GPU" if on_gpu else "CPU", "model_instance_device_id": "0"}
-    model.encode = served.encoder(args)
-    try:
-        model.embed(ids[:8], mask[:8])
-    except Exception as error:                      # noqa: BLE001 (reported, then worked around)
-        if retrace is None:
-            raise
-        print(f"FINDING: the TorchScript copy traced on the CPU (as `aimesh models build` makes it)"
-              f" fails on this device: {str(error).strip().splitlines()[-1][:300]}\n"
-              f"  tracing it again on the device for the figures below")
+    model.encode = served.encoder(args)   # falls back to onnxruntime if torch fails on the GPU
+    if on_gpu and type(model.encode).__name__ != "TorchEncoder" and retrace is not None:
+        print("FINDING: the served model does not use torch on this GPU with the TorchScript copy "
+              "traced on the CPU (as `aimesh models build` makes it; its reason is above)\n"
+              "  tracing it again on the device for the figures below")
         retrace()
         model.encode = served.encoder(args)
-        model.embed(ids[:8], mask[:8])
+    model.embed(ids[:8], mask[:8])
     return model
 
 

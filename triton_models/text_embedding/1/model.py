@@ -91,15 +91,37 @@ def cuda_torch() -> bool:
     return torch.cuda.is_available()
 
 
+# "[CLS] hello world [SEP] [PAD]": what a GPU engine must embed as onnxruntime does before it serves.
+PROBE = (np.array([[101, 7592, 2088, 102, 0]], dtype=np.int64),
+         np.array([[1, 1, 1, 1, 0]], dtype=np.int64))
+MIN_PROBE_COSINE = 0.99          # torch fp16 against onnxruntime fp32
+
+
 def encoder(args) -> TorchEncoder | OnnxEncoder:
-    """The engine for the instance that Triton's `args` describe (also used by bench/)."""
+    """The engine for the instance that Triton's `args` describe (also used by bench/): on a GPU
+    torch fp16 when it runs and agrees with onnxruntime, else onnxruntime (its CUDA provider
+    where installed). A GPU engine that fails serves nothing wrong: the model still loads."""
     on_gpu = args["model_instance_kind"] == "GPU"
     device_id = int(args["model_instance_device_id"]) if on_gpu else None
-    encode = TorchEncoder(device_id) if on_gpu and cuda_torch() else OnnxEncoder(device_id)
+    encode = OnnxEncoder(device_id)
+    if on_gpu and cuda_torch():
+        try:
+            encode = agreeing(TorchEncoder(device_id), encode)
+        except Exception as failure:   # noqa: BLE001 (e.g. a TorchScript copy traced on a CPU)
+            print(f"text_embedding: torch on GPU {device_id} not used: {failure}", flush=True)
     # Into Triton's log: which engine serves, where.
     print(f"text_embedding: {type(encode).__name__} on "
           f"{'GPU ' + str(device_id) if on_gpu else 'CPU'}", flush=True)
     return encode
+
+
+def agreeing(candidate, reference):
+    """The candidate engine, once it embeds the probe as the reference does."""
+    a, b = candidate(*PROBE)[0], reference(*PROBE)[0]
+    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    if not cosine >= MIN_PROBE_COSINE:
+        raise RuntimeError(f"its probe vector is at cosine {cosine:.4f} from onnxruntime's")
+    return candidate
 
 
 class TritonPythonModel:
