@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.pytest_args = extra
+    if args.command not in ("gen", "env"):
+        # The runner imports the services' kit, which imports the generated stubs: on a fresh
+        # clone they must exist before anything else (a no-op when current).
+        codegen.generate()
     return args.run(args)
 
 
