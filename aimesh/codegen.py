@@ -6,9 +6,11 @@ skipped when a stamp of every input is current."""
 from __future__ import annotations
 
 import hashlib
+import importlib
 import shutil
 import subprocess
 from pathlib import Path
+from pkgutil import extend_path
 
 import google.api
 
@@ -60,7 +62,16 @@ def generate(force: bool = False) -> bool:
     _check(buf("generate"), "buf generate")
     _check(buf("build", "--as-file-descriptor-set", "-o", str(DESCRIPTOR_SET)), "buf build")
     STAMP.write_text(digest)
+    _find_new_stubs()
     return True
+
+
+def _find_new_stubs() -> None:
+    """Let this process import stubs generated just now: the aimesh package extended its path
+    (aimesh/__init__.py) only with the gen/python/aimesh that existed when it was imported."""
+    import aimesh
+    importlib.invalidate_caches()      # forgets that gen/python did not exist at start
+    aimesh.__path__ = extend_path(aimesh.__path__, "aimesh")
 
 
 def breaking() -> subprocess.CompletedProcess:
