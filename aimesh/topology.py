@@ -42,6 +42,7 @@ class Service:
     idempotent: tuple[str, ...] = ()      # unary methods safe to retry ("*": all of them)
     rate_limit: RateLimit | None = None   # per user and tier, at the edge
     jwks_port: int = 0
+    generations_per_user: int = 0         # chat: a user's answers generating at once (0: no cap)
 
     @property
     def module(self) -> str:
@@ -177,5 +178,6 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             streams=tuple(s.get("streams", ())), idempotent=tuple(s.get("idempotent", ())),
             rate_limit=RateLimit(**s["rate_limit_per_minute"]) if "rate_limit_per_minute" in s else None,
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
+            generations_per_user=int(s.get("generations_per_user", 0)),
         )
     return Topology(gateway=gateway, infra=infra, services=services)

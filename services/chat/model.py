@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import numpy as np
 
 from aimesh.search.v1 import search_pb2
+from services import kit
 from services.kit.inference import Triton
 
 MODEL = "chat_lm"
@@ -26,20 +28,44 @@ def messages(question: str, hits: list[search_pb2.SearchResult],
     return prompt + [{"role": "user", "content": question}]
 
 
+BUSY = "chat model busy"   # how chat_lm begins its error when its slots and queue are full
+
+
+class ModelBusy(kit.Unavailable):
+    """The model is up but has more answers running and waiting than it takes."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    finish_reason: str = ""      # set on the last piece only
+    prompt_tokens: int = 0       # the engine's counts, on the last piece
+    completion_tokens: int = 0
+
+
 class ChatModel:
     def __init__(self, triton: Triton):
         self.triton = triton
 
     async def generate(self, prompt: list[dict], max_tokens: int,
-                       deadline_s: float) -> AsyncIterator[tuple[str, str]]:
-        """(piece, finish reason) as Triton produces them; the reason is "" until the last piece.
-        kit.Unavailable when the model cannot answer."""
+                       deadline_s: float) -> AsyncIterator[Piece]:
+        """The answer's pieces as Triton produces them; the last one carries the finish reason and
+        token counts. ModelBusy when the model refuses for load, kit.Unavailable when it cannot
+        answer."""
         inputs = {"MESSAGES": np.array([json.dumps(prompt).encode()], dtype=np.object_),
                   "MAX_TOKENS": np.array([max_tokens], dtype=np.int32),
                   "TEMPERATURE": np.array([TEMPERATURE], dtype=np.float32)}
         stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s)
         async with contextlib.aclosing(stream):   # closing this closes the Triton call at once
-            async for outputs in stream:
-                finish = outputs.get("FINISH_REASON")
-                yield (outputs["DELTA"][0].decode("utf-8", errors="replace"),
-                       "" if finish is None else finish[0].decode())
+            try:
+                async for outputs in stream:
+                    text = outputs["DELTA"][0].decode("utf-8", errors="replace")
+                    if "FINISH_REASON" not in outputs:
+                        yield Piece(text)
+                        continue
+                    yield Piece(text, outputs["FINISH_REASON"][0].decode(),
+                                int(outputs["PROMPT_TOKENS"][0]), int(outputs["COMPLETION_TOKENS"][0]))
+            except kit.Unavailable as why:
+                if BUSY in why.message:
+                    raise ModelBusy(BUSY) from why
+                raise

@@ -20,7 +20,8 @@ from services import kit
 from services.kit.audit import Audit
 from services.kit.inference import Triton
 
-from .model import MODEL, ChatModel, messages
+from .model import BUSY, MODEL, ChatModel, ModelBusy, messages
+from .quota import AnswersInProgress
 from .store import MIGRATIONS, ConversationStore
 
 log = logging.getLogger("aimesh.chat")
@@ -52,8 +53,9 @@ def delta(text: str) -> chat_pb2.ChatResponse:
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversations: ConversationStore, search: search_pb2_grpc.SearchServiceStub,
-                 model: ChatModel, audit: Audit):
+                 model: ChatModel, audit: Audit, in_progress: AnswersInProgress):
         self.conversations, self.search, self.model, self.audit = conversations, search, model, audit
+        self.in_progress = in_progress
 
     async def Ask(self, request, context):
         async for piece in self._turn(context, request.message, asyncio.Event()):
@@ -98,31 +100,43 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         text = kit.validate.text(message, "text", max_len=4000, parent="message")
         max_tokens = kit.validate.in_range(message, "max_tokens", 1, 512, default=256,
                                            parent="message")
+        with self.in_progress.hold(who.user_id):
+            async for reply in self._answer(who, text, max_tokens, message.conversation_id, cancel):
+                yield reply
+
+    async def _answer(self, who: kit.Caller, text: str, max_tokens: int, conversation_id: str,
+                      cancel: asyncio.Event):
         started = time.perf_counter()
-        conversation = await self.conversations.open(who.user_id, message.conversation_id)
+        conversation = await self.conversations.open(who.user_id, conversation_id)
         if conversation is None:
-            raise kit.NotFound(f"no conversation {message.conversation_id} for this user")
+            raise kit.NotFound(f"no conversation {conversation_id} for this user")
         hits, search_failure = await self._retrieve(text)
         prompt = messages(text, hits, await self.conversations.recent_turns(conversation, EARLIER_TURNS))
 
         sent: list[str] = []
         finish, source, reason = chat_pb2.FINISH_REASON_STOP, common_pb2.SOURCE_MODEL, ""
+        usage = chat_pb2.Usage()
         try:
             async with contextlib.aclosing(self.model.generate(prompt, max_tokens, TURN_DEADLINE_S)) as pieces:
-                async for piece, finished in pieces:
+                async for piece in pieces:
                     if cancel.is_set():   # leaving the loop cancels the generation in Triton
                         finish = chat_pb2.FINISH_REASON_CANCELLED
+                        usage.completion_tokens = len(sent)   # one streamed piece per engine token
                         break
-                    if piece:
-                        sent.append(piece)
-                        yield delta(piece)
-                    if finished:
-                        finish = FINISH.get(finished, chat_pb2.FINISH_REASON_STOP)
+                    if piece.text:
+                        sent.append(piece.text)
+                        yield delta(piece.text)
+                    if piece.finish_reason:
+                        finish = FINISH.get(piece.finish_reason, chat_pb2.FINISH_REASON_STOP)
+                        usage = chat_pb2.Usage(prompt_tokens=piece.prompt_tokens,
+                                               completion_tokens=piece.completion_tokens)
         except kit.Unavailable as why:
             if sent:   # it failed mid-answer: the turn ends with what was said
                 reason = f"chat model failed mid-answer: {why}"
+                usage.completion_tokens = len(sent)
             else:
-                source, reason = common_pb2.SOURCE_FALLBACK, f"chat model unavailable: {why}"
+                source = common_pb2.SOURCE_FALLBACK
+                reason = BUSY if isinstance(why, ModelBusy) else f"chat model unavailable: {why}"
                 if search_failure:
                     reason += f"; search unavailable: {search_failure}"
                 fallback, finish = retrieval_only(hits, max_tokens, searched=not search_failure)
@@ -149,8 +163,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             conversation, text, answer, chat_pb2.FinishReason.Name(finish),
             common_pb2.Source.Name(source), audit)
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
-            conversation_id=conversation, turn_id=turn_id, finish_reason=finish,
-            usage=chat_pb2.Usage(prompt_tokens=len(str(prompt).split()), completion_tokens=len(sent)),
+            conversation_id=conversation, turn_id=turn_id, finish_reason=finish, usage=usage,
             source=source, fallback_reason=reason))
 
 
@@ -160,5 +173,6 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
     model = ChatModel(Triton(app.channel(app.config.triton_address, retries=0)))
     audit = Audit(app.outbox(pool, await app.events()), "chat")
+    in_progress = AnswersInProgress(app.config.generations_per_user)
     return [kit.Binding("aimesh.chat.v1.ChatService", chat_pb2_grpc.add_ChatServiceServicer_to_server,
-                        ChatServicer(conversations, search, model, audit))]
+                        ChatServicer(conversations, search, model, audit, in_progress))]

@@ -9,7 +9,8 @@
 from . import validate
 from .config import Config
 from .errors import (AlreadyExists, Error, FailedPrecondition, InvalidArgument, NotFound,
-                     PermissionDenied, Unauthenticated, Unavailable, field_violations)
+                     PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable,
+                     field_violations)
 from .events import Events, unpack
 from .identity import Caller, admin, caller
 from .server import App, Binding, Server, serve
@@ -17,7 +18,7 @@ from .timestamps import timestamp
 
 __all__ = [
     "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
-    "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "Server",
+    "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Server",
     "Unauthenticated", "Unavailable", "admin", "caller", "field_violations", "serve", "timestamp",
     "unpack", "validate",
 ]

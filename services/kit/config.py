@@ -27,6 +27,7 @@ class Config:
     jwks_cache_s: float = 300.0       # how long the gateway may cache the JWKS (key rotation waits it)
     audience: str = "aimesh"
     issuer: str = "aimesh-user"
+    generations_per_user: int = 0     # chat: a user's answers generating at once (0: no cap)
     log_level: str = "INFO"
     demo: bool = False                # seed demo data on start (the local runner sets it)
 

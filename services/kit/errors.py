@@ -59,6 +59,11 @@ class FailedPrecondition(Error):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ResourceExhausted(Error):
+    """The caller has used up a quota (too many at once); trying again later helps."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class Unavailable(Error):
     """A dependency cannot answer now (down, breaker open, deadline). Services with a fallback
     catch it; otherwise the caller sees UNAVAILABLE and may retry."""

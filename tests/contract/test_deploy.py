@@ -365,8 +365,7 @@ def test_triton_image_installs_only_hash_checked_requirements():
     recipe = (ROOT / "deploy" / "triton" / "Dockerfile").read_text()
     commands = recipe.replace("\\\n", " ").replace("&&", "\n").splitlines()
     installs = [c for c in commands if re.search(r"pip (install|wheel) ", c)]
-    # The one exception: the llama.cpp wheel the llama stage compiled from hash-checked source.
-    unchecked = [i for i in installs if "--require-hashes" not in i and "/tmp/wheels/" not in i]
+    unchecked = [i for i in installs if "--require-hashes" not in i]
     assert installs and unchecked == []
     assert "-r /tmp/build.txt" in recipe                    # the model build's lock, not its input
     assert "requirements-build.txt" not in " ".join(installs)

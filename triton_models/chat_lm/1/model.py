@@ -1,12 +1,19 @@
-"""chat_lm: SmolLM2-135M-Instruct, streaming its answer one text piece per response (decoupled).
+"""chat_lm: SmolLM2-135M-Instruct, streaming its answer one text piece per response (decoupled),
+many answers at once.
 
 Each request is answered by a stream of responses carrying DELTA; the last one also carries
-FINISH_REASON (stop, length, or cancelled) and the final flag. A client that cancels (closes its
-stream) stops the generation at the next piece: the sender is asked between pieces.
+FINISH_REASON (stop, length, or cancelled), the token counts, and the final flag. `execute` only
+queues a request: `slots` worker threads take them in arrival order, each running one generation on
+the engine, which decodes all running generations together. Past the slots, up to `queue` requests
+wait; beyond that a request is refused at once with an error starting "chat model busy", so a
+caller never hangs behind a full model. A client that cancels (closes its stream) stops its
+generation at the next token, or before it starts while it waits.
 """
 from __future__ import annotations
 
 import json
+import queue
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -16,6 +23,7 @@ import generation
 ROLES = {"system", "user", "assistant"}
 FINISH_REASONS = ("stop", "length", "cancelled")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+BUSY = "chat model busy"    # chat-svc recognises this prefix and answers from retrieval
 
 
 class BadRequest(ValueError):
@@ -42,7 +50,7 @@ def _json(text: str, name: str):
         raise BadRequest(f"{name} is not JSON: {why}") from None
 
 
-def parse(request) -> dict:
+def parse(request, context_tokens: int) -> dict:
     """The generation arguments from a request's tensors, or BadRequest naming the input."""
     messages = _json(_string(request, "MESSAGES"), "MESSAGES")
     if not isinstance(messages, list) or not messages or not all(
@@ -51,8 +59,8 @@ def parse(request) -> dict:
         raise BadRequest("MESSAGES must be a non-empty JSON list of {role, content} with role "
                          f"one of {sorted(ROLES)} and content a string")
     max_tokens = _scalar(request, "MAX_TOKENS")
-    if not 1 <= max_tokens <= generation.CONTEXT_TOKENS:
-        raise BadRequest(f"MAX_TOKENS must be between 1 and {generation.CONTEXT_TOKENS}")
+    if not 1 <= max_tokens <= context_tokens:
+        raise BadRequest(f"MAX_TOKENS must be between 1 and {context_tokens}")
     temperature = _scalar(request, "TEMPERATURE")
     if not 0.0 <= temperature <= 2.0:
         raise BadRequest("TEMPERATURE must be between 0 and 2")
@@ -64,17 +72,36 @@ def parse(request) -> dict:
             "max_tokens": max_tokens, "temperature": temperature, "stop": stop}
 
 
-def response(delta: str, finish_reason: str | None = None) -> pb_utils.InferenceResponse:
+def error(message: str) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def response(delta: str, result: generation.Result | None = None) -> pb_utils.InferenceResponse:
     tensors = [pb_utils.Tensor("DELTA", np.array([delta.encode("utf-8")], dtype=np.object_))]
-    if finish_reason is not None:
-        tensors.append(pb_utils.Tensor("FINISH_REASON",
-                                       np.array([finish_reason.encode()], dtype=np.object_)))
+    if result is not None:
+        tensors += [
+            pb_utils.Tensor("FINISH_REASON", np.array([result.finish_reason.encode()], dtype=np.object_)),
+            pb_utils.Tensor("PROMPT_TOKENS", np.array([result.prompt_tokens], dtype=np.int32)),
+            pb_utils.Tensor("COMPLETION_TOKENS", np.array([result.completion_tokens], dtype=np.int32)),
+        ]
     return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def settings(model_config: dict) -> tuple[generation.Settings, int]:
+    """The engine's settings and the queue's bound, from config.pbtxt's parameters."""
+    parameters = {key: int(value["string_value"])
+                  for key, value in model_config.get("parameters", {}).items()}
+    engine = generation.Settings(**{name: parameters[name] for name in
+                                    ("slots", "context_per_slot", "threads", "gpu_layers")
+                                    if name in parameters})
+    return engine, parameters.get("queue", engine.slots)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.model = generation.load()
+        engine_settings, queue_bound = settings(json.loads(args["model_config"]))
+        self.engine = generation.Engine(engine_settings)
+        self.context_tokens = engine_settings.context_per_slot
         # Generations counted per finish reason on Triton's metrics endpoint: operators see
         # cancels and truncations, and tests see that a cancel really ended a generation. A family
         # must outlive its metrics, and a metric counts only while it lives: all are kept.
@@ -88,45 +115,70 @@ class TritonPythonModel:
             name="chat_lm_pieces_total", description="chat_lm text pieces streamed",
             kind=pb_utils.MetricFamily.COUNTER)
         self.pieces = self.pieces_family.Metric(labels={})
+        self.refused_family = pb_utils.MetricFamily(
+            name="chat_lm_refused_total", description="chat_lm requests refused: slots and queue full",
+            kind=pb_utils.MetricFamily.COUNTER)
+        self.refused = self.refused_family.Metric(labels={})
+        # Requests wait here in arrival order for a slot; one worker per engine slot.
+        self.waiting: queue.Queue = queue.Queue(maxsize=queue_bound)
+        self.workers = [threading.Thread(target=self.work, name=f"chat_lm-slot-{slot}", daemon=True)
+                        for slot in range(engine_settings.slots)]
+        for worker in self.workers:
+            worker.start()
 
     def execute(self, requests):
-        # One request at a time: the one llama.cpp context is not shared between generations.
         for request in requests:
-            self.answer(request)
+            sender = request.get_response_sender()
+            try:
+                arguments = parse(request, self.context_tokens)
+            except BadRequest as why:
+                sender.send(error(str(why)), flags=FINAL)
+                continue
+            try:
+                self.waiting.put_nowait((sender, arguments))
+            except queue.Full:
+                self.refused.increment(1)
+                sender.send(error(f"{BUSY}: {len(self.workers)} answers running and "
+                                  f"{self.waiting.maxsize} waiting"), flags=FINAL)
         return None   # decoupled: every response goes through the request's sender
 
-    def answer(self, request) -> None:
-        sender = request.get_response_sender()
-        try:
-            arguments = parse(request)
-        except BadRequest as why:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(why))),
-                        flags=FINAL)
+    def work(self) -> None:
+        while (job := self.waiting.get()) is not None:
+            self.answer(*job)
+
+    def answer(self, sender, arguments: dict) -> None:
+        if sender.is_cancelled():      # given up while it waited: never started
+            self.generations["cancelled"].increment(1)
+            sender.send(response("", generation.Result("cancelled", 0, 0)), flags=FINAL)
             return
+        streamed = 0
+
+        def on_piece(text: str) -> bool:
+            nonlocal streamed
+            if sender.is_cancelled():
+                return True
+            sender.send(response(text))
+            streamed += 1
+            return False
+
         try:
-            finish_reason, text = self.generate(sender, arguments)
+            messages = self.engine.fit(arguments.pop("messages"), arguments["max_tokens"])
+            result = self.engine.generate(messages, on_piece=on_piece, **arguments)
+        except generation.PromptTooLong as why:
+            sender.send(error(f"MESSAGES: {why}"), flags=FINAL)
+            return
         except Exception as why:   # the stream must still end, with the error, not hang the client
             pb_utils.Logger.log_error(f"chat_lm: generation failed: {why!r}")
-            sender.send(pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"generation failed: {why}")), flags=FINAL)
+            sender.send(error(f"generation failed: {why}"), flags=FINAL)
             return
-        self.generations[finish_reason].increment(1)
-        sender.send(response(text, finish_reason), flags=FINAL)
-
-    def generate(self, sender, arguments: dict) -> tuple[str, str]:
-        """Stream all pieces but the last; return (finish reason, the last piece's text)."""
-        pieces = generation.stream(self.model, **arguments)
-        streamed = 0
-        try:
-            for piece in pieces:
-                if sender.is_cancelled():
-                    return "cancelled", ""
-                if piece.finish_reason is not None:
-                    return piece.finish_reason, piece.text
-                sender.send(response(piece.text))
-                streamed += 1
         finally:
-            pieces.close()   # a cancel leaves the generator mid-way: end it here
             # Counted once per generation: each metric update is a round trip to Triton.
             self.pieces.increment(streamed)
-        return "stop", ""    # not reached: llama.cpp's last chunk always names its reason
+        self.generations[result.finish_reason].increment(1)
+        sender.send(response("", result), flags=FINAL)
+
+    def finalize(self):
+        for _ in self.workers:
+            self.waiting.put(None)     # after the requests already waiting
+        for worker in self.workers:
+            worker.join()
