@@ -89,6 +89,28 @@ def test_chat_answer_streams_token_by_token(browser, users):
     screenshot(browser, "page-chat")
 
 
+def test_stop_ends_a_streaming_answer_and_the_generation(browser, users, mesh):
+    from tests.integration.test_chat_lm import generations
+    logged_in_user(browser, users, "page-stop")
+    cancelled_before = generations(mesh, "cancelled")
+    stop = browser.find_element(By.ID, "chat-stop")
+    assert not stop.is_displayed()
+    browser.find_element(By.ID, "chat-input").send_keys("Write a very long story about every film you know.")
+    browser.find_element(By.CSS_SELECTOR, "#chat-form button").click()
+    answer = browser.find_element(By.CSS_SELECTOR, "#chat-log .answer")
+    wait_for(lambda: len(answer.text) > 0, timeout_s=90, what="the answer to start streaming")
+    assert stop.is_displayed()
+    stop.click()
+    wait_for(lambda: answer.get_attribute("data-state") == "cancelled", timeout_s=UI_TIMEOUT_S,
+             what="the answer to stop")
+    assert not stop.is_displayed() and not problem(browser)
+    stopped_at = len(answer.text)
+    wait_for(lambda: generations(mesh, "cancelled") > cancelled_before, timeout_s=UI_TIMEOUT_S,
+             what="Triton to count the generation as cancelled")
+    assert len(answer.text) == stopped_at     # nothing arrived after Stop
+    screenshot(browser, "page-chat-stopped")
+
+
 def test_a_purchase_shows_a_notification_and_mark_read_reads_it(browser, users, mesh):
     user_token = logged_in_user(browser, users, "page-buy")
     browser.find_element(By.ID, "query").send_keys("Star Wars")

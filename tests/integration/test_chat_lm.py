@@ -1,5 +1,6 @@
-"""chat_lm in the mesh's Triton (loaded by `aimesh up`): a decoupled model that streams its answer
-and stops generating when the client cancels. Spoken to directly with tritonclient.grpc streams."""
+"""chat_lm in the mesh's Triton (loaded by `aimesh up`): a decoupled model that streams its answer,
+serves many answers at once, refuses past its queue, and stops generating when the client cancels.
+Spoken to directly with tritonclient.grpc streams."""
 from __future__ import annotations
 
 import json
@@ -18,15 +19,41 @@ STORY = [{"role": "system", "content": "You are a storyteller who writes at grea
          {"role": "user", "content": "Tell me a very long story about a lighthouse keeper."}]
 
 
-@pytest.fixture
-def stream(mesh):
-    """An open tritonclient gRPC stream to the mesh's Triton, and the queue its responses land in."""
+# Words the model, at temperature 0, repeats in its answer to "Repeat this word five times: W".
+WORDS = ("zebra", "banana", "piano", "dragon", "rocket", "violin")
+
+
+def open_stream(mesh):
+    """A tritonclient gRPC stream to the mesh's Triton, and the queue its responses land in."""
     responses: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{mesh.topo.infra.triton_grpc_port}")
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    yield client, responses
+    return client, responses
+
+
+def close_stream(client) -> None:
     client.stop_stream(cancel_requests=True)
     client.close()
+
+
+@pytest.fixture
+def stream(mesh):
+    client, responses = open_stream(mesh)
+    yield client, responses
+    close_stream(client)
+
+
+@pytest.fixture
+def streams(mesh):
+    """Open as many streams as a test asks for; all are closed (their requests cancelled) after it."""
+    opened = []
+
+    def open_one():
+        opened.append(open_stream(mesh))
+        return opened[-1]
+    yield open_one
+    for client, _ in opened:
+        close_stream(client)
 
 
 def string_input(name: str, text: str) -> grpcclient.InferInput:
@@ -57,6 +84,19 @@ def next_response(responses: queue.Queue):
     return delta, None if finish is None else finish[0].decode()
 
 
+def usage(responses: queue.Queue) -> tuple[str, str, int, int]:
+    """(answer, finish reason, prompt tokens, completion tokens) of one whole answer."""
+    deltas = []
+    while True:
+        result, error = responses.get(timeout=RESPONSE_WITHIN_S)
+        if error is not None:
+            raise error
+        deltas.append(result.as_numpy("DELTA")[0].decode("utf-8"))
+        if result.as_numpy("FINISH_REASON") is not None:
+            return ("".join(deltas), result.as_numpy("FINISH_REASON")[0].decode(),
+                    int(result.as_numpy("PROMPT_TOKENS")[0]), int(result.as_numpy("COMPLETION_TOKENS")[0]))
+
+
 def answer(responses: queue.Queue) -> tuple[list[str], str]:
     """Every DELTA of one answer, and the finish reason the last response carries."""
     deltas = []
@@ -67,17 +107,21 @@ def answer(responses: queue.Queue) -> tuple[list[str], str]:
             return deltas, finish_reason
 
 
-def generations(mesh, finish_reason: str) -> float:
-    """chat_lm_generations_total for a finish reason, from Triton's metrics endpoint."""
+def metric(mesh, name: str, labels: dict[str, str]) -> float:
+    """A chat_lm counter with these labels, from Triton's metrics endpoint."""
     url = f"http://127.0.0.1:{mesh.topo.infra.triton_metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (sample.name.startswith("chat_lm_generations")
-                    and sample.labels.get("finish_reason") == finish_reason):
+            if sample.name.startswith(name) and labels.items() <= sample.labels.items():
                 return sample.value
     return 0.0
+
+
+def generations(mesh, finish_reason: str) -> float:
+    """chat_lm_generations_total for a finish reason."""
+    return metric(mesh, "chat_lm_generations", {"finish_reason": finish_reason})
 
 
 def test_answer_streams_in_several_pieces_before_the_final_response(stream):
@@ -126,3 +170,94 @@ def test_malformed_messages_are_rejected_naming_the_input(stream):
     ask(client, None, max_tokens=5, messages_json="not json")
     with pytest.raises(grpcclient.InferenceServerException, match="MESSAGES"):
         next_response(responses)
+
+
+def test_concurrent_answers_each_get_their_own_tokens_and_start_together(streams):
+    """Six answers at once (fewer than the slots): each repeats its own word and no other's, and
+    every one has its first token before any has finished (they decode together)."""
+    opened = {word: streams() for word in WORDS}
+    for word, (client, _) in opened.items():
+        ask(client, [{"role": "user", "content": f"Repeat this word five times: {word}"}],
+            max_tokens=16, temperature=0.0)
+    first_at, done_at, answers = {}, {}, {}
+    pending = dict(opened)
+    deadline = time.monotonic() + RESPONSE_WITHIN_S
+    while pending:
+        assert time.monotonic() < deadline, f"no answer for {sorted(pending)}"
+        for word, (_, responses) in list(pending.items()):
+            try:
+                result, error = responses.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            assert error is None, error
+            first_at.setdefault(word, time.monotonic())
+            answers[word] = answers.get(word, "") + result.as_numpy("DELTA")[0].decode()
+            if result.as_numpy("FINISH_REASON") is not None:
+                done_at[word] = time.monotonic()
+                del pending[word]
+    for word, text in answers.items():
+        assert word in text.lower(), (word, text)
+        assert not [other for other in WORDS if other != word and other in text.lower()], (word, text)
+    assert max(first_at.values()) < min(done_at.values())
+
+
+def test_usage_counts_the_engines_tokens(stream):
+    client, responses = stream
+    ask(client, STORY, max_tokens=7)
+    text, finish_reason, prompt_tokens, completion_tokens = usage(responses)
+    assert finish_reason == "length" and completion_tokens == 7
+    assert 20 < prompt_tokens < 100 and text.strip()
+
+
+def test_a_conversation_longer_than_the_context_is_trimmed_to_fit(stream):
+    """Which turns stay is tested on the engine itself (tests/unit/models/test_chat_engine.py)."""
+    earlier = [{"role": "user" if i % 2 == 0 else "assistant", "content": "lighthouse " * 400}
+               for i in range(10)]        # about 4,000 tokens: twice a slot's context
+    messages = [{"role": "system", "content": "You are brief."}, *earlier,
+                {"role": "user", "content": "Repeat this word five times: zebra"}]
+    client, responses = stream
+    ask(client, messages, max_tokens=16, temperature=0.0)
+    text, finish_reason, prompt_tokens, _ = usage(responses)
+    assert finish_reason in ("stop", "length") and text
+    assert 1000 < prompt_tokens <= 2048 - 16             # the oldest turns went, some stayed
+
+
+def fill(mesh, streams) -> tuple[list, str]:
+    """Every slot generating and the queue full, proven by one more request being refused: the
+    streams holding the model, and the refusal's message. Stopping the streams frees it."""
+    config = urllib.request.urlopen(
+        f"http://127.0.0.1:{mesh.topo.infra.triton_http_port}/v2/models/{MODEL}/config", timeout=5)
+    parameters = json.loads(config.read())["parameters"]
+    capacity = int(parameters["slots"]["string_value"]) + int(parameters["queue"]["string_value"])
+    opened = [streams() for _ in range(capacity + 1)]
+    for client, _ in opened:
+        ask(client, STORY, max_tokens=1000)
+    deadline = time.monotonic() + 30
+    while True:        # the one past capacity hears back at once; the rest generate or wait
+        assert time.monotonic() < deadline, "no request was refused"
+        for _, responses in opened:
+            while not responses.empty():
+                try:
+                    next_response(responses)
+                except grpcclient.InferenceServerException as error:
+                    return opened, str(error)
+        time.sleep(0.05)
+
+
+def test_a_full_queue_refuses_at_once_with_busy(mesh, streams):
+    """Every slot generating and the queue full: the next request is refused at once, never queued
+    behind them; cancelling them all frees the model."""
+    refused_before = refused(mesh)
+    opened, refusal = fill(mesh, streams)
+    assert "chat model busy" in refusal
+    assert refused(mesh) > refused_before
+    for client, _ in opened:
+        client.stop_stream(cancel_requests=True)
+    client, responses = streams()
+    ask(client, [{"role": "user", "content": "Repeat this word five times: piano"}], max_tokens=8,
+        temperature=0.0)
+    assert "piano" in "".join(answer(responses)[0]).lower()   # cancels freed the slots and queue
+
+
+def refused(mesh) -> float:
+    return metric(mesh, "chat_lm_refused", {})

@@ -155,9 +155,14 @@ async function purchase(itemId: bigint, button: HTMLButtonElement): Promise<void
 let conversationId = "";   // the next question continues this conversation; "" starts one
 let turn = new AbortController();   // the answer streaming now, if any
 
-/** Stops the answer in progress (Triton stops generating) and forgets the conversation. */
-function newConversation(): void {
+/** Stops the answer in progress: the call is cancelled, and Triton stops generating. */
+function stopAnswer(): void {
   turn.abort();
+}
+
+/** Stops the answer in progress and forgets the conversation. */
+function newConversation(): void {
+  stopAnswer();
   conversationId = "";
   $("chat-log").replaceChildren();
 }
@@ -175,6 +180,8 @@ async function ask(event: SubmitEvent): Promise<void> {
   input.value = "";
   const sent = performance.now();
   const thisTurn = (turn = new AbortController());
+  const stop = $("chat-stop");
+  stop.hidden = false;
   try {
     for await (const reply of chat.ask({ message: { conversationId, text } }, { signal: thisTurn.signal })) {
       switch (reply.kind.case) {
@@ -199,6 +206,8 @@ async function ask(event: SubmitEvent): Promise<void> {
   } catch (error) {
     answer.dataset.state = thisTurn.signal.aborted ? "cancelled" : "failed";
     if (!thisTurn.signal.aborted) fail(error);
+  } finally {
+    if (turn === thisTurn) stop.hidden = true;   // a newer question's answer may be streaming
   }
 }
 
@@ -263,6 +272,7 @@ $("search-form").addEventListener("submit", (e) => void runSearch(e as SubmitEve
 $("chat-form").addEventListener("submit", (e) => void ask(e as SubmitEvent));
 $("recs-refresh").addEventListener("click", () => void showRecommendations());
 $("chat-new").addEventListener("click", newConversation);
+$("chat-stop").addEventListener("click", stopAnswer);
 $("logout").addEventListener("click", () => { show(""); signOut(); });
 
 if (session.token) {

@@ -12,8 +12,8 @@ generation at the next token, or before it starts while it waits.
 from __future__ import annotations
 
 import json
-import queue
 import threading
+from collections import deque
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -24,6 +24,32 @@ ROLES = {"system", "user", "assistant"}
 FINISH_REASONS = ("stop", "length", "cancelled")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 BUSY = "chat model busy"    # chat-svc recognises this prefix and answers from retrieval
+
+
+class Sender:
+    """A request's response sender, safe to use from any thread: every call into Triton goes
+    through one lock. Unserialised sends from several slots at once crashed Triton 2.51's python
+    backend (SIGSEGV in libtriton_python.so) when many streams were cancelled together."""
+    lock = threading.Lock()
+
+    def __init__(self, request):
+        self.sender = request.get_response_sender()
+
+    def send(self, reply=None, final: bool = False) -> None:
+        with self.lock:
+            if final:
+                self.sender.send(reply, flags=FINAL)
+            else:
+                self.sender.send(reply)
+
+    def is_cancelled(self) -> bool:
+        with self.lock:
+            return self.sender.is_cancelled()
+
+
+def count(metric, amount: int = 1) -> None:
+    with Sender.lock:
+        metric.increment(amount)
 
 
 class BadRequest(ValueError):
@@ -87,6 +113,40 @@ def response(delta: str, result: generation.Result | None = None) -> pb_utils.In
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
+class Waiting:
+    """Requests waiting for a slot, in arrival order, at most `bound`. A request whose client has
+    gone gives its place up when the queue is full, so abandoned requests never refuse a live one."""
+
+    def __init__(self, bound: int):
+        self.bound = bound
+        self.jobs: deque = deque()
+        self.changed = threading.Condition()
+
+    def offer(self, sender, arguments: dict) -> tuple[bool, list]:
+        """(whether it was queued, the abandoned requests dropped to make room: close them)."""
+        with self.changed:
+            abandoned = []
+            if len(self.jobs) >= self.bound:
+                abandoned = [job for job in self.jobs if job[0].is_cancelled()]
+                self.jobs = deque(job for job in self.jobs if job not in abandoned)
+            if len(self.jobs) >= self.bound:
+                return False, abandoned
+            self.jobs.append((sender, arguments))
+            self.changed.notify()
+            return True, abandoned
+
+    def take(self) -> tuple | None:
+        """The oldest request, waiting for one; None tells a worker to stop."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.jobs)
+            return self.jobs.popleft()
+
+    def stop(self, workers: int) -> None:
+        with self.changed:      # after the requests already waiting
+            self.jobs.extend([None] * workers)
+            self.changed.notify_all()
+
+
 def settings(model_config: dict) -> tuple[generation.Settings, int]:
     """The engine's settings and the queue's bound, from config.pbtxt's parameters."""
     parameters = {key: int(value["string_value"])
@@ -120,7 +180,7 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER)
         self.refused = self.refused_family.Metric(labels={})
         # Requests wait here in arrival order for a slot; one worker per engine slot.
-        self.waiting: queue.Queue = queue.Queue(maxsize=queue_bound)
+        self.waiting = Waiting(queue_bound)
         self.workers = [threading.Thread(target=self.work, name=f"chat_lm-slot-{slot}", daemon=True)
                         for slot in range(engine_settings.slots)]
         for worker in self.workers:
@@ -128,28 +188,33 @@ class TritonPythonModel:
 
     def execute(self, requests):
         for request in requests:
-            sender = request.get_response_sender()
+            sender = Sender(request)
             try:
                 arguments = parse(request, self.context_tokens)
             except BadRequest as why:
-                sender.send(error(str(why)), flags=FINAL)
+                sender.send(error(str(why)), final=True)
                 continue
-            try:
-                self.waiting.put_nowait((sender, arguments))
-            except queue.Full:
-                self.refused.increment(1)
+            queued, abandoned = self.waiting.offer(sender, arguments)
+            for gone, _ in abandoned:
+                self.close_cancelled(gone)
+            if not queued:
+                count(self.refused)
                 sender.send(error(f"{BUSY}: {len(self.workers)} answers running and "
-                                  f"{self.waiting.maxsize} waiting"), flags=FINAL)
+                                  f"{self.waiting.bound} waiting"), final=True)
         return None   # decoupled: every response goes through the request's sender
 
     def work(self) -> None:
-        while (job := self.waiting.get()) is not None:
+        while (job := self.waiting.take()) is not None:
             self.answer(*job)
 
+    def close_cancelled(self, sender) -> None:
+        """A request given up while it waited: it never started."""
+        count(self.generations["cancelled"])
+        sender.send(response("", generation.Result("cancelled", 0, 0)), final=True)
+
     def answer(self, sender, arguments: dict) -> None:
-        if sender.is_cancelled():      # given up while it waited: never started
-            self.generations["cancelled"].increment(1)
-            sender.send(response("", generation.Result("cancelled", 0, 0)), flags=FINAL)
+        if sender.is_cancelled():
+            self.close_cancelled(sender)
             return
         streamed = 0
 
@@ -165,20 +230,19 @@ class TritonPythonModel:
             messages = self.engine.fit(arguments.pop("messages"), arguments["max_tokens"])
             result = self.engine.generate(messages, on_piece=on_piece, **arguments)
         except generation.PromptTooLong as why:
-            sender.send(error(f"MESSAGES: {why}"), flags=FINAL)
+            sender.send(error(f"MESSAGES: {why}"), final=True)
             return
         except Exception as why:   # the stream must still end, with the error, not hang the client
             pb_utils.Logger.log_error(f"chat_lm: generation failed: {why!r}")
-            sender.send(error(f"generation failed: {why}"), flags=FINAL)
+            sender.send(error(f"generation failed: {why}"), final=True)
             return
         finally:
             # Counted once per generation: each metric update is a round trip to Triton.
-            self.pieces.increment(streamed)
-        self.generations[result.finish_reason].increment(1)
-        sender.send(response("", result), flags=FINAL)
+            count(self.pieces, streamed)
+        count(self.generations[result.finish_reason])
+        sender.send(response("", result), final=True)
 
     def finalize(self):
-        for _ in self.workers:
-            self.waiting.put(None)     # after the requests already waiting
+        self.waiting.stop(len(self.workers))
         for worker in self.workers:
             worker.join()

@@ -1,0 +1,62 @@
+"""chat_lm's engine in-process (triton_models/chat_lm/1/generation.py, the real model): prompts too
+long for a slot lose their oldest turns and keep the system prompt and the question; a stop asked
+for by the caller ends the generation; the counts are the engine's tokens."""
+import importlib.util
+import sys
+
+import pytest
+
+from aimesh import paths
+
+SLOT = 512
+
+
+@pytest.fixture(scope="module")
+def generation():
+    path = paths.TRITON_MODELS / "chat_lm" / "1" / "generation.py"
+    spec = importlib.util.spec_from_file_location("chat_generation", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def engine(generation):
+    return generation.Engine(generation.Settings(slots=2, context_per_slot=SLOT, threads=1))
+
+
+def turns(n: int) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}: " + "word " * 60}
+            for i in range(n)]
+
+
+def test_a_prompt_that_fits_is_kept_whole(engine):
+    messages = [{"role": "system", "content": "Be brief."}, *turns(2), {"role": "user", "content": "Hi"}]
+    assert engine.fit(messages, 32) == messages
+
+
+def test_a_long_prompt_loses_its_oldest_turns_first(engine):
+    system, question = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}
+    earlier = turns(12)                          # about 800 tokens: more than a slot
+    kept = engine.fit([system, *earlier, question], 64)
+    assert kept[0] == system and kept[-1] == question
+    assert kept[1:-1] == earlier[len(earlier) - (len(kept) - 2):]   # the newest turns, in order
+    assert 2 < len(kept) < len(earlier) + 2
+    assert engine.count(kept) <= SLOT - 64
+
+
+def test_a_question_too_long_for_any_answer_is_refused(engine, generation):
+    with pytest.raises(generation.PromptTooLong):
+        engine.fit([{"role": "user", "content": "word " * 600}], 16)
+
+
+def test_the_callers_stop_ends_the_generation_and_counts_tokens(engine):
+    pieces = []
+    result = engine.generate([{"role": "user", "content": "Tell me a long story."}], 200,
+                             lambda text: pieces.append(text) or len(pieces) >= 3)
+    assert result.finish_reason == "cancelled" and result.completion_tokens == len(pieces) == 3
+    assert result.prompt_tokens > 5
+    whole = engine.generate([{"role": "user", "content": "Tell me a long story."}], 6,
+                            lambda text: False)
+    assert whole.finish_reason == "length" and whole.completion_tokens == 6
