@@ -1,148 +1,187 @@
-"""chat_lm: first-token latency and tokens/s through Triton against the same code in-process.
+"""Chat for many at once: first-token latency and aggregate tokens/s at 1, 4 and 8 concurrent chats,
+through the gateway (Ask: Envoy, chat-svc, retrieval, chat_lm in Triton) and with the same engine
+in-process (triton_models/chat_lm/1/generation.py, the very code chat_lm runs, with the same
+settings read from its config.pbtxt).
 
-Prints figures and asserts none. Starts its own Triton with only chat_lm, by default in
-/tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000 (override with those two variables), and
-always stops it. The in-process side calls triton_models/chat_lm/1/generation.py, the very code
-the Triton model runs, so the ratio is what serving through Triton costs. Rounds alternate
-between the two sides, so load from elsewhere on the machine falls on both alike. Run it as
-bin/aimesh runs the CLI:
+Both columns answer the same prompts: the in-process side builds each prompt as chat-svc does
+(services/chat/model.py's messages) from the same Search results, with chat-svc's temperature and
+max_tokens. Levels alternate between the two sides, so load from elsewhere on the machine falls
+on both alike; they never run at the same time. Prints figures and asserts none. Runs its own mesh
+(bench/topology.yaml: no rate limit or per-user cap reached; each chat is its own user anyway) in
+/tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always brings it down. Run it as bin/aimesh
+runs the CLI (bench/README.md):
 
   venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
   PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/chat_latency.py
 """
 from __future__ import annotations
 
-import json
 import os
-import queue
+import re
+import shutil
 import statistics
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
-os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-state")
-os.environ.setdefault("AIMESH_PORT_OFFSET", "2000")
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
+from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
 
-import numpy as np  # noqa: E402
-import tritonclient.grpc as grpcclient  # noqa: E402
+import grpc  # noqa: E402
 
-from aimesh import paths, topology, triton  # noqa: E402
-from aimesh.supervisor import Supervisor  # noqa: E402
+from aimesh import paths  # noqa: E402
+from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
+from aimesh.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
+from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
+from services.chat.model import TEMPERATURE, messages  # noqa: E402
+from services.chat.server import RETRIEVED  # noqa: E402
 
 sys.path.insert(0, str(paths.TRITON_MODELS / "chat_lm" / "1"))
 import generation  # noqa: E402
 
-MODEL = "chat_lm"
 MAX_TOKENS = 128
-# Greedy decoding makes both sides do exactly the same work (same tokens, same count); the
-# repeat penalty still applies, as in serving.
-TEMPERATURE = 0.0
+LEVELS = (1, 4, 8)
+ROUNDS = 2          # each level this many times on each side
 QUESTIONS = [
-    "What is a service mesh? Answer in a paragraph.",
-    "Explain how a lighthouse works.",
-    "Give me three tips for learning to cook.",
-    "Why is the sky blue?",
-    "Describe a walk through a forest in autumn.",
+    "Tell me about a film with space battles.",
+    "Which film would you pick for a rainy evening, and why?",
+    "Describe a good family film from the catalog.",
+    "What is a classic crime film worth watching?",
+    "Recommend a romantic comedy and tell me its story.",
+    "Which film is about toys that come alive? Describe it.",
+    "Tell me about a film set at sea.",
+    "What is a good science fiction film about robots?",
 ]
-ROUNDS = 2          # each question this many times on each side
 
 
 @dataclass
-class Run:
-    first_token_s: float   # request sent -> first non-empty piece received
-    pieces: int            # non-empty pieces streamed (one per token, but for split characters)
-    decode_s: float        # first piece -> last piece
-
-    @property
-    def tokens_per_s(self) -> float:
-        return (self.pieces - 1) / self.decode_s if self.pieces > 1 and self.decode_s > 0 else 0.0
+class Stream:
+    first_token_s: float     # request sent -> first non-empty piece
+    tokens: int              # completion tokens, as the engine counted them
 
 
-def measure(pieces) -> Run:
-    """Time an iterator of text pieces from the moment the request was made."""
+def engine_settings() -> generation.Settings:
+    """The engine's settings as chat_lm's config.pbtxt gives them."""
+    config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
+    found = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "(-?\d+)" \}', config))
+    return generation.Settings(**{name: int(found[name]) for name in
+                                  ("slots", "context_per_slot", "threads", "gpu_layers")})
+
+
+def together(work, count: int) -> tuple[list[Stream], float]:
+    """Run work(i) on `count` threads at once; their streams and the wall time of all of them."""
+    streams: list[Stream] = [None] * count
     started = time.perf_counter()
-    first = last = None
-    count = 0
-    for text in pieces:
-        if text:
-            last = time.perf_counter()
-            first = first or last
-            count += 1
-    return Run(first - started, count, last - first)
+    threads = [threading.Thread(target=lambda i=i: streams.__setitem__(i, work(i, started)))
+               for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return streams, time.perf_counter() - started
 
 
-def in_process(model, messages):
-    for piece in generation.stream(model, messages, MAX_TOKENS, TEMPERATURE):
-        yield piece.text
+def via_gateway(channel, tokens: list[str]):
+    chat = chat_pb2_grpc.ChatServiceStub(channel)
+
+    def work(i: int, started: float) -> Stream:
+        first, used = None, 0
+        request = chat_pb2.AskRequest(message=chat_pb2.UserMessage(text=QUESTIONS[i], max_tokens=MAX_TOKENS))
+        for reply in chat.Ask(request, metadata=[("authorization", f"Bearer {tokens[i]}")], timeout=300):
+            if reply.WhichOneof("kind") == "delta" and reply.delta.text and first is None:
+                first = time.perf_counter() - started
+            if reply.WhichOneof("kind") == "end":
+                used = reply.end.usage.completion_tokens
+                assert reply.end.fallback_reason == "", reply.end.fallback_reason
+        return Stream(first, used)
+    return work
 
 
-def through_triton(client, responses: queue.Queue, messages):
-    inputs = []
-    for name, datatype, value in (("MESSAGES", "BYTES", np.array([json.dumps(messages).encode()],
-                                                                  dtype=np.object_)),
-                                  ("MAX_TOKENS", "INT32", np.array([MAX_TOKENS], dtype=np.int32)),
-                                  ("TEMPERATURE", "FP32", np.array([TEMPERATURE], dtype=np.float32))):
-        tensor = grpcclient.InferInput(name, [1], datatype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    client.async_stream_infer(MODEL, inputs)
-    while True:
-        result, error = responses.get(timeout=300)
-        if error is not None:
-            raise error
-        yield result.as_numpy("DELTA")[0].decode("utf-8")
-        if result.as_numpy("FINISH_REASON") is not None:
-            return
+def in_process(engine: generation.Engine, prompts: list[list[dict]]):
+    def work(i: int, started: float) -> Stream:
+        first = None
+
+        def on_piece(text: str) -> bool:
+            nonlocal first
+            if first is None:
+                first = time.perf_counter() - started
+            return False
+        result = engine.generate(engine.fit(prompts[i], MAX_TOKENS), MAX_TOKENS, on_piece,
+                                 temperature=TEMPERATURE)
+        return Stream(first, result.completion_tokens)
+    return work
 
 
-def summary(name: str, runs: list[Run]) -> tuple[float, float]:
-    first_ms = statistics.median(r.first_token_s for r in runs) * 1000
-    tokens_per_s = sum(r.pieces - 1 for r in runs) / sum(r.decode_s for r in runs)
-    print(f"{name:>12}: first token p50 {first_ms:7.1f} ms (max "
-          f"{max(r.first_token_s for r in runs) * 1000:.1f}), decode {tokens_per_s:6.1f} tok/s, "
-          f"{sum(r.pieces for r in runs)} pieces in {len(runs)} runs")
-    return first_ms, tokens_per_s
+def figures(runs: list[tuple[list[Stream], float]]) -> dict[str, float]:
+    firsts = sorted(s.first_token_s for streams, _ in runs for s in streams)
+    p95 = firsts[min(len(firsts) - 1, round(0.95 * (len(firsts) - 1)))]
+    return {"p50": statistics.median(firsts) * 1000, "p95": p95 * 1000,
+            "rate": sum(s.tokens for streams, _ in runs for s in streams) / sum(w for _, w in runs)}
 
 
-def main() -> None:
-    infra = topology.load().infra
-    supervisor = Supervisor(paths.state_dir())
-    component = triton.component(infra, paths.state_dir(), models=(MODEL,))
-    started = time.perf_counter()
-    supervisor.start(component)
+def users(gateway: str, count: int) -> list[str]:
+    with grpc.insecure_channel(gateway) as channel:
+        accounts = user_pb2_grpc.UserServiceStub(channel)
+        tokens = []
+        for _ in range(count):
+            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+            accounts.Register(user_pb2.RegisterRequest(email=email, password="bench password",
+                                                       display_name="Bench"), timeout=10)
+            tokens.append(accounts.Login(user_pb2.LoginRequest(email=email, password="bench password"),
+                                         timeout=10).access_token)
+        return tokens
+
+
+def prompts(channel, token: str) -> list[list[dict]]:
+    """Each question's prompt as chat-svc builds it for a new conversation."""
+    search = search_pb2_grpc.SearchServiceStub(channel)
+    built = []
+    for question in QUESTIONS:
+        hits = search.Search(search_pb2.SearchRequest(query=question, page_size=RETRIEVED),
+                             metadata=[("authorization", f"Bearer {token}")], timeout=10).results
+        built.append(messages(question, list(hits), []))
+    return built
+
+
+def main() -> int:
+    mesh = BenchMesh()
+    gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
+    settings = engine_settings()
+    print(f"aimesh chat latency: {machine()}\nchat_lm: {settings}; max_tokens {MAX_TOKENS}, "
+          f"temperature {TEMPERATURE}; levels {LEVELS}, {ROUNDS} rounds each per side\n")
+    shutil.rmtree(mesh.state, ignore_errors=True)
     try:
-        supervisor.wait_healthy([component])
-        print(f"Triton with {MODEL} ready in {time.perf_counter() - started:.1f} s")
+        print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
         started = time.perf_counter()
-        model = generation.load()
-        print(f"in-process model loaded in {time.perf_counter() - started:.1f} s "
-              f"({model.n_threads} of {os.cpu_count()} CPUs, max_tokens {MAX_TOKENS}, "
-              f"temperature {TEMPERATURE})")
-        responses: queue.Queue = queue.Queue()
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{infra.triton_grpc_port}")
-        client.start_stream(callback=lambda result, error: responses.put((result, error)))
-        try:
-            # One untimed answer on each side: first-call costs are not what is compared.
-            messages = [{"role": "user", "content": "Hello!"}]
-            measure(in_process(model, messages))
-            measure(through_triton(client, responses, messages))
-            direct, served = [], []
+        engine = generation.Engine(settings)
+        print(f"in-process engine loaded in {time.perf_counter() - started:.1f} s")
+        tokens = users(gateway, max(LEVELS))
+        with grpc.insecure_channel(gateway) as channel:
+            built = prompts(channel, tokens[0])
+            mesh_work, local_work = via_gateway(channel, tokens), in_process(engine, built)
+            together(mesh_work, 1), together(local_work, 1)     # first-call costs, untimed
+            runs = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
             for _ in range(ROUNDS):
-                for question in QUESTIONS:
-                    messages = [{"role": "user", "content": question}]
-                    direct.append(measure(in_process(model, messages)))
-                    served.append(measure(through_triton(client, responses, messages)))
-        finally:
-            client.stop_stream()
-            client.close()
+                for level in LEVELS:
+                    runs["gateway", level].append(together(mesh_work, level))
+                    runs["in-process", level].append(together(local_work, level))
     finally:
-        supervisor.stop("triton")
-    direct_first, direct_rate = summary("in-process", direct)
-    served_first, served_rate = summary("Triton", served)
-    print(f"Triton / in-process: decode rate {served_rate / direct_rate:.1%} (target >= 90%), "
-          f"first-token latency {served_first / direct_first:.2f}x "
-          f"({served_first - direct_first:+.1f} ms)")
+        clean = mesh.down_and_report()
+    table = {key: figures(value) for key, value in runs.items()}
+    print(f"\n{'side':<11} {'chats':>5} {'first p50 ms':>13} {'first p95 ms':>13} {'tok/s':>7} "
+          f"{'x one chat':>10}")
+    for (side, level), row in table.items():
+        print(f"{side:<11} {level:>5} {row['p50']:>13.0f} {row['p95']:>13.0f} {row['rate']:>7.1f} "
+              f"{row['rate'] / table[side, 1]['rate']:>10.2f}")
+    print("\ngateway / in-process, aggregate tokens/s (target >= 90%):")
+    for level in LEVELS:
+        print(f"  {level} chats: {table['gateway', level]['rate'] / table['in-process', level]['rate']:.0%}")
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
