@@ -75,12 +75,16 @@ def cmd_down(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    from . import envoy
-    if not envoy.apply_routes(topology.load(), paths.state_dir()):
+    import asyncio
+    from . import envoy, streams
+    topo = topology.load()
+    if not envoy.apply_routes(topo, paths.state_dir()):
         print("aimesh: listeners or clusters changed too; restart with `aimesh down` and `aimesh up`",
               file=sys.stderr)
         return 2
     print("aimesh: routes applied (Envoy picks them up live)")
+    changed = asyncio.run(streams.apply(topo))
+    print(f"aimesh: stream limits applied in place ({', '.join(changed) or 'none changed'})")
     return 0
 
 
@@ -121,8 +125,10 @@ def cmd_audit(args) -> int:
     import asyncio
     from . import audit
     topo = topology.load()
-    print(audit.lines(asyncio.run(audit.decisions(f"nats://127.0.0.1:{topo.infra.nats_port}",
-                                                  args.user_id))))
+    found, first = asyncio.run(audit.decisions(f"nats://127.0.0.1:{topo.infra.nats_port}", args.user_id))
+    limits = topo.retention.streams.get("AI_DECISIONS")
+    print(f"aimesh: {audit.horizon(first, limits and limits.max_age_s)}", file=sys.stderr)
+    print(audit.lines(found))
     return 0
 
 

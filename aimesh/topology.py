@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from services.kit.retention import Retention
+
 DEFAULT_FILE = Path(__file__).with_name("topology.yaml")
 EXTENDS = "extends"          # a topology file may name another and override parts of it
 METRICS_PORT_SHIFT = 1000   # an instance's Prometheus /metrics is on its gRPC port + this
@@ -94,6 +96,7 @@ class Topology:
     gateway: Gateway
     infra: Infra
     services: dict[str, Service] = field(default_factory=dict)
+    retention: Retention = field(default_factory=Retention)
 
     def instances(self):
         """Every (service, instance) pair, in start order."""
@@ -180,4 +183,5 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
             generations_per_user=int(s.get("generations_per_user", 0)),
         )
-    return Topology(gateway=gateway, infra=infra, services=services)
+    return Topology(gateway=gateway, infra=infra, services=services,
+                    retention=Retention.parse(raw.get("retention") or {}))

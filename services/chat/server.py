@@ -22,7 +22,7 @@ from services.kit.inference import Triton
 
 from .model import BUSY, MODEL, ChatModel, ModelBusy, messages
 from .quota import AnswersInProgress
-from .store import MIGRATIONS, ConversationStore
+from .store import COUNT, MIGRATIONS, PRUNE, ConversationStore
 
 log = logging.getLogger("aimesh.chat")
 
@@ -169,6 +169,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
 async def setup(app: kit.App) -> list[kit.Binding]:
     pool = await app.database(MIGRATIONS)
+    app.prune(pool, "conversations", delete=PRUNE, count=COUNT)
     conversations = ConversationStore(pool)
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
     model = ChatModel(Triton(app.channel(app.config.triton_address, retries=0)))

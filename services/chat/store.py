@@ -27,7 +27,24 @@ MIGRATIONS = [
     CREATE INDEX turns_by_conversation ON turns (conversation_id, created_at);
     """,
     outbox.MIGRATION,
+    # retention: conversations are pruned by age (PRUNE), found through their time
+    "CREATE INDEX conversations_by_time ON conversations (created_at);",
 ]
+
+# A conversation expires when it and its last turn are older than the retention: it goes with its
+# turns, at most $2 conversations per statement, oldest first ($1: the cutoff).
+PRUNE = """
+WITH expired AS (
+    SELECT c.id FROM conversations c
+    WHERE c.created_at < $1
+      AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.conversation_id = c.id AND t.created_at >= $1)
+    ORDER BY c.created_at LIMIT $2
+), turns_gone AS (
+    DELETE FROM turns WHERE conversation_id IN (SELECT id FROM expired)
+)
+DELETE FROM conversations WHERE id IN (SELECT id FROM expired) RETURNING id
+"""
+COUNT = "SELECT count(*) FROM conversations"
 
 
 class ConversationStore:

@@ -8,15 +8,20 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import nats
-from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate
+from prometheus_client import Counter
 
 from aimesh.events.v1 import events_pb2
 
+from .retention import StreamLimits
+
 log = logging.getLogger("aimesh.events")
+EXPIRED = Counter("aimesh_events_expired_total", "Events delivered after the consumer's dedupe "
+                  "window, acknowledged without being applied", ["durable"])
 
 # stream -> (subjects, retention). Each subject has exactly one publishing service.
 STREAMS = {
@@ -47,6 +52,12 @@ def envelope(subject: str, payload: Message) -> events_pb2.Envelope:
         traceparent=carrier.get("traceparent", ""), tracestate=carrier.get("tracestate", ""))
 
 
+def _age_s(event: events_pb2.Envelope) -> float:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return (now.ToNanoseconds() - event.time.ToNanoseconds()) / 1e9
+
+
 def unpack(event: events_pb2.Envelope, message_type: type[Message]) -> Message:
     message = message_type()
     if not event.payload.Unpack(message):
@@ -54,28 +65,56 @@ def unpack(event: events_pb2.Envelope, message_type: type[Message]) -> Message:
     return message
 
 
+DUPLICATE_WINDOW_S = 120.0   # JetStream's default: a Nats-Msg-Id seen this recently is dropped
+
+
+def stream_config(name: str, limits: StreamLimits | None) -> StreamConfig:
+    subjects, retention = STREAMS[name]
+    config = StreamConfig(name=name, subjects=subjects, retention=retention)
+    if limits:
+        config.max_age = limits.max_age_s          # seconds; the client sends nanoseconds
+        config.max_bytes = limits.max_bytes
+        config.discard = DiscardPolicy.NEW if limits.discard == "new" else DiscardPolicy.OLD
+        # JetStream refuses a duplicate window longer than the messages live
+        config.duplicate_window = min(DUPLICATE_WINDOW_S, limits.max_age_s)
+    return config
+
+
 @dataclass
 class Events:
     connection: nats.NATS
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> "Events":
+    async def connect(cls, url: str, name: str,
+                      limits: dict[str, StreamLimits] | None = None) -> "Events":
         connection = await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1)
         events = cls(connection)
-        await events.ensure_streams()
+        await events.ensure_streams(limits or {})
         return events
 
     @property
     def jetstream(self):
         return self.connection.jetstream(timeout=5)
 
-    async def ensure_streams(self) -> None:
-        for name, (subjects, retention) in STREAMS.items():
-            config = StreamConfig(name=name, subjects=subjects, retention=retention)
+    async def ensure_streams(self, limits: dict[str, StreamLimits]) -> list[str]:
+        """Create the streams, and bring the limits of those named in `limits` in line in place
+        (messages stay; JetStream applies a smaller limit by discarding the oldest). A client given
+        no limits (a test's publisher) changes none. Returns the streams changed."""
+        changed = []
+        for name in STREAMS:
+            wanted = stream_config(name, limits.get(name))
             try:
-                await self.jetstream.stream_info(name)
+                current = (await self.jetstream.stream_info(name)).config
             except NotFoundError:
-                await self.jetstream.add_stream(config)
+                await self.jetstream.add_stream(wanted)
+                continue
+            limited = ("max_age", "max_bytes", "discard", "duplicate_window")
+            if name in limits and any(getattr(current, k) != getattr(wanted, k) for k in limited):
+                for key in limited:
+                    setattr(current, key, getattr(wanted, key))
+                await self.jetstream.update_stream(current)
+                changed.append(name)
+        return changed
 
     async def publish(self, subject: str, payload: Message) -> events_pb2.Envelope:
         """Publish and wait for JetStream's ack: once this returns, the event is stored."""
@@ -86,11 +125,14 @@ class Events:
 
     async def consume(self, stream: str, durable: str, handle: Handler, *,
                       subjects: list[str] | None = None, max_deliver: int = 5,
-                      give_up: GiveUp | None = None, stop: asyncio.Event) -> None:
+                      give_up: GiveUp | None = None, dedupe_window_s: float | None = None,
+                      stop: asyncio.Event) -> None:
         """Run a durable pull consumer until `stop` is set. `handle` must be idempotent by
         event_id; a message is acked only after it returns, so a crash means redelivery.
         A message that fails `max_deliver` times (or cannot be parsed) is dead-lettered:
-        republished on deadletter.<subject> with the error, and `give_up` is told."""
+        republished on deadletter.<subject> with the error, and `give_up` is told.
+        `dedupe_window_s`: how long the handler remembers event ids (its table's retention); an
+        event older than that is acknowledged unapplied, as it may have been applied and forgotten."""
         config = ConsumerConfig(durable_name=durable, max_deliver=max_deliver, ack_wait=30,
                                 filter_subjects=subjects or [])
         subscription = await self.jetstream.pull_subscribe(
@@ -106,14 +148,20 @@ class Events:
                 await asyncio.sleep(RETRY_FETCH_S)
                 continue
             for message in messages:
-                await self._deliver(message, durable, handle, max_deliver, give_up)
+                await self._deliver(message, durable, handle, max_deliver, give_up, dedupe_window_s)
 
     async def _deliver(self, message, durable: str, handle: Handler, max_deliver: int,
-                       give_up: GiveUp | None) -> None:
+                       give_up: GiveUp | None, dedupe_window_s: float | None) -> None:
         try:
             event = events_pb2.Envelope.FromString(message.data)
         except DecodeError as malformed:
             await self._dead_letter(message, durable, malformed)
+            return
+        if dedupe_window_s is not None and _age_s(event) > dedupe_window_s:
+            log.warning("event older than the dedupe window; acknowledged, not applied",
+                        extra={"fields": {"durable": durable, "event_id": event.event_id}})
+            EXPIRED.labels(durable).inc()
+            await message.ack()
             return
         try:
             await handle(event)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from . import clients, database, events, logs, outbox, telemetry
+from . import clients, database, events, logs, outbox, retention, telemetry
 from .config import Config
 from .interceptors import Observe
 
@@ -51,8 +51,22 @@ class App:
         self._resources.push_async_callback(pool.close)
         return pool
 
+    @property
+    def retention(self) -> retention.Retention:
+        return retention.Retention.from_json(self.config.retention)
+
+    def prune(self, pool, table: str, *, delete: str, count: str) -> None:
+        """Keep `table` to its retention (the topology's retention.tables) with a periodic,
+        batched pruning job; see kit.retention.Pruning for the two statements."""
+        limits = self.retention
+        if table not in limits.tables:
+            raise ValueError(f"the topology gives table {table} no retention")
+        job = retention.Pruning(pool, table, limits.tables[table], delete=delete, count=count)
+        self.spawn(job.run(limits.prune_every_s, self.stopping), name=f"prune-{table}")
+
     async def events(self) -> events.Events:
-        bus = await events.Events.connect(self.config.nats_url, self.config.name)
+        bus = await events.Events.connect(self.config.nats_url, self.config.name,
+                                          self.retention.streams)
         # close, not drain: drain waits on the cancelled pull subscriptions
         self._resources.push_async_callback(bus.connection.close)
         return bus

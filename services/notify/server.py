@@ -9,7 +9,7 @@ from aimesh.events.v1 import events_pb2
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from services import kit
 
-from .store import MIGRATIONS, Inbox, Notification
+from .store import COUNT, MIGRATIONS, PRUNE, Inbox, Notification
 
 SUBSCRIBER_QUEUE = 100   # a subscriber this far behind is dropped rather than buffered forever
 
@@ -96,7 +96,9 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:
-    inbox = Inbox(await app.database(MIGRATIONS))
+    pool = await app.database(MIGRATIONS)
+    app.prune(pool, "notifications", delete=PRUNE, count=COUNT)
+    inbox = Inbox(pool)
     subscribers = Subscribers()
     events = await app.events()
 
@@ -109,7 +111,9 @@ async def setup(app: kit.App) -> list[kit.Binding]:
 
     for stream in ("USERS", "JOB_EVENTS"):
         durable = f"notify-{stream.lower()}"
-        app.spawn(events.consume(stream, durable, on_event, stop=app.stopping), name=durable)
+        app.spawn(events.consume(stream, durable, on_event, stop=app.stopping,
+                                 dedupe_window_s=app.retention.tables["notifications"]),
+                  name=durable)
     return [kit.Binding("aimesh.notify.v1.NotificationService",
                         notify_pb2_grpc.add_NotificationServiceServicer_to_server,
                         NotificationServicer(inbox, subscribers))]

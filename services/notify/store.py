@@ -21,7 +21,18 @@ MIGRATIONS = [
     );
     CREATE INDEX notifications_by_user ON notifications (user_id, created_at DESC);
     """,
+    # retention: notifications are pruned by age (PRUNE), found through their time
+    "CREATE INDEX notifications_by_time ON notifications (created_at);",
 ]
+
+# At most $2 notifications older than $1, oldest first. Their event ids go with them: the topology
+# keeps notifications longer than USERS and JOB_EVENTS keep events, so no redelivery outlives them.
+PRUNE = """
+DELETE FROM notifications WHERE id IN (
+    SELECT id FROM notifications WHERE created_at < $1 ORDER BY created_at LIMIT $2
+) RETURNING id
+"""
+COUNT = "SELECT count(*) FROM notifications"
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,8 @@ def test_ai_decisions_are_audited_and_an_admin_reads_them_back(mesh, users):
     def audited() -> list[dict]:   # relayed from each service's outbox just after its commit
         audit = mesh.cli("audit", user_id)
         assert audit.returncode == 0, audit.stderr
+        # how far back the trail reaches, under the topology's retention (30 days)
+        assert "audit trail from 20" in audit.stderr and "kept 30 days" in audit.stderr
         found = [json.loads(line) for line in audit.stdout.splitlines() if line]
         return found if {d["subject"] for d in found} == {"ai.decisions.recommend", "ai.decisions.chat"} else []
     decisions = wait_for(audited, interval_s=0.5, what="both decisions in AI_DECISIONS")
