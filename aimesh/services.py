@@ -24,7 +24,8 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         state_dir=str(state_dir / "services" / instance.name),
         descriptor_set=str(DESCRIPTOR_SET), jwks_port=service.jwks_port,
         audience=g.audience, issuer=g.issuer, jwks_cache_s=g.jwks_cache_s, demo=demo,
-        generations_per_user=service.generations_per_user, retention=topo.retention.to_json(),
+        generations_per_user=service.generations_per_user, temperature=service.temperature,
+        retention=topo.retention.to_json(),
     )
 
 

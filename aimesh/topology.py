@@ -45,6 +45,7 @@ class Service:
     rate_limit: RateLimit | None = None   # per user and tier, at the edge
     jwks_port: int = 0
     generations_per_user: int = 0         # chat: a user's answers generating at once (0: no cap)
+    temperature: float = 0.7              # chat: sampling temperature of answers
 
     @property
     def module(self) -> str:
@@ -182,6 +183,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             rate_limit=RateLimit(**s["rate_limit_per_minute"]) if "rate_limit_per_minute" in s else None,
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
             generations_per_user=int(s.get("generations_per_user", 0)),
+            temperature=float(s.get("temperature", 0.7)),
         )
     return Topology(gateway=gateway, infra=infra, services=services,
                     retention=Retention.parse(raw.get("retention") or {}))

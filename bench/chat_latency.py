@@ -37,7 +37,7 @@ from aimesh import paths  # noqa: E402
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from aimesh.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
 from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
-from services.chat.model import TEMPERATURE, messages  # noqa: E402
+from services.chat.model import messages  # noqa: E402
 from services.chat.server import RETRIEVED  # noqa: E402
 
 sys.path.insert(0, str(paths.TRITON_MODELS / "chat_lm" / "1"))
@@ -101,7 +101,7 @@ def via_gateway(channel, tokens: list[str]):
     return work
 
 
-def in_process(engine: generation.Engine, prompts: list[list[dict]]):
+def in_process(engine: generation.Engine, prompts: list[list[dict]], temperature: float):
     def work(i: int, started: float) -> Stream:
         first = None
 
@@ -111,7 +111,7 @@ def in_process(engine: generation.Engine, prompts: list[list[dict]]):
                 first = time.perf_counter() - started
             return False
         result = engine.generate(engine.fit(prompts[i], MAX_TOKENS), MAX_TOKENS, on_piece,
-                                 temperature=TEMPERATURE)
+                                 temperature=temperature)
         return Stream(first, result.completion_tokens)
     return work
 
@@ -151,8 +151,9 @@ def main() -> int:
     mesh = BenchMesh()
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     settings = engine_settings()
+    temperature = mesh.topo.services["chat"].temperature     # as chat-svc samples
     print(f"aimesh chat latency: {machine()}\nchat_lm: {settings}; max_tokens {MAX_TOKENS}, "
-          f"temperature {TEMPERATURE}; levels {LEVELS}, {ROUNDS} rounds each per side\n")
+          f"temperature {temperature}; levels {LEVELS}, {ROUNDS} rounds each per side\n")
     shutil.rmtree(mesh.state, ignore_errors=True)
     try:
         print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
@@ -162,7 +163,7 @@ def main() -> int:
         tokens = users(gateway, max(LEVELS))
         with grpc.insecure_channel(gateway) as channel:
             built = prompts(channel, tokens[0])
-            mesh_work, local_work = via_gateway(channel, tokens), in_process(engine, built)
+            mesh_work, local_work = via_gateway(channel, tokens), in_process(engine, built, temperature)
             together(mesh_work, 1), together(local_work, 1)     # first-call costs, untimed
             runs = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
             for _ in range(ROUNDS):

@@ -13,7 +13,6 @@ from services import kit
 from services.kit.inference import Triton
 
 MODEL = "chat_lm"
-TEMPERATURE = 0.7   # greedy decoding loops on a model this small
 SYSTEM = ("You are aimesh's movie assistant. Answer briefly and helpfully. Prefer the films "
           "from the catalog listed below; do not invent facts about them.")
 
@@ -44,8 +43,8 @@ class Piece:
 
 
 class ChatModel:
-    def __init__(self, triton: Triton):
-        self.triton = triton
+    def __init__(self, triton: Triton, temperature: float):
+        self.triton, self.temperature = triton, temperature
 
     async def generate(self, prompt: list[dict], max_tokens: int,
                        deadline_s: float) -> AsyncIterator[Piece]:
@@ -54,7 +53,7 @@ class ChatModel:
         answer."""
         inputs = {"MESSAGES": np.array([json.dumps(prompt).encode()], dtype=np.object_),
                   "MAX_TOKENS": np.array([max_tokens], dtype=np.int32),
-                  "TEMPERATURE": np.array([TEMPERATURE], dtype=np.float32)}
+                  "TEMPERATURE": np.array([self.temperature], dtype=np.float32)}
         stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s)
         async with contextlib.aclosing(stream):   # closing this closes the Triton call at once
             try:

@@ -28,6 +28,7 @@ class Config:
     audience: str = "aimesh"
     issuer: str = "aimesh-user"
     generations_per_user: int = 0     # chat: a user's answers generating at once (0: no cap)
+    temperature: float = 0.7          # chat: sampling temperature of answers (0: greedy, repeatable)
     retention: str = ""               # the topology's retention block, as JSON (kit.retention)
     log_level: str = "INFO"
     demo: bool = False                # seed demo data on start (the local runner sets it)

@@ -1,0 +1,61 @@
+"""Whether an answer is grounded in the catalog: which titles it names, and which title-like spans
+it names that are not the ones it was given (an invented title).
+
+A title is recognised in any of the catalog's spellings ("Lion King, The" is also "The Lion King"),
+case-insensitively, on word boundaries. A title-like span is a quoted phrase, or a run of
+capitalised words followed by a year in parentheses ("Star Wars II (1999)"): names of people or
+places are not counted, so a film named without quotes or year is not caught (said in docs)."""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+ARTICLE = re.compile(r"^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|El)$", re.IGNORECASE)
+QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{2,80})[\"“”«»]")
+YEARED = re.compile(r"((?:[A-Z0-9][\w'&:.-]*\s+(?:(?:of|the|and|in|a|an|to|on)\s+)*)*[A-Z0-9][\w'&:.-]*)"
+                    r"\s*\((?:19|20)\d\d\)")
+
+
+def normalise(text: str) -> str:
+    """Lower case, parentheses and punctuation dropped, spaces collapsed."""
+    text = re.sub(r"\([^)]*\)", " ", text)
+    return " ".join(re.sub(r"[^\w&' ]+", " ", text.lower()).split())
+
+
+def spellings(title: str) -> set[str]:
+    """A catalog title's normalised spellings: as stored, with its article moved to the front, and
+    without its article."""
+    bare = re.sub(r"\s*\([^)]*\)\s*$", "", title).strip()
+    found = {normalise(bare)}
+    if (match := ARTICLE.match(bare)):
+        found |= {normalise(f"{match[2]} {match[1]}"), normalise(match[1])}
+    return {s for s in found if s}
+
+
+def names(answer: str, title: str) -> bool:
+    """Whether the answer names this title."""
+    said = f" {normalise(answer)} "
+    return any(f" {spelling} " in said for spelling in spellings(title))
+
+
+def title_spans(answer: str) -> list[str]:
+    """Quoted phrases and capitalised words before a year: what the answer presents as titles."""
+    return [m.strip() for m in QUOTED.findall(answer) + YEARED.findall(answer) if m.strip()]
+
+
+def invented(answer: str, known: Iterable[str]) -> list[str]:
+    """Title-like spans that are none of the known titles. A quoted span may be part of a title
+    ("Star Wars" for a longer one); the capitalised run before a year may begin with words of the
+    sentence ("Watch Toy Story (1995)"), so a title it ends with counts."""
+    known_spellings = {s for title in known for s in spellings(title)}
+
+    def known_quote(said: str) -> bool:
+        return any(said == k or f" {said} " in f" {k} " for k in known_spellings)
+
+    def known_yeared(said: str) -> bool:
+        words = said.split()
+        return any(" ".join(words[i:]) in known_spellings for i in range(len(words)))
+    quoted = [(m.strip(), known_quote) for m in QUOTED.findall(answer)]
+    yeared = [(m.strip(), known_yeared) for m in YEARED.findall(answer)]
+    return [span for span, is_known in quoted + yeared
+            if normalise(span) and not is_known(normalise(span))]
