@@ -5,9 +5,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import yaml
 
-from services.kit.retention import Retention
+if TYPE_CHECKING:   # imported in load(): the kit's package imports the generated stubs, which a
+    from services.kit.retention import Retention   # fresh clone makes only after importing this
 
 DEFAULT_FILE = Path(__file__).with_name("topology.yaml")
 EXTENDS = "extends"          # a topology file may name another and override parts of it
@@ -97,7 +100,7 @@ class Topology:
     gateway: Gateway
     infra: Infra
     services: dict[str, Service] = field(default_factory=dict)
-    retention: Retention = field(default_factory=Retention)
+    retention: Retention | None = None
 
     def instances(self):
         """Every (service, instance) pair, in start order."""
@@ -185,5 +188,6 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             generations_per_user=int(s.get("generations_per_user", 0)),
             temperature=float(s.get("temperature", 0.7)),
         )
+    from services.kit.retention import Retention
     return Topology(gateway=gateway, infra=infra, services=services,
                     retention=Retention.parse(raw.get("retention") or {}))
