@@ -20,7 +20,8 @@ from services import kit
 from services.kit.audit import Audit
 from services.kit.inference import Triton
 
-from .model import BUSY, MODEL, ChatModel, ModelBusy, messages
+from .grounding import invented, names
+from .model import BUSY, MODEL, ChatModel, ModelBusy, lead, messages
 from .quota import AnswersInProgress
 from .store import COUNT, MIGRATIONS, PRUNE, ConversationStore
 
@@ -49,6 +50,20 @@ def retrieval_only(hits: list[search_pb2.SearchResult], max_tokens: int, *,
 
 def delta(text: str) -> chat_pb2.ChatResponse:
     return chat_pb2.ChatResponse(delta=chat_pb2.TokenDelta(text=text))
+
+
+def check(answer: str, hits: list[search_pb2.SearchResult]) -> tuple[int, str]:
+    """The answer's grounding, and the correction to append when it is not grounded: an answer
+    that presents a title outside the citations, or names none of them, is told so in plain words
+    and given the best cited entry."""
+    if not hits:
+        return chat_pb2.GROUNDING_NONE, ""
+    cited = [h.document.title for h in hits]
+    outside = invented(answer, cited)
+    if not outside and any(names(answer, title) for title in cited):
+        return chat_pb2.GROUNDING_CITED, ""
+    said = f"{', '.join(outside)} {'is' if len(outside) == 1 else 'are'} not in the catalog. " if outside else ""
+    return chat_pb2.GROUNDING_CORRECTED, f"\n\n({said}From the catalog: {hits[0].document.text})"
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -116,13 +131,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         sent: list[str] = []
         finish, source, reason = chat_pb2.FINISH_REASON_STOP, common_pb2.SOURCE_MODEL, ""
         usage = chat_pb2.Usage()
+        opening = lead(hits)     # the answer's first line, which the model continues
         try:
             async with contextlib.aclosing(self.model.generate(prompt, max_tokens, TURN_DEADLINE_S)) as pieces:
                 async for piece in pieces:
                     if cancel.is_set():   # leaving the loop cancels the generation in Triton
                         finish = chat_pb2.FINISH_REASON_CANCELLED
-                        usage.completion_tokens = len(sent)   # one streamed piece per engine token
+                        usage.completion_tokens = len(sent) - bool(opening)   # a piece per token
                         break
+                    if opening and not sent:
+                        sent.append(opening)
+                        yield delta(opening)
                     if piece.text:
                         sent.append(piece.text)
                         yield delta(piece.text)
@@ -133,7 +152,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         except kit.Unavailable as why:
             if sent:   # it failed mid-answer: the turn ends with what was said
                 reason = f"chat model failed mid-answer: {why}"
-                usage.completion_tokens = len(sent)
+                usage.completion_tokens = len(sent) - bool(opening)
             else:
                 source = common_pb2.SOURCE_FALLBACK
                 reason = BUSY if isinstance(why, ModelBusy) else f"chat model unavailable: {why}"
@@ -148,6 +167,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     yield delta(piece)
                     await asyncio.sleep(0)   # let a cancel that arrived be read between pieces
 
+        grounding = chat_pb2.GROUNDING_UNSPECIFIED
+        if finish != chat_pb2.FINISH_REASON_CANCELLED:
+            grounding, correction = check("".join(sent), hits)
+            if correction:
+                sent.append(correction)
+                yield delta(correction)
         citations = [chat_pb2.Citation(document_id=h.document.document_id, title=h.document.title,
                                        score=h.score) for h in hits]
         yield chat_pb2.ChatResponse(citations=chat_pb2.Citations(citations=citations))
@@ -164,7 +189,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             common_pb2.Source.Name(source), audit)
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
             conversation_id=conversation, turn_id=turn_id, finish_reason=finish, usage=usage,
-            source=source, fallback_reason=reason))
+            source=source, fallback_reason=reason, grounding=grounding))
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:

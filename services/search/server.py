@@ -16,6 +16,8 @@ JOB_STATES = {"queued": search_pb2.JOB_STATE_QUEUED, "running": search_pb2.JOB_S
 
 MAX_BATCH = 256          # documents per IndexDocuments call
 MAX_JOB = 100_000        # documents per SubmitIndexJob
+MODES = {"hybrid": search_pb2.SEARCH_MODE_HYBRID, "semantic": search_pb2.SEARCH_MODE_SEMANTIC,
+         "keyword": search_pb2.SEARCH_MODE_KEYWORD}
 
 
 def _document(request_document, index: int) -> Document:
@@ -55,9 +57,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         query = kit.validate.text(request, "query", max_len=1000)
         page_size = kit.validate.in_range(request, "page_size", 1, 100, default=10)
         offset = kit.validate.page_offset(request)
+        mode = kit.validate.choice(request, "mode", MODES) or "hybrid"
         [embedding] = await self.embedder.embed([query])
-        hits = await self.documents.nearest(embedding, filters=dict(request.filters),
-                                            limit=page_size + 1, offset=offset)
+        hits = await self.documents.search(embedding, query, mode=mode, filters=dict(request.filters),
+                                           limit=page_size + 1, offset=offset)
         more = len(hits) > page_size
         return search_pb2.SearchResponse(
             results=[search_pb2.SearchResult(

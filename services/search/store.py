@@ -1,4 +1,5 @@
-"""Documents and their embeddings in search-svc's schema (pgvector, HNSW, cosine)."""
+"""Documents in search-svc's schema, found by meaning (pgvector HNSW, cosine) and by words
+(Postgres full-text search), and by both fused by reciprocal rank."""
 from __future__ import annotations
 
 import json
@@ -46,7 +47,20 @@ MIGRATIONS = [
     );
     """,
     outbox.MIGRATION,
+    # Full-text search: English stemming, title words weighing more than the rest.
+    """
+    ALTER TABLE documents ADD COLUMN words tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english', title), 'A') || setweight(to_tsvector('english', body), 'B')
+    ) STORED;
+    CREATE INDEX documents_words ON documents USING gin (words);
+    """,
 ]
+
+# Reciprocal rank fusion: a document's fused score is the sum of 1 / (RRF_K + rank) over the
+# rankings it appears in. 60 is the constant of the original paper (Cormack et al., 2009): no one
+# ranking's top places dominate.
+RRF_K = 60
+CANDIDATES = 50        # each ranking's depth before fusing (at least the page asked for)
 
 
 @dataclass(frozen=True)
@@ -87,15 +101,38 @@ class DocumentStore:
             "WITH gone AS (DELETE FROM documents WHERE id = $1 RETURNING 1) SELECT count(*) FROM gone",
             document_id) > 0
 
-    async def nearest(self, embedding: np.ndarray, *, filters: dict[str, str], limit: int,
-                      offset: int) -> list[Hit]:
-        # No WHERE without filters: an always-true containment test can make the planner walk
-        # the metadata index and sort every row, instead of walking the HNSW index.
-        where = "WHERE metadata @> $4::jsonb" if filters else ""
+    async def search(self, embedding: np.ndarray, query: str, *, mode: str, filters: dict[str, str],
+                     limit: int, offset: int) -> list[Hit]:
+        """A page of documents ranked by meaning ("semantic"), words ("keyword") or both fused
+        ("hybrid"); each with its cosine similarity to the query as the score."""
+        values: list = []
+
+        def param(value) -> str:
+            values.append(value)
+            return f"${len(values)}"
+        vector, depth = param(_vector(embedding)), param(max(CANDIDATES, offset + limit))
+        # No filter clause without filters: an always-true containment test can make the planner
+        # walk the metadata index and sort every row, instead of walking the HNSW index.
+        where = f"AND metadata @> {param(json.dumps(filters))}::jsonb" if filters else ""
+        rankings = []
+        if mode in ("semantic", "hybrid"):
+            rankings.append(
+                "SELECT id, row_number() OVER (ORDER BY distance) AS rank FROM ("
+                f" SELECT id, embedding <=> {vector}::vector AS distance FROM documents WHERE true {where}"
+                f" ORDER BY embedding <=> {vector}::vector LIMIT {depth}) nearest")
+        if mode in ("keyword", "hybrid"):
+            # A query's words, any of them: a question in plain words rarely has all in one title.
+            words = f"replace(plainto_tsquery('english', {param(query)})::text, ' & ', ' | ')::tsquery"
+            rankings.append(
+                "SELECT id, row_number() OVER (ORDER BY relevance DESC, id) AS rank FROM ("
+                f" SELECT id, ts_rank_cd(words, {words}) AS relevance FROM documents"
+                f" WHERE words @@ {words} {where} ORDER BY relevance DESC LIMIT {depth}) matching")
         rows = await self.pool.fetch(
-            "SELECT id, title, body, metadata, 1 - (embedding <=> $1::vector) AS score"
-            f" FROM documents {where} ORDER BY embedding <=> $1::vector LIMIT $2 OFFSET $3",
-            _vector(embedding), limit, offset, *([json.dumps(filters)] if filters else []))
+            f"WITH ranked AS ({' UNION ALL '.join(rankings)}),"
+            f" fused AS (SELECT id, sum(1.0 / ({RRF_K} + rank)) AS fused FROM ranked GROUP BY id)"
+            f" SELECT d.id, d.title, d.body, d.metadata, 1 - (d.embedding <=> {vector}::vector) AS score"
+            f" FROM fused JOIN documents d USING (id) ORDER BY fused DESC, d.id"
+            f" LIMIT {param(limit)} OFFSET {param(offset)}", *values)
         return [Hit(Document(r["id"], r["title"], r["body"], json.loads(r["metadata"])),
                     float(r["score"])) for r in rows]
 

@@ -75,7 +75,8 @@ def test_hnsw_search_recalls_the_exact_top_10(mesh, search, bob):
 
     scans_before = index_scans(mesh)
     found = [{r.document.document_id for r in search.Search(
-                 search_pb2.SearchRequest(query=text, page_size=K), metadata=bearer(bob),
+                 search_pb2.SearchRequest(query=text, page_size=K, mode=search_pb2.SEARCH_MODE_SEMANTIC),
+                 metadata=bearer(bob),
                  timeout=10).results}
              for text in QUERIES]
     assert all(len(f) == K for f in found)

@@ -1,7 +1,7 @@
 // The page: log in, search, recommendations, a streamed chat and live notifications, each a
 // small function over the generated clients in api.ts. Server text is only ever set as
 // textContent, never parsed as HTML.
-import { FinishReason } from "../gen/aimesh/chat/v1/chat_pb";
+import { FinishReason, Grounding } from "../gen/aimesh/chat/v1/chat_pb";
 import { Source } from "../gen/aimesh/common/v1/common_pb";
 import type { Notification } from "../gen/aimesh/notify/v1/notify_pb";
 import { Tier } from "../gen/aimesh/user/v1/user_pb";
@@ -109,6 +109,12 @@ function itemIdOf(metadata: { [key: string]: string }): bigint | null {
   return id && /^[0-9]+$/.test(id) ? BigInt(id) : null;
 }
 
+/** Searches the catalog for a title: what a cited source's link does. */
+function searchFor(title: string): void {
+  $<HTMLInputElement>("query").value = title;
+  $<HTMLFormElement>("search-form").requestSubmit();
+}
+
 async function runSearch(event: SubmitEvent): Promise<void> {
   event.preventDefault();
   show("");
@@ -189,14 +195,24 @@ async function ask(event: SubmitEvent): Promise<void> {
           answer.dataset.firstTokenMs ??= (performance.now() - sent).toFixed(1);
           answer.textContent += reply.kind.value.text;
           break;
-        case "citations":
-          answer.after(element("p", "Sources: " + reply.kind.value.citations.map((c) => c.title).join("; "), "citations"));
+        case "citations": {
+          // Each source is a link that searches the catalog for that title.
+          const sources = element("p", "Sources: ", "citations");
+          reply.kind.value.citations.forEach((citation, i) => {
+            const link = element("a", citation.title, "citation") as HTMLAnchorElement;
+            link.href = "#search";
+            link.addEventListener("click", (click) => { click.preventDefault(); searchFor(citation.title); });
+            sources.append(...(i ? ["; ", link] : [link]));
+          });
+          answer.after(sources);
           break;
+        }
         case "end": {
           const end = reply.kind.value;
           if (!thisTurn.signal.aborted) conversationId = end.conversationId;
           answer.dataset.source = Source[end.source];
           answer.dataset.finish = FinishReason[end.finishReason];
+          answer.dataset.grounding = Grounding[end.grounding];
           if (end.source === Source.FALLBACK) answer.append(element("em", ` (retrieval only: ${end.fallbackReason})`));
           break;
         }

@@ -46,6 +46,13 @@ def test_a_long_prompt_loses_its_oldest_turns_first(engine):
     assert engine.count(kept) <= SLOT - 64
 
 
+def test_an_answers_beginning_stays_with_its_question(engine):
+    system, question = {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}
+    beginning = {"role": "assistant", "content": "Toy Story (1995).\n"}
+    kept = engine.fit([system, *turns(12), question, beginning], 64)
+    assert kept[0] == system and kept[-2:] == [question, beginning]
+
+
 def test_a_question_too_long_for_any_answer_is_refused(engine, generation):
     with pytest.raises(generation.PromptTooLong):
         engine.fit([{"role": "user", "content": "word " * 600}], 16)

@@ -83,10 +83,12 @@ class Engine:
 
     def fit(self, messages: list[dict], max_tokens: int) -> list[dict]:
         """The messages with the oldest earlier turns dropped until prompt and answer fit a slot;
-        the system prompt and the question (the last message) always stay."""
+        the system prompt and the question (the last user message, and an answer's beginning
+        after it) always stay."""
         budget = self.settings.context_per_slot - min(max_tokens, self.settings.context_per_slot // 2)
         system = [m for m in messages[:1] if m["role"] == "system"]
-        earlier, question = messages[len(system):-1], messages[-1:]
+        asked = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
+        earlier, question = messages[len(system):asked], messages[asked:]
         while True:
             kept = system + earlier + question
             used = self.count(kept)
