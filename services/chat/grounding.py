@@ -2,9 +2,9 @@
 it names that are not the ones it was given (an invented title).
 
 A title is recognised in any of the catalog's spellings ("Lion King, The" is also "The Lion King"),
-case-insensitively, on word boundaries. A title-like span is a quoted phrase, or a run of
-capitalised words followed by a year in parentheses ("Star Wars II (1999)"): names of people or
-places are not counted, so a film named without quotes or year is not caught (said in docs)."""
+case-insensitively, on word boundaries. A title-like span is a quoted phrase (not a lone generic
+word like "Catalog"), or words before a year in parentheses ("Star Wars II (1999)"): names of
+people or places are not counted, so a film named without quotes or year is not caught."""
 from __future__ import annotations
 
 import re
@@ -12,8 +12,10 @@ from typing import Iterable
 
 ARTICLE = re.compile(r"^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|El)$", re.IGNORECASE)
 QUOTED = re.compile(r"[\"“”«»]([^\"“”«»\n]{2,80})[\"“”«»]")
-YEARED = re.compile(r"((?:[A-Z0-9][\w'&:.-]*\s+(?:(?:of|the|and|in|a|an|to|on)\s+)*)*[A-Z0-9][\w'&:.-]*)"
-                    r"\s*\((?:19|20)\d\d\)")
+# Up to 80 characters before a year in parentheses, from a capital: the title is a suffix of it
+# ("Watch Nightmare on Elm Street, A (1984)").
+YEARED = re.compile(r"([A-Z0-9][^()\n\"“”«»]{0,80}?)\s*\((?:19|20)\d\d\)")
+GENERIC = {"the", "a", "an", "catalog", "film", "films", "movie", "movies"}   # not a title quoted
 
 
 def normalise(text: str) -> str:
@@ -38,11 +40,6 @@ def names(answer: str, title: str) -> bool:
     return any(f" {spelling} " in said for spelling in spellings(title))
 
 
-def title_spans(answer: str) -> list[str]:
-    """Quoted phrases and capitalised words before a year: what the answer presents as titles."""
-    return [m.strip() for m in QUOTED.findall(answer) + YEARED.findall(answer) if m.strip()]
-
-
 def invented(answer: str, known: Iterable[str]) -> list[str]:
     """Title-like spans that are none of the known titles. A quoted span may be part of a title
     ("Star Wars" for a longer one); the capitalised run before a year may begin with words of the
@@ -55,7 +52,9 @@ def invented(answer: str, known: Iterable[str]) -> list[str]:
     def known_yeared(said: str) -> bool:
         words = said.split()
         return any(" ".join(words[i:]) in known_spellings for i in range(len(words)))
-    quoted = [(m.strip(), known_quote) for m in QUOTED.findall(answer)]
-    yeared = [(m.strip(), known_yeared) for m in YEARED.findall(answer)]
-    return [span for span, is_known in quoted + yeared
-            if normalise(span) and not is_known(normalise(span))]
+    found = [(m.strip(), m, known_quote) for m in QUOTED.findall(answer)
+             if not set(normalise(m).split()) <= GENERIC]
+    # a run before a year may reach back into its sentence: checked whole, named from its sentence
+    found += [(re.split(r"[.!?]\s+", m)[-1].strip(), m, known_yeared) for m in YEARED.findall(answer)]
+    return [span for span, whole, is_known in found
+            if normalise(whole) and not is_known(normalise(whole))]
