@@ -45,7 +45,8 @@ def test_an_unknown_search_mode_is_refused_naming_the_field(search, alice):
 
 
 def test_search_finds_the_demo_catalog_by_meaning_of_its_words(search, alice):
-    reply = search.Search(search_pb2.SearchRequest(query="Star Wars", page_size=5),
+    reply = search.Search(search_pb2.SearchRequest(query="Star Wars", page_size=5,
+                                                   mode=search_pb2.SEARCH_MODE_SEMANTIC),
                           metadata=bearer(alice), timeout=5)
     assert reply.results[0].document.title == "Star Wars"
     scores = [r.score for r in reply.results]

@@ -264,11 +264,18 @@ const RESUBSCRIBE_MS = [1000, 2000, 5000, 10000];
 async function listenForNotifications(signal: AbortSignal): Promise<void> {
   for (let attempt = 0; !signal.aborted; attempt++) {
     try {
+      // Subscribe first and list once the server has confirmed it (its headers): a notification
+      // made in between is then in the list or live (shown once), never in neither.
+      let subscribed = (): void => {};
+      const confirmed = new Promise<void>((resolve) => (subscribed = resolve));
+      const live = notify.subscribe({}, { signal, onHeader: () => subscribed() })[Symbol.asyncIterator]();
+      const first = live.next();       // opens the call
+      await Promise.race([confirmed, first]);
       const { notifications } = await notify.listNotifications({ pageSize: 20 }, { signal });
       notifications.forEach((n) => addNotification(n, false));
-      for await (const { notification } of notify.subscribe({}, { signal })) {
+      for (let next = await first; !next.done; next = await live.next()) {
         attempt = 0;
-        if (notification) addNotification(notification, true);
+        if (next.value.notification) addNotification(next.value.notification, true);
       }
     } catch (error) {
       if (signal.aborted) return;
