@@ -34,6 +34,13 @@ def spellings(title: str) -> set[str]:
     return {s for s in found if s}
 
 
+def displayed(title: str) -> list[str]:
+    """How an answer may write a catalog title: as stored, and with its article in front."""
+    bare = re.sub(r"\s*\([^)]*\)\s*$", "", title).strip()
+    match = ARTICLE.match(bare)
+    return [bare, f"{match[2]} {match[1]}"] if match else [bare]
+
+
 def names(answer: str, title: str) -> bool:
     """Whether the answer names this title."""
     said = f" {normalise(answer)} "

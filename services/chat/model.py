@@ -12,6 +12,8 @@ from aimesh.search.v1 import search_pb2
 from services import kit
 from services.kit.inference import Triton
 
+from .grounding import displayed
+
 MODEL = "chat_lm"
 SYSTEM = ("You are aimesh's movie assistant. Answer briefly, only about the films in the numbered "
           "catalog below, and name no other film.")
@@ -58,14 +60,17 @@ class ChatModel:
     def __init__(self, triton: Triton, temperature: float):
         self.triton, self.temperature = triton, temperature
 
-    async def generate(self, prompt: list[dict], max_tokens: int,
-                       deadline_s: float) -> AsyncIterator[Piece]:
+    async def generate(self, prompt: list[dict], max_tokens: int, deadline_s: float,
+                       hits: list[search_pb2.SearchResult]) -> AsyncIterator[Piece]:
         """The answer's pieces as Triton produces them; the last one carries the finish reason and
-        token counts. ModelBusy when the model refuses for load, kit.Unavailable when it cannot
-        answer."""
+        token counts. The answer may quote only the retrieved titles (chat_lm's CITED grammar).
+        ModelBusy when the model refuses for load, kit.Unavailable when it cannot answer."""
+        cited = {"titles": [t for h in hits for t in displayed(h.document.title) if t],
+                 "years": [h.document.metadata["year"] for h in hits if h.document.metadata.get("year")]}
         inputs = {"MESSAGES": np.array([json.dumps(prompt).encode()], dtype=np.object_),
                   "MAX_TOKENS": np.array([max_tokens], dtype=np.int32),
-                  "TEMPERATURE": np.array([self.temperature], dtype=np.float32)}
+                  "TEMPERATURE": np.array([self.temperature], dtype=np.float32),
+                  "CITED": np.array([json.dumps(cited).encode()], dtype=np.object_)}
         stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s)
         async with contextlib.aclosing(stream):   # closing this closes the Triton call at once
             try:

@@ -63,7 +63,7 @@ def string_input(name: str, text: str) -> grpcclient.InferInput:
 
 
 def ask(client, messages, max_tokens: int, temperature: float = 0.7, stop=None,
-        messages_json: str | None = None) -> None:
+        messages_json: str | None = None, cited_json: str | None = None) -> None:
     max_tokens_input = grpcclient.InferInput("MAX_TOKENS", [1], "INT32")
     max_tokens_input.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
     temperature_input = grpcclient.InferInput("TEMPERATURE", [1], "FP32")
@@ -72,6 +72,8 @@ def ask(client, messages, max_tokens: int, temperature: float = 0.7, stop=None,
               max_tokens_input, temperature_input]
     if stop is not None:
         inputs.append(string_input("STOP", json.dumps(stop)))
+    if cited_json is not None:
+        inputs.append(string_input("CITED", cited_json))
     client.async_stream_infer(MODEL, inputs)
 
 
@@ -169,6 +171,9 @@ def test_malformed_messages_are_rejected_naming_the_input(stream):
     client, responses = stream
     ask(client, None, max_tokens=5, messages_json="not json")
     with pytest.raises(grpcclient.InferenceServerException, match="MESSAGES"):
+        next_response(responses)
+    ask(client, STORY, max_tokens=5, cited_json='{"titles": [""]}')
+    with pytest.raises(grpcclient.InferenceServerException, match="CITED"):
         next_response(responses)
 
 

@@ -2,6 +2,7 @@
 long for a slot lose their oldest turns and keep the system prompt and the question; a stop asked
 for by the caller ends the generation; the counts are the engine's tokens."""
 import importlib.util
+import re
 import sys
 
 import pytest
@@ -67,3 +68,19 @@ def test_the_callers_stop_ends_the_generation_and_counts_tokens(engine):
     whole = engine.generate([{"role": "user", "content": "Tell me a long story."}], 6,
                             lambda text: False)
     assert whole.finish_reason == "length" and whole.completion_tokens == 6
+
+
+def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, generation):
+    asked = [{"role": "user", "content": "List three films with their years in parentheses, each "
+                                         "title in quotes."}]
+
+    def answer(grammar=None) -> str:
+        pieces = []
+        engine.generate(asked, 40, lambda text: pieces.append(text) and False, temperature=0.0,
+                        grammar=grammar)
+        return "".join(pieces)
+    free = answer()
+    assert set(re.findall(r"\((\d{4})", free)) - {"1995"}      # the model writes other years
+    held = answer(generation.cited_only(["Toy Story"], ["1995"]))
+    assert set(re.findall(r"\((\d{4})", held)) <= {"1995"}
+    assert set(re.findall(r'"([^"]*)"', held)) <= {"Toy Story"}

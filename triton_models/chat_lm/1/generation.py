@@ -46,6 +46,18 @@ class Result:
     completion_tokens: int
 
 
+def cited_only(titles: list[str], years: list[str]) -> str:
+    """A grammar (llama.cpp's GBNF) for an answer that may quote only these titles and write a year
+    in parentheses only as one of these years; any other text is free. Sampling then cannot
+    present an invented film as "Title" or Title (1999)."""
+    def choice(options) -> str:
+        return " | ".join(json.dumps(o) for o in sorted(set(options))) or '"\\u0000"'
+    return ("root ::= piece*\n"
+            'piece ::= [^"(] | "\\"" title "\\"" | "(" year ")" | "(" [^0-9"(]\n'
+            f"title ::= {choice(titles)}\n"
+            f"year ::= {choice(years)}\n")
+
+
 class PromptTooLong(ValueError):
     """Even the system prompt and the question alone leave no room for an answer."""
 
@@ -103,7 +115,7 @@ class Engine:
 
     def generate(self, messages: list[dict], max_tokens: int, on_piece: Callable[[str], bool], *,
                  temperature: float = DEFAULT_TEMPERATURE, stop: list[str] | None = None,
-                 seed: int | None = None) -> Result:
+                 seed: int | None = None, grammar: str | None = None) -> Result:
         """Generate the answer, handing each text piece to on_piece as the engine makes it; blocks
         until the answer ends. on_piece returns True to stop the generation there (a cancel):
         the engine frees the slot at its next token."""
@@ -112,6 +124,8 @@ class Engine:
                    "stream_options": {"include_usage": True}}
         if seed is not None:
             request["seed"] = seed
+        if grammar:
+            request["grammar"] = grammar
         state = {"pieces": 0, "finish": None, "usage": None, "error": None, "cancelled": False}
 
         def on_chunk(chunk: dict) -> bool:

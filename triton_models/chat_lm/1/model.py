@@ -94,8 +94,17 @@ def parse(request, context_tokens: int) -> dict:
     stop = _json(stop_text, "STOP") if stop_text else []
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise BadRequest("STOP must be a JSON list of non-empty strings")
+    cited_text = _string(request, "CITED")
+    cited = _json(cited_text, "CITED") if cited_text else None
+    grammar = None
+    if cited is not None:
+        if not (isinstance(cited, dict) and all(
+                isinstance(cited.get(key), list) and all(isinstance(v, str) and v for v in cited[key])
+                for key in ("titles", "years"))):
+            raise BadRequest('CITED must be JSON {"titles": [...], "years": [...]} of non-empty strings')
+        grammar = generation.cited_only(cited["titles"], cited["years"])
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "max_tokens": max_tokens, "temperature": temperature, "stop": stop}
+            "max_tokens": max_tokens, "temperature": temperature, "stop": stop, "grammar": grammar}
 
 
 def error(message: str) -> pb_utils.InferenceResponse:
