@@ -23,18 +23,17 @@ def search(mesh):
         yield search_pb2_grpc.SearchServiceStub(channel)
 
 
-@pytest.mark.parametrize("query, title", [
-    ("Gromit", "Wallace & Gromit: The Best of Aardman Animation"),
-    ("Heinlein", "Robert A. Heinlein's The Puppet Masters"),
-])
-def test_hybrid_search_finds_a_title_word_that_meaning_alone_ranks_low(search, alice, query, title):
-    def titles(mode, size):
-        return [r.document.title for r in search.Search(
-            search_pb2.SearchRequest(query=query, page_size=size, mode=mode),
+def test_hybrid_search_finds_by_words_what_meaning_alone_ranks_low(search, alice):
+    """"A fantasy film.": no fantasy film is among the three closest by meaning (nor by exact cosine
+    over every stored vector, checked when this case was chosen), but the word matches one's
+    "Genres: Fantasy", so the fused ranking has one in its first three."""
+    def fantasy(mode) -> list[bool]:
+        return ["genre:Fantasy" in r.document.metadata for r in search.Search(
+            search_pb2.SearchRequest(query="A fantasy film.", page_size=3, mode=mode),
             metadata=bearer(alice), timeout=5).results]
-    assert title not in titles(search_pb2.SEARCH_MODE_SEMANTIC, 10)
-    assert titles(search_pb2.SEARCH_MODE_KEYWORD, 1) == [title]
-    assert title in titles(search_pb2.SEARCH_MODE_UNSPECIFIED, 3)       # hybrid, the default
+    assert not any(fantasy(search_pb2.SEARCH_MODE_SEMANTIC))
+    assert any(fantasy(search_pb2.SEARCH_MODE_KEYWORD))
+    assert any(fantasy(search_pb2.SEARCH_MODE_UNSPECIFIED))       # hybrid, the default
 
 
 def test_an_unknown_search_mode_is_refused_naming_the_field(search, alice):
