@@ -4,8 +4,8 @@ in-process (triton_models/chat_lm/1/generation.py, the very code chat_lm runs, w
 settings read from its config.pbtxt).
 
 Both columns answer the same prompts: the in-process side builds each prompt as chat-svc does
-(services/chat/model.py's messages) from the same Search results, with chat-svc's temperature and
-max_tokens. Levels alternate between the two sides, so load from elsewhere on the machine falls
+(services/chat/model.py: messages, the CITED grammar, one paragraph) from the same Search results,
+with chat-svc's temperature and max_tokens. Levels alternate between the two sides, so load from elsewhere on the machine falls
 on both alike; they never run at the same time. Prints figures and asserts none. Runs its own mesh
 (bench/topology.yaml: no rate limit or per-user cap reached; each chat is its own user anyway) in
 /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always brings it down. Run it as bin/aimesh
@@ -37,7 +37,7 @@ from aimesh import paths  # noqa: E402
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from aimesh.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
 from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
-from services.chat.model import messages  # noqa: E402
+from services.chat.model import ONE_PARAGRAPH, cited, messages  # noqa: E402
 from services.chat.server import RETRIEVED  # noqa: E402
 
 sys.path.insert(0, str(paths.TRITON_MODELS / "chat_lm" / "1"))
@@ -101,7 +101,7 @@ def via_gateway(channel, tokens: list[str]):
     return work
 
 
-def in_process(engine: generation.Engine, prompts: list[list[dict]], temperature: float):
+def in_process(engine: generation.Engine, prompts: list[tuple[list[dict], str]], temperature: float):
     def work(i: int, started: float) -> Stream:
         first = None
 
@@ -110,8 +110,9 @@ def in_process(engine: generation.Engine, prompts: list[list[dict]], temperature
             if first is None:
                 first = time.perf_counter() - started
             return False
-        result = engine.generate(engine.fit(prompts[i], MAX_TOKENS), MAX_TOKENS, on_piece,
-                                 temperature=temperature)
+        prompt, grammar = prompts[i]
+        result = engine.generate(engine.fit(prompt, MAX_TOKENS), MAX_TOKENS, on_piece,
+                                 temperature=temperature, stop=ONE_PARAGRAPH, grammar=grammar)
         return Stream(first, result.completion_tokens)
     return work
 
@@ -136,14 +137,15 @@ def users(gateway: str, count: int) -> list[str]:
         return tokens
 
 
-def prompts(channel, token: str) -> list[list[dict]]:
-    """Each question's prompt as chat-svc builds it for a new conversation."""
+def prompts(channel, token: str) -> list[tuple[list[dict], str]]:
+    """Each question's prompt and grammar as chat-svc builds them for a new conversation."""
     search = search_pb2_grpc.SearchServiceStub(channel)
     built = []
     for question in QUESTIONS:
         hits = search.Search(search_pb2.SearchRequest(query=question, page_size=RETRIEVED),
                              metadata=[("authorization", f"Bearer {token}")], timeout=10).results
-        built.append(messages(question, list(hits), []))
+        built.append((messages(question, list(hits), []),
+                      generation.cited_only(**cited(list(hits)))))
     return built
 
 

@@ -67,6 +67,12 @@ class Piece:
     completion_tokens: int = 0
 
 
+def cited(hits: list[search_pb2.SearchResult]) -> dict[str, list[str]]:
+    """chat_lm's CITED input: the titles the answer may quote, the years it may parenthesise."""
+    return {"titles": [t for h in hits for t in displayed(h.document.title) if t],
+            "years": [h.document.metadata["year"] for h in hits if h.document.metadata.get("year")]}
+
+
 class ChatModel:
     def __init__(self, triton: Triton, temperature: float):
         self.triton, self.temperature = triton, temperature
@@ -76,13 +82,11 @@ class ChatModel:
         """The answer's pieces as Triton produces them; the last one carries the finish reason and
         token counts. The answer may quote only the retrieved titles (chat_lm's CITED grammar).
         ModelBusy when the model refuses for load, kit.Unavailable when it cannot answer."""
-        cited = {"titles": [t for h in hits for t in displayed(h.document.title) if t],
-                 "years": [h.document.metadata["year"] for h in hits if h.document.metadata.get("year")]}
         inputs = {"MESSAGES": np.array([json.dumps(prompt).encode()], dtype=np.object_),
                   "MAX_TOKENS": np.array([max_tokens], dtype=np.int32),
                   "TEMPERATURE": np.array([self.temperature], dtype=np.float32),
                   "STOP": np.array([json.dumps(ONE_PARAGRAPH).encode()], dtype=np.object_),
-                  "CITED": np.array([json.dumps(cited).encode()], dtype=np.object_)}
+                  "CITED": np.array([json.dumps(cited(hits)).encode()], dtype=np.object_)}
         stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s)
         async with contextlib.aclosing(stream):   # closing this closes the Triton call at once
             try:
