@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from aimesh import paths
-from aimesh.topology import RateLimit, Service, Topology
+from aimesh.topology import TRITON as TRITON_NAME, RateLimit, Service, Topology
+from services.kit.tls import GATEWAY, dns_name, spiffe_id
 
 LOOPBACK = "127.0.0.1"
 JWT_PROVIDER = "user"                      # user-svc issues every token
@@ -43,6 +44,10 @@ TRITON = Service(name="triton", grpc_services=("inference.GRPCInferenceService",
                  timeout_s=10,             # callers set tighter deadlines; this only bounds a hang
                  streams=("ModelStreamInfer",), idempotent=("*",))
 OTLP_CLUSTER = "otlp"                      # where spans go, when an OTLP endpoint is configured
+CERTS_DIR = "certs"                        # the CA's files (aimesh/certs.py); relative by default
+OWN_CERTIFICATE = "gateway"                # SDS secret names
+TRUST = "trust"
+RBAC_FILTER = "envoy.filters.http.rbac"
 
 # Retry only what never produced an answer: a refused connection, a reset, or UNAVAILABLE.
 # RESOURCE_EXHAUSTED (a rate limit) is deliberately absent.
@@ -57,12 +62,14 @@ GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-time
 
 def render(topo: Topology, *, access_log_path: str | None = None,
            descriptor_set: str = DESCRIPTOR_SET, web_dir: str = WEB_DIR,
-           otlp_endpoint: str = "") -> dict:
+           otlp_endpoint: str = "", certs_dir: str = CERTS_DIR) -> dict:
     """The full bootstrap as a plain dict; the same arguments always give the same dict.
-    `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on."""
+    `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on. With the topology's
+    identity.mtls, Envoy's own certificate and the CA come by SDS from files in `certs_dir`."""
     log = access_log_path or "/dev/stdout"
+    tls = _Tls(certs_dir) if topo.identity.mtls else None
     listener = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint)}
-    return {
+    config = {
         # Routes read from files (see write) need the node named.
         "node": {"id": "aimesh", "cluster": "aimesh"},
         "admin": {"address": _address(topo.gateway.admin_port)},
@@ -75,12 +82,14 @@ def render(topo: Topology, *, access_log_path: str | None = None,
                 # Workers call Triton with no user, so Triton routes need no token; they exist
                 # only here, never on the edge. Callers forward x-request-id, so keep it.
                 _listener("mesh", topo.gateway.mesh_port, _method_routes(TRITON, topo, edge=False),
-                          edge_filters=[], public_prefixes=(f"/{TRITON.grpc_services[0]}/",),
-                          trust_request_id=True, **listener),
+                          edge_filters=[_rbac_filter(topo)] if tls else [],
+                          public_prefixes=(f"/{TRITON.grpc_services[0]}/",),
+                          trust_request_id=True, tls=tls, **listener),
             ],
-            "clusters": _clusters(topo, otlp_endpoint),
+            "clusters": _clusters(topo, otlp_endpoint, tls),
         },
     }
+    return config
 
 
 def write(topo: Topology, state_dir: Path) -> Path:
@@ -96,6 +105,10 @@ def write(topo: Topology, state_dir: Path) -> Path:
         hcm["rds"] = {"route_config_name": listener["name"], "config_source": {
             "resource_api_version": "V3",
             "path_config_source": {"path": str(_routes_path(state_dir, listener["name"]))}}}
+    if topo.identity.mtls:
+        certs_dir = _certs_dir(state_dir)
+        for name, secret in _Tls(str(certs_dir)).secrets().items():
+            _replace(certs_dir / name, secret)
     path = envoy_dir / "envoy.yaml"
     _replace(path, config)
     return path
@@ -134,7 +147,13 @@ def _render_for(topo: Topology, state_dir: Path) -> dict:
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     return render(topo, access_log_path=str(logs / "envoy-access.log"),
                   descriptor_set=str(paths.DESCRIPTOR_SET), web_dir=str(paths.WEB_DIST),
-                  otlp_endpoint=endpoint.removeprefix("http://").removeprefix("https://"))
+                  otlp_endpoint=endpoint.removeprefix("http://").removeprefix("https://"),
+                  certs_dir=str(_certs_dir(state_dir)))
+
+
+def _certs_dir(state_dir: Path) -> Path:
+    from aimesh.certs import Authority
+    return Authority(state_dir).dir
 
 
 def _routes_path(state_dir: Path, listener: str) -> Path:
@@ -167,7 +186,7 @@ def _find(config: dict, listener: str) -> dict:
 def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
               access_log_path: str, tracing: bool, edge_filters: list[dict],
               public_prefixes: tuple[str, ...], trust_request_id: bool,
-              public_paths: tuple[str, ...] = ()) -> dict:
+              public_paths: tuple[str, ...] = (), tls: "_Tls | None" = None) -> dict:
     """A listener with every service's routes (built afresh, so the YAML has no aliases) after
     its own extra routes, and the one filter chain."""
     edge = name == "edge"
@@ -197,13 +216,104 @@ def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
         hcm["local_reply_config"] = _grpc_web_local_replies()
     if tracing:
         hcm["tracing"] = _tracing(name)
+    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                          "typed_config": hcm}]}
+    listener = {"name": name, "address": _address(port), "filter_chains": [chain]}
+    if tls:
+        chain["transport_socket"] = tls.downstream()
+        # One line per refused connection (no certificate, unknown CA, expired), naming the peer.
+        listener["access_log"] = [_handshake_log(name, access_log_path)]
+    return listener
+
+
+def _handshake_log(listener: str, path: str) -> dict:
+    fields = {"time": "%START_TIME%", "listener": listener, "event": "tls handshake failed",
+              "peer": "%DOWNSTREAM_REMOTE_ADDRESS%", "peer_id": "%DOWNSTREAM_PEER_URI_SAN%",
+              "reason": "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%"}
     return {
-        "name": name,
-        "address": _address(port),
-        "filter_chains": [{"filters": [
-            {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
-        ]}],
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path, "log_format": {"json_format": fields}},
     }
+
+
+class _Tls:
+    """Envoy's side of workload identity: its own certificate and the CA by file-based SDS (Envoy
+    reloads them when the renewer replaces a file in the watched certificates folder)."""
+
+    def __init__(self, certs_dir: str):
+        self.certs_dir = certs_dir
+
+    def _sds(self, name: str) -> dict:
+        return {"name": name, "sds_config": {"resource_api_version": "V3", "path_config_source": {
+            "path": f"{self.certs_dir}/envoy-{name}.yaml",
+            "watched_directory": {"path": self.certs_dir}}}}
+
+    def secrets(self) -> dict[str, dict]:
+        """The SDS files: file name -> discovery response. The bundle holds key and certificate;
+        Envoy reads each part from the same file."""
+        bundle = f"{self.certs_dir}/{OWN_CERTIFICATE}.pem"
+        own = {"name": OWN_CERTIFICATE, "tls_certificate": {
+            "certificate_chain": {"filename": bundle}, "private_key": {"filename": bundle}}}
+        trust = {"name": TRUST, "validation_context": {
+            "trusted_ca": {"filename": f"{self.certs_dir}/ca.pem"}}}
+        secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+        return {f"envoy-{s['name']}.yaml": {"resources": [{"@type": secret, **s}]}
+                for s in (own, trust)}
+
+    def _common(self, alpn: list[str], peers: list[str] | None) -> dict:
+        validation: dict = {}
+        if peers:
+            validation["match_typed_subject_alt_names"] = [
+                {"san_type": "URI", "matcher": {"exact": spiffe_id(p)}} for p in peers]
+        return {
+            "tls_params": {"tls_minimum_protocol_version": "TLSv1_3",
+                           "tls_maximum_protocol_version": "TLSv1_3"},
+            "alpn_protocols": alpn,
+            "tls_certificate_sds_secret_configs": [self._sds(OWN_CERTIFICATE)],
+            "combined_validation_context": {
+                "default_validation_context": validation,
+                "validation_context_sds_secret_config": self._sds(TRUST)},
+        }
+
+    def downstream(self) -> dict:
+        """The east-west listener: a client certificate of the mesh's CA is required."""
+        return {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                     ".DownstreamTlsContext",
+            "require_client_certificate": True,
+            "common_tls_context": self._common(["h2"], None)}}
+
+    def upstream(self, workload: str, *, http2: bool = True) -> dict:
+        """To a service: present the gateway's certificate, accept only `workload`'s."""
+        return {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                     ".UpstreamTlsContext",
+            "sni": dns_name(workload),
+            "common_tls_context": self._common(["h2"] if http2 else ["http/1.1"], [workload])}}
+
+
+def _rbac_filter(topo: Topology) -> dict:
+    """The east-west allow list (identity.calls): a call is let through only when the caller's
+    certificate names a workload allowed that service or method. Everything else is 403, which
+    gRPC clients read as PERMISSION_DENIED."""
+    policies = {}
+    for caller, allowed in topo.identity.calls.items():
+        paths = []
+        for entry in allowed:
+            service, _, method = entry.partition(".")
+            grpc_services = (TRITON.grpc_services if service == TRITON_NAME
+                             else topo.services[service].grpc_services)
+            for grpc_service in grpc_services:
+                paths.append({"url_path": {"path": {"exact": f"/{grpc_service}/{method}"}
+                                           if method else {"prefix": f"/{grpc_service}/"}}})
+        policies[caller] = {
+            "permissions": [{"or_rules": {"rules": paths}}],
+            "principals": [{"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}}]}
+    return {"name": RBAC_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": policies}}}
 
 
 def _edge_filters(topo: Topology, descriptor_set: str) -> list[dict]:
@@ -289,7 +399,8 @@ def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
         "audiences": [topo.gateway.audience],
         "remote_jwks": {
             "http_uri": {
-                "uri": f"http://{LOOPBACK}:{issuer.jwks_port}{JWKS_PATH}",
+                "uri": f"{'https' if topo.identity.mtls else 'http'}://{LOOPBACK}:{issuer.jwks_port}"
+                       f"{JWKS_PATH}",
                 "cluster": JWKS_CLUSTER,
                 "timeout": "2s",
             },
@@ -523,19 +634,26 @@ def _target(service: Service) -> dict:
 
 # --- clusters -------------------------------------------------------------------------------
 
-def _clusters(topo: Topology, otlp_endpoint: str) -> list[dict]:
+def _clusters(topo: Topology, otlp_endpoint: str, tls: _Tls | None) -> list[dict]:
     clusters = []
     for service in topo.services.values():
         if _pins(service):
-            clusters += [_cluster(_version_cluster(service, i.version), [i.port], topo)
-                         for i in service.instances if i.version]
+            versions = [_cluster(_version_cluster(service, i.version), [i.port], topo)
+                        for i in service.instances if i.version]
         else:
-            clusters.append(_cluster(_cluster_name(service), [i.port for i in service.instances],
-                                     topo))
-    # Triton's python backend stub answers no grpc.health.v1: no active checks there.
+            versions = [_cluster(_cluster_name(service), [i.port for i in service.instances], topo)]
+        for cluster in versions:
+            if tls:
+                cluster["transport_socket"] = tls.upstream(service.name)
+        clusters += versions
+    # Triton's python backend stub answers no grpc.health.v1: no active checks there. Triton
+    # listens on loopback in plaintext, reached only through this listener (docs/deploy.md).
     clusters.append(_cluster(TRITON.name, [topo.infra.triton_grpc_port], topo, health_checks=False))
-    clusters.append(_plain_cluster(JWKS_CLUSTER, [(LOOPBACK, _issuer_service(topo).jwks_port)],
-                                   http2=False))
+    issuer = _issuer_service(topo)
+    jwks = _plain_cluster(JWKS_CLUSTER, [(LOOPBACK, issuer.jwks_port)], http2=False)
+    if tls:
+        jwks["transport_socket"] = tls.upstream(issuer.name, http2=False)
+    clusters.append(jwks)
     if otlp_endpoint:
         host, port = otlp_endpoint.rsplit(":", 1)
         clusters.append({**_plain_cluster(OTLP_CLUSTER, [(host, int(port))]),

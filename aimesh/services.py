@@ -7,6 +7,7 @@ from pathlib import Path
 from services.kit.config import Config
 from services.kit.probe import serving
 
+from . import certs
 from .component import Component
 from .infra import postgres_dsn
 from .paths import DESCRIPTOR_SET, ROOT
@@ -16,10 +17,15 @@ from .topology import Instance, Service, Topology
 def config(topo: Topology, service: Service, instance: Instance, state_dir: Path, *,
            demo: bool) -> Config:
     g, infra = topo.gateway, topo.infra
+    authority = certs.Authority(state_dir)
+    mtls = topo.identity.mtls
     return Config(
         service=service.name, instance=instance.name, version=instance.version,
-        port=instance.port, metrics_port=instance.metrics_port,
-        postgres_dsn=postgres_dsn(infra), nats_url=f"nats://127.0.0.1:{infra.nats_port}",
+        port=instance.port, metrics_port=instance.metrics_port, probe_port=instance.probe_port,
+        certificate=str(authority.bundle(service.name)) if mtls else "",
+        trust_bundle=str(authority.trust_bundle) if mtls else "",
+        postgres_dsn=postgres_dsn(infra, state_dir, service.name),
+        nats_url=f"{'tls' if mtls else 'nats'}://127.0.0.1:{infra.nats_port}",
         mesh_address=f"127.0.0.1:{g.mesh_port}", triton_address=f"127.0.0.1:{g.mesh_port}",
         state_dir=str(state_dir / "services" / instance.name),
         descriptor_set=str(DESCRIPTOR_SET), jwks_port=service.jwks_port,
@@ -37,7 +43,7 @@ def component(topo: Topology, service: Service, instance: Instance, state_dir: P
         argv=[sys.executable, "-m", service.module],
         env={**settings.to_env(), "PYTHONPATH": f"{ROOT}:{ROOT / 'gen' / 'python'}"},
         cwd=ROOT,
-        healthy=lambda: serving(f"127.0.0.1:{instance.port}"),
+        healthy=lambda: serving(f"127.0.0.1:{instance.probe_port}"),
         start_timeout_s=30,
         stop_timeout_s=settings.grace_s + 5,
     )

@@ -15,6 +15,8 @@ if TYPE_CHECKING:   # imported in load(): the kit's package imports the generate
 DEFAULT_FILE = Path(__file__).with_name("topology.yaml")
 EXTENDS = "extends"          # a topology file may name another and override parts of it
 METRICS_PORT_SHIFT = 1000   # an instance's Prometheus /metrics is on its gRPC port + this
+PROBE_PORT_SHIFT = 2000     # its plaintext grpc.health.v1-only port (probes without TLS): + this
+TRITON = "triton"           # in identity.calls: Triton's inference API through the mesh
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Instance:
     @property
     def metrics_port(self) -> int:
         return self.port + METRICS_PORT_SHIFT
+
+    @property
+    def probe_port(self) -> int:
+        return self.port + PROBE_PORT_SHIFT
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Service:
     jwks_port: int = 0
     generations_per_user: int = 0         # chat: a user's answers generating at once (0: no cap)
     temperature: float = 0.7              # chat: sampling temperature of answers
+    publishes: tuple[str, ...] = ()       # NATS subjects only this service publishes
+    consumes: tuple[str, ...] = ()        # JetStream streams it reads with durable consumers
 
     @property
     def module(self) -> str:
@@ -86,6 +94,29 @@ class Gateway:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Workload identity: mTLS on every hop, and who may call what east-west."""
+    mtls: bool
+    certificate_lifetime_s: float
+    calls: dict[str, tuple[str, ...]]     # caller workload -> "svc", "svc.Method" or "triton"
+
+    def callers_of(self, service: str, method: str | None = None) -> list[str]:
+        """The workloads allowed to call `service` (any method when `method` is None: those
+        allowed the whole service)."""
+        wanted = {service} if method is None else {service, f"{service}.{method}"}
+        return [caller for caller, allowed in self.calls.items() if wanted & set(allowed)]
+
+    def methods_allowed(self, service: str) -> dict[str, list[str]]:
+        """method -> callers, for the methods of `service` allowed one by one."""
+        named: dict[str, list[str]] = {}
+        for caller, allowed in self.calls.items():
+            for entry in allowed:
+                if entry.startswith(f"{service}."):
+                    named.setdefault(entry.split(".", 1)[1], []).append(caller)
+        return named
+
+
+@dataclass(frozen=True)
 class Infra:
     postgres_port: int
     nats_port: int
@@ -101,6 +132,12 @@ class Topology:
     infra: Infra
     services: dict[str, Service] = field(default_factory=dict)
     retention: Retention | None = None
+    identity: Identity = Identity(mtls=False, certificate_lifetime_s=43200, calls={})
+
+    def workloads(self) -> list[str]:
+        """Every name that gets a certificate: the gateway, each service, NATS, the operator."""
+        from services.kit.tls import GATEWAY
+        return [GATEWAY, *self.services, "nats", "operator"]
 
     def instances(self):
         """Every (service, instance) pair, in start order."""
@@ -120,6 +157,7 @@ class Topology:
         for service, instance in self.instances():
             ports[instance.name] = instance.port
             ports[f"{instance.name} metrics"] = instance.metrics_port
+            ports[f"{instance.name} probe"] = instance.probe_port
             if service.jwks_port:
                 ports[f"{service.name} jwks"] = service.jwks_port
         return ports
@@ -187,7 +225,23 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
             generations_per_user=int(s.get("generations_per_user", 0)),
             temperature=float(s.get("temperature", 0.7)),
+            publishes=tuple(s.get("events", {}).get("publishes", ())),
+            consumes=tuple(s.get("events", {}).get("consumes", ())),
         )
-    from services.kit.retention import Retention
+    from services.kit.retention import Retention, seconds
     return Topology(gateway=gateway, infra=infra, services=services,
-                    retention=Retention.parse(raw.get("retention") or {}))
+                    retention=Retention.parse(raw.get("retention") or {}),
+                    identity=_identity(raw.get("identity") or {}, services, seconds))
+
+
+def _identity(raw: dict, services: dict[str, Service], seconds) -> Identity:
+    calls = {caller: tuple(allowed) for caller, allowed in (raw.get("calls") or {}).items()}
+    known = {*services, TRITON}
+    for caller, allowed in calls.items():
+        for entry in allowed:
+            service, _, method = entry.partition(".")
+            if service not in known:
+                raise ValueError(f"identity.calls.{caller}: no service {service!r}")
+    return Identity(mtls=bool(raw.get("mtls", True)),
+                    certificate_lifetime_s=seconds(raw.get("certificate_lifetime", "12h")),
+                    calls=calls)

@@ -14,6 +14,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 0
     metrics_port: int = 0             # Prometheus /metrics; 0 = off
+    probe_port: int = 0               # plaintext grpc.health.v1 only (probes that cannot do TLS); 0 = off
+    certificate: str = ""             # this workload's key + certificate (kit.tls); "" = plaintext
+    trust_bundle: str = ""            # the mesh CA's certificate
     grace_s: float = 10.0             # SIGTERM: time to finish in-flight calls
     postgres_dsn: str = ""
     nats_url: str = ""

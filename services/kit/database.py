@@ -14,7 +14,10 @@ async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int
     try:
         async with setup.transaction():
             await setup.execute("SELECT pg_advisory_xact_lock(hashtext($1))", schema)
-            await setup.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            # The runner makes a service's schema, owned by the service's role, which may not
+            # create schemas; only a superuser's connection (a test's own schema) makes one here.
+            if not await setup.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+                await setup.execute(f'CREATE SCHEMA "{schema}"')
             await setup.execute(f'SET LOCAL search_path TO "{schema}", public')
             await setup.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
                                 "version int PRIMARY KEY, applied_at timestamptz DEFAULT now())")

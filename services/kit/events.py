@@ -18,6 +18,7 @@ from prometheus_client import Counter
 from aimesh.events.v1 import events_pb2
 
 from .retention import StreamLimits
+from .tls import Identity, dns_name
 
 log = logging.getLogger("aimesh.events")
 EXPIRED = Counter("aimesh_events_expired_total", "Events delivered after the consumer's dedupe "
@@ -33,6 +34,7 @@ STREAMS = {
     "DEAD_LETTERS": (["deadletter.>"], RetentionPolicy.LIMITS),
 }
 DEAD_LETTER_PREFIX = "deadletter."
+NATS_SERVER = "nats"         # the workload name in the NATS server's certificate
 REDELIVERY_DELAY_S = 1.0
 
 RETRY_FETCH_S = 1.0
@@ -85,9 +87,15 @@ class Events:
     connection: nats.NATS
 
     @classmethod
-    async def connect(cls, url: str, name: str,
-                      limits: dict[str, StreamLimits] | None = None) -> "Events":
-        connection = await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1)
+    async def connect(cls, url: str, name: str, limits: dict[str, StreamLimits] | None = None,
+                      *, identity: Identity | None = None) -> "Events":
+        """With an identity: TLS, and NATS knows the caller by its certificate (the subjects it
+        may use are in the topology's `events`)."""
+        secure = {}
+        if identity is not None:
+            secure = {"tls": identity.ssl_context(), "tls_hostname": dns_name(NATS_SERVER)}
+        connection = await nats.connect(url, name=name, connect_timeout=5, max_reconnect_attempts=-1,
+                                        **secure)
         events = cls(connection)
         await events.ensure_streams(limits or {})
         return events

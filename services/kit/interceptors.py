@@ -19,8 +19,11 @@ QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 class Observe(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str):
+    """`admit(method, context)` runs first in every call and may raise a kit error (tls.admit)."""
+
+    def __init__(self, service: str, admit=None):
         self.service = service
+        self.admit = admit or (lambda method, context: None)
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -39,6 +42,7 @@ class Observe(grpc.aio.ServerInterceptor):
         async def observed(request, context):
             call = _Call(self.service, method, context)
             try:
+                self.admit(method, context)
                 response = await behaviour(request, context)
             except BaseException as error:
                 await call.failed(error)
@@ -51,6 +55,7 @@ class Observe(grpc.aio.ServerInterceptor):
         async def observed(request, context):
             call = _Call(self.service, method, context)
             try:
+                self.admit(method, context)
                 responses = behaviour(request, context)
                 if inspect.isasyncgen(responses):
                     async for response in responses:

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from . import clients, database, events, logs, outbox, retention, telemetry
+from . import clients, database, events, logs, outbox, retention, telemetry, tls
 from .config import Config
 from .interceptors import Observe
 
@@ -39,6 +39,7 @@ class App:
         self.stopping = asyncio.Event()
         self._resources = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task] = []
+        self.identity = tls.Identity.of(config)
         self.reflected: tuple[list[str], Any] | None = None
 
     def reflect(self, names: list[str], pool) -> None:
@@ -66,9 +67,12 @@ class App:
 
     async def events(self) -> events.Events:
         bus = await events.Events.connect(self.config.nats_url, self.config.name,
-                                          self.retention.streams)
+                                          self.retention.streams, identity=self.identity)
         # close, not drain: drain waits on the cancelled pull subscriptions
         self._resources.push_async_callback(bus.connection.close)
+        if self.identity is not None:
+            context = bus.connection.options["tls"]
+            self.spawn(self.identity.keep_loaded(context, self.stopping), name="nats-certificate")
         return bus
 
     def outbox(self, pool, events: events.Events) -> "outbox.Outbox":
@@ -80,9 +84,18 @@ class App:
 
     def channel(self, target: str, *, timeout_s: float | None = None, retries: int = 2):
         chan = clients.channel(target, timeout_s=timeout_s or self.config.call_timeout_s,
-                               retries=retries)
+                               retries=retries, identity=self.identity)
         self._resources.push_async_callback(chan.close)
         return chan
+
+    def server_tls(self):
+        """A TLS context for a plain (non-gRPC) endpoint the service serves, requiring a mesh
+        certificate and renewed with this workload's; None when the mesh runs without mTLS."""
+        if self.identity is None:
+            return None
+        context = self.identity.server_ssl_context()
+        self.spawn(self.identity.keep_loaded(context, self.stopping), name="endpoint-certificate")
+        return context
 
     def spawn(self, work: Awaitable[None], name: str) -> None:
         """Run background work (a consumer loop) until shutdown; a crash is logged loudly."""
@@ -113,7 +126,10 @@ class Server:
     def __init__(self, config: Config, bindings: list[Binding], *, reflected=None):
         self.config = config
         self.names = [b.name for b in bindings]
-        self.grpc = grpc.aio.server(interceptors=[aio_server_interceptor(), Observe(config.service)])
+        identity = tls.Identity.of(config)
+        admit = tls.admit if identity else None
+        self.grpc = grpc.aio.server(interceptors=[aio_server_interceptor(),
+                                                  Observe(config.service, admit)])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         for binding in bindings:
@@ -121,7 +137,13 @@ class Server:
         names, pool = reflected or (self.names, None)
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc, pool=pool)
-        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if identity is None:
+            self.port = self.grpc.add_insecure_port(address)
+        else:
+            self.port = self.grpc.add_secure_port(address, identity.server_credentials())
+        if config.probe_port:
+            self.grpc.add_insecure_port(f"{config.host}:{config.probe_port}")
 
     async def start(self) -> None:
         await self.grpc.start()

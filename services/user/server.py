@@ -124,7 +124,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     keys = KeyStore(pool, ring)
     await keys.open()
     app.spawn(keys.run(app.stopping), name="signing-keys")
-    jwks = serve_jwks(ring, config.host, config.jwks_port)
+    jwks = serve_jwks(ring, config.host, config.jwks_port, app.server_tls())
     app.on_close(lambda: asyncio.to_thread(jwks.shutdown))
     outbox = app.outbox(pool, await app.events())
     if config.demo:

@@ -18,6 +18,7 @@ import calendar
 import contextlib
 import json
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -207,8 +208,10 @@ class Issuer:
         return jwt.encode(claims, key.private, algorithm="ES256", headers={"kid": key.kid}), expires
 
 
-def serve_jwks(keys: KeyRing, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve the JWKS over plain HTTP for the gateway's remote_jwks fetch."""
+def serve_jwks(keys: KeyRing, host: str, port: int,
+               tls: ssl.SSLContext | None = None) -> ThreadingHTTPServer:
+    """Serve the JWKS for the gateway's remote_jwks fetch: over TLS with a context (the
+    handshake runs in the request's thread, so a slow client holds up no one else)."""
 
     class JwksHandler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -226,6 +229,9 @@ def serve_jwks(keys: KeyRing, host: str, port: int) -> ThreadingHTTPServer:
             pass
 
     server = ThreadingHTTPServer((host, port), JwksHandler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, name="jwks", daemon=True).start()
     return server
 
