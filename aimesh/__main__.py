@@ -13,7 +13,8 @@
   aimesh keys rotate a new signing key for user-svc, without downtime
   aimesh gen         generate stubs and the descriptor set from proto/
   aimesh web         build the browser page (web/ -> web/dist; up does it too)
-  aimesh env         shell exports that put grpcurl, buf and envoy on PATH
+  aimesh env         shell exports that put grpcurl, buf and envoy on PATH (and the operator's certificate)
+  aimesh certs status   each workload's certificate and its expiry; aimesh certs rotate: renew all now
   aimesh models build   build the model artifacts that are not current (up does it too)
   aimesh models list    each model artifact, its content key, and whether it is built
   aimesh deploy render  write docker-compose.yml and deploy/ from the topology
@@ -83,7 +84,7 @@ def cmd_apply(args) -> int:
               file=sys.stderr)
         return 2
     print("aimesh: routes applied (Envoy picks them up live)")
-    changed = asyncio.run(streams.apply(topo))
+    changed = asyncio.run(streams.apply(topo, paths.state_dir()))
     print(f"aimesh: stream limits applied in place ({', '.join(changed) or 'none changed'})")
     return 0
 
@@ -123,9 +124,13 @@ def cmd_token(args) -> int:
 
 def cmd_audit(args) -> int:
     import asyncio
-    from . import audit
+    from . import audit, infra
     topo = topology.load()
-    found, first = asyncio.run(audit.decisions(f"nats://127.0.0.1:{topo.infra.nats_port}", args.user_id))
+
+    async def read():
+        bus = await infra.events(topo, paths.state_dir(), "aimesh-audit")
+        return await audit.decisions(bus.connection, args.user_id)
+    found, first = asyncio.run(read())
     limits = topo.retention.streams.get("AI_DECISIONS")
     print(f"aimesh: {audit.horizon(first, limits and limits.max_age_s)}", file=sys.stderr)
     print(audit.lines(found))
@@ -189,7 +194,46 @@ def cmd_web(args) -> int:
 
 
 def cmd_env(args) -> int:
+    from . import certs
+    from services.kit.tls import GATEWAY, dns_name
+    topo = topology.load()
     print(f'export PATH="{paths.venv_bin("")}:$PATH"')
+    if topo.identity.mtls:
+        authority = certs.Authority(paths.state_dir())
+        bundle = authority.bundle(certs.OPERATOR)
+        print(f'export AIMESH_CA="{authority.trust_bundle}" AIMESH_CERT="{bundle}"')
+        print("# as the operator, on the east-west listener (or a service's own port, with its name):")
+        print(f"#   grpcurl -cacert $AIMESH_CA -cert $AIMESH_CERT -key $AIMESH_CERT "
+              f"-servername {dns_name(GATEWAY)} 127.0.0.1:{topo.gateway.mesh_port} list")
+    return 0
+
+
+def cmd_certs_status(args) -> int:
+    from . import certs
+    topo = topology.load()
+    authority = certs.Authority(paths.state_dir())
+    print(f"CA: {authority.trust_bundle}")
+    for workload in topo.workloads():
+        status = authority.status(workload)
+        if status is None:
+            print(f"  {workload:<10} none yet (made by `aimesh up`)")
+            continue
+        left = status.remaining.total_seconds()
+        state = "EXPIRED" if left <= 0 else ("renewal due" if status.due else "ok")
+        print(f"  {workload:<10} expires {status.not_after:%Y-%m-%d %H:%M:%S}Z, "
+              f"in {left / 3600:.1f} h of {status.lifetime.total_seconds() / 3600:g} h: {state}")
+    return 0
+
+
+def cmd_certs_rotate(args) -> int:
+    """New certificates for every workload now; every process picks its own up without a
+    restart (see aimesh/certs.py)."""
+    from . import certs
+    topo = topology.load()
+    renewed = certs.Authority(paths.state_dir()).ensure(
+        topo.workloads(), topo.identity.certificate_lifetime_s, force=True)
+    certs.tell_readers(paths.state_dir(), renewed)
+    print(f"aimesh: new certificates for {', '.join(renewed)}")
     return 0
 
 
@@ -305,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     page = commands.add_parser("web", help="build the browser page (web/dist)")
     page.add_argument("--force", action="store_true", help="rebuild even when current")
     page.set_defaults(run=cmd_web)
+    certs_cmd = commands.add_parser("certs", help="workload certificates").add_subparsers(
+        dest="certs_command", required=True)
+    certs_cmd.add_parser("status", help="each workload's certificate and when it expires"
+                         ).set_defaults(run=cmd_certs_status)
+    certs_cmd.add_parser("rotate", help="new certificates for every workload, now, no restart"
+                         ).set_defaults(run=cmd_certs_rotate)
     commands.add_parser("env", help="print shell exports: eval \"$(bin/aimesh env)\"").set_defaults(
         run=cmd_env)
     models = commands.add_parser("models", help="model artifacts for Triton").add_subparsers(
@@ -329,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.pytest_args = extra
-    if args.command not in ("gen", "env"):
+    if args.command != "gen":
         # The runner imports the services' kit, which imports the generated stubs: on a fresh
         # clone they must exist before anything else (a no-op when current).
         codegen.generate()

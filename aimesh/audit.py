@@ -11,10 +11,10 @@ from aimesh.events.v1 import events_pb2
 READ_TIMEOUT_S = 5.0
 
 
-async def decisions(nats_url: str, user_id: str) -> tuple[list[dict], str]:
+async def decisions(connection: nats.NATS, user_id: str) -> tuple[list[dict], str]:
     """Every decision for the user still kept, oldest first, as JSON-ready dicts (with subject and
-    time), and how far back the trail reaches (the stream's oldest message; "" when empty)."""
-    connection = await nats.connect(nats_url, connect_timeout=5)
+    time), and how far back the trail reaches (the stream's oldest message; "" when empty).
+    Closes the connection."""
     try:
         jetstream = connection.jetstream(timeout=5)
         total = (await jetstream.stream_info("AI_DECISIONS")).state.messages

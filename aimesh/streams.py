@@ -2,14 +2,15 @@
 apply the same limits when they start (kit.events.Events.ensure_streams)."""
 from __future__ import annotations
 
-from services.kit.events import Events
+from pathlib import Path
 
+from . import infra
 from .topology import Topology
 
 
-async def apply(topo: Topology) -> list[str]:
+async def apply(topo: Topology, state_dir: Path) -> list[str]:
     """Bring each stream's limits in line with the topology, in place; the streams changed."""
-    bus = await Events.connect(f"nats://127.0.0.1:{topo.infra.nats_port}", "aimesh-apply")
+    bus = await infra.events(topo, state_dir, "aimesh-apply")
     try:
         return await bus.ensure_streams(topo.retention.streams)
     finally:

@@ -14,9 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from aimesh import demo, topology
+from aimesh import demo, infra, topology
 from aimesh.paths import ROOT
 from aimesh.user.v1 import user_pb2_grpc
+from services.kit.events import Events
+from services.kit.tls import GATEWAY, Identity, dns_name
 from tests import ports
 
 TOPOLOGY = Path(__file__).with_name("topology.yaml")
@@ -44,7 +46,27 @@ class MeshHandle:
         return {int(p.read_text()) for p in (self.state_dir / "run").glob("*.pid")}
 
     def channel(self, target: str | None = None) -> grpc.Channel:
+        """To the edge (plaintext, as a client), or, as the operator with its certificate, to the
+        east-west listener."""
+        if target == self.mesh_listener:
+            return self.secure_channel(target, GATEWAY)
         return grpc.insecure_channel(target or self.gateway)
+
+    @property
+    def operator(self) -> Identity:
+        return infra.operator(self.topo, self.state_dir)
+
+    def secure_channel(self, target: str, server: str, identity: Identity | None = None) -> grpc.Channel:
+        """mTLS to `server` (a workload name) at `target`, as the operator or `identity`."""
+        return grpc.secure_channel(target, (identity or self.operator).channel_credentials(),
+                                   options=[("grpc.ssl_target_name_override", dns_name(server))])
+
+    def postgres_dsn(self, role: str = infra.SUPERUSER) -> str:
+        return infra.postgres_dsn(self.topo.infra, self.state_dir, role)
+
+    async def events(self, name: str) -> Events:
+        """A NATS connection as the operator."""
+        return await infra.events(self.topo, self.state_dir, name)
 
 
 def pytest_collection_modifyitems(items):

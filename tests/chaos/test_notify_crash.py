@@ -8,7 +8,6 @@ import grpc
 from aimesh.events.v1 import events_pb2
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.user.v1 import user_pb2
-from services.kit.events import Events
 from tests.integration.client import bearer, new_user, wait_for
 
 EVENTS = 1000
@@ -25,7 +24,7 @@ def all_notifications(inbox, token) -> list:
 
 
 async def publish_purchases(mesh, user_id: str, crash_after: int, crashed: threading.Event):
-    bus = await Events.connect(f"nats://127.0.0.1:{mesh.topo.infra.nats_port}", "chaos-publisher")
+    bus = await mesh.events("chaos-publisher")
     try:
         for item_id in range(1, EVENTS + 1):
             await bus.publish("user.purchased", events_pb2.UserPurchased(

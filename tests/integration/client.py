@@ -15,7 +15,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from aimesh.infra import postgres_dsn
 from aimesh.user.v1 import user_pb2
 
 
@@ -27,7 +26,7 @@ def stored(mesh, query: str, *args):
     """The first row of a query on the mesh's Postgres: what a service stored and no call shows
     (tests only)."""
     async def first_row():
-        connection = await asyncpg.connect(postgres_dsn(mesh.topo.infra))
+        connection = await asyncpg.connect(mesh.postgres_dsn())
         try:
             return await connection.fetchrow(query, *args)
         finally:

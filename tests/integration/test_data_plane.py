@@ -16,12 +16,13 @@ import pytest
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from aimesh import envoy, topology
+from aimesh import certs, envoy, topology
 from aimesh.mesh import Mesh
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services.kit.tls import Identity
 from tests import ports
 from tests.conftest import TOPOLOGY
 from tests.integration.client import (bearer, code_of, grpc_web, new_user, next_of_kind, token,
@@ -217,7 +218,11 @@ def slow_gateway(tmp_path):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     user_pb2_grpc.add_UserServiceServicer_to_server(slow, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
-    server.add_insecure_port(f"127.0.0.1:{topo.services['user'].instances[0].port}")
+    authority = certs.Authority(tmp_path)     # Envoy speaks mTLS to user-svc: SlowLogin is it
+    authority.ensure(topo.workloads(), topo.identity.certificate_lifetime_s)
+    as_user = Identity(authority.bundle("user"), authority.trust_bundle)
+    server.add_secure_port(f"127.0.0.1:{topo.services['user'].instances[0].port}",
+                           as_user.server_credentials())
     server.start()
     gateway = Mesh(topo, tmp_path)
     try:

@@ -4,7 +4,6 @@ import asyncio
 import pytest
 
 from aimesh.common.v1 import common_pb2
-from aimesh.infra import postgres_dsn
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from services.kit import database
 from services.user import demo
@@ -63,7 +62,7 @@ def test_the_imported_history_notifies_nobody(mesh, alice):
 
 
 async def _seed_again(mesh) -> tuple[list, int]:
-    pool = await database.connect(postgres_dsn(mesh.topo.infra), "user", MIGRATIONS)
+    pool = await database.connect(mesh.postgres_dsn(), "user", MIGRATIONS)
     announced = []
 
     async def announce(connection, purchase) -> None:

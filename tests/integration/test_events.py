@@ -3,11 +3,10 @@ import asyncio
 import uuid
 
 from aimesh.events.v1 import events_pb2
-from services.kit.events import Events
 
 
 async def test_an_event_that_keeps_failing_is_dead_lettered_and_reported(mesh):
-    bus = await Events.connect(f"nats://127.0.0.1:{mesh.topo.infra.nats_port}", "test-dead-letters")
+    bus = await mesh.events("test-dead-letters")
     stop, attempts, given_up = asyncio.Event(), [], asyncio.Event()
     published = await bus.publish("job.completed", events_pb2.JobCompleted(
         job_id=f"poison-{uuid.uuid4().hex[:6]}", user_id=str(uuid.uuid4())))

@@ -3,7 +3,6 @@ import asyncio
 import uuid
 
 from aimesh.events.v1 import events_pb2
-from aimesh.infra import postgres_dsn
 from services.kit import database
 from services.kit.events import Events
 from services.kit.outbox import MIGRATION, Outbox
@@ -24,9 +23,9 @@ async def published_ids(bus: Events, subject: str) -> set[str]:
 
 
 async def test_an_event_is_published_only_if_its_transaction_commits_even_after_a_crash(mesh):
-    pool = await database.connect(postgres_dsn(mesh.topo.infra), f"outbox_test_{uuid.uuid4().hex[:8]}",
+    pool = await database.connect(mesh.postgres_dsn(), f"outbox_test_{uuid.uuid4().hex[:8]}",
                                   [MIGRATION])
-    bus = await Events.connect(f"nats://127.0.0.1:{mesh.topo.infra.nats_port}", "outbox-test")
+    bus = await mesh.events("outbox-test")
     try:
         crashed = Outbox(pool, bus)   # writes, but dies before it relays
 

@@ -12,9 +12,8 @@ import asyncpg
 import pytest
 
 from aimesh.events.v1 import events_pb2
-from aimesh.infra import postgres_dsn
 from services.chat.store import COUNT as CONVERSATIONS, PRUNE as PRUNE_CONVERSATIONS
-from services.kit.events import Events, envelope
+from services.kit.events import envelope
 from services.kit.retention import Pruning, StreamLimits
 from services.notify.store import COUNT as NOTIFICATIONS, PRUNE as PRUNE_NOTIFICATIONS
 
@@ -23,7 +22,7 @@ DAY = 86400
 
 @pytest.fixture
 async def bus(mesh):
-    events = await Events.connect(f"nats://127.0.0.1:{mesh.topo.infra.nats_port}", "retention-test")
+    events = await mesh.events("retention-test")
     yield events
     await events.connection.close()
 
@@ -61,7 +60,7 @@ async def postgres(mesh):
     pools = {}
 
     async def pool(schema: str) -> asyncpg.Pool:
-        pools[schema] = await asyncpg.create_pool(postgres_dsn(mesh.topo.infra), min_size=1, max_size=2,
+        pools[schema] = await asyncpg.create_pool(mesh.postgres_dsn(), min_size=1, max_size=2,
                                                   server_settings={"search_path": schema})
         return pools[schema]
     yield pool

@@ -36,8 +36,9 @@ def test_grpcurl_without_a_token_is_unauthenticated(mesh):
 
 
 def test_every_instance_reports_serving_on_grpc_health(mesh):
+    """On the plaintext probe port, the only one a probe without a certificate can use."""
     for service, instance in mesh.topo.instances():
-        assert serving(f"127.0.0.1:{instance.port}", service.grpc_services[0]) or \
+        assert serving(f"127.0.0.1:{instance.probe_port}", service.grpc_services[0]) or \
             service.name == "catalog", instance.name
     assert serving(mesh.gateway)   # the gateway's own health, through Envoy
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from aimesh.infra import postgres_dsn
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from tests.integration.client import bearer, wait_for
 from tests.integration.test_triton_models import embed
@@ -41,7 +40,7 @@ def search(mesh):
 
 
 async def _fetch(mesh, sql: str, *args):
-    connection = await asyncpg.connect(postgres_dsn(mesh.topo.infra))
+    connection = await asyncpg.connect(mesh.postgres_dsn())
     try:
         return await connection.fetch(sql, *args)
     finally:

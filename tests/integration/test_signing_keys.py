@@ -5,7 +5,6 @@ import uuid
 
 import pytest
 
-from aimesh.infra import postgres_dsn
 from services.kit import database
 from services.user.store import MIGRATIONS
 from services.user.tokens import KeyRing, KeyStore, RotationPending
@@ -14,7 +13,7 @@ from tests.unit.user.test_key_ring import PUBLISH_S, TTL_S, Clock, signed_kid
 
 async def test_instances_share_the_keys_and_see_each_others_rotation(mesh):
     schema = f"keys_test_{uuid.uuid4().hex[:8]}"
-    pool = await database.connect(postgres_dsn(mesh.topo.infra), schema, MIGRATIONS)
+    pool = await database.connect(mesh.postgres_dsn(), schema, MIGRATIONS)
     clock = Clock()
 
     def instance() -> KeyStore:
