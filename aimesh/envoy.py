@@ -107,6 +107,7 @@ def write(topo: Topology, state_dir: Path) -> Path:
             "path_config_source": {"path": str(_routes_path(state_dir, listener["name"]))}}}
     if topo.identity.mtls:
         certs_dir = _certs_dir(state_dir)
+        certs_dir.mkdir(parents=True, exist_ok=True)
         for name, secret in _Tls(str(certs_dir)).secrets().items():
             _replace(certs_dir / name, secret)
     path = envoy_dir / "envoy.yaml"

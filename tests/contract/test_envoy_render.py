@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimesh import envoy, topology, web
+from aimesh import certs, envoy, topology, web
 
 GOLDEN = Path(__file__).parent / "golden" / "envoy.yaml"
 
@@ -73,6 +73,7 @@ def test_render_is_deterministic(topo):
 
 def test_envoy_accepts_the_written_config(topo, tmp_path):
     web.build()                         # the files the edge serves must exist
+    certs.Authority(tmp_path).ensure(topo.workloads(), topo.identity.certificate_lifetime_s)
     path = envoy.write(topo, tmp_path)
     assert path == tmp_path / "envoy" / "envoy.yaml"
     envoy.validate(path)
