@@ -5,6 +5,7 @@ import filecmp
 import importlib.util
 import os
 import re
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -152,6 +153,27 @@ def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
     return repository
 
 
+ADMIN_HEADER = "aimesh-admin"      # Triton answers its admin APIs only to requests carrying it
+ADMIN_APIS = "model-repository,shared-memory,trace,logging"   # load/unload, memory, tracing
+
+
+def admin_key(state_dir: Path) -> str:
+    """The operator's key to Triton's admin APIs (made once, 0600, in the state's secrets)."""
+    path = Path(state_dir) / "secrets" / "triton-admin"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def admin_headers(state_dir: Path) -> dict[str, str]:
+    """What the operator sends with a model load or unload (HTTP or gRPC)."""
+    return {ADMIN_HEADER: admin_key(state_dir)}
+
+
 def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
               repository: Path | None = None) -> Component:
     """Triton serving `models` from the project's repository (assembled here), or from
@@ -178,6 +200,11 @@ def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
         # Finish in-flight requests on SIGTERM, but within the runner's stop timeout.
         "--exit-timeout-secs=10",
         "--log-verbose=0",
+        # Loading and unloading models (code execution: docs/deploy.md) only with the operator's
+        # key, on HTTP and on gRPC (which workloads reach through the east-west listener).
+        # Triton takes the key on its command line: local users see it in the process list.
+        f"--http-restricted-api={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
+        f"--grpc-restricted-protocol={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
     ]
     return Component(
         name="triton", argv=argv, env=env(), cwd=work_dir,

@@ -45,6 +45,7 @@ class BenchMesh:
     """A mesh driven through the CLI (`python -m aimesh ...`), as a user would."""
 
     def __init__(self) -> None:
+        self.env = os.environ.copy()          # this mesh's AIMESH_STATE, offset and topology
         self.state = paths.state_dir()
         self.topo = topology.load()
         self.seen: list[psutil.Process] = []   # every mesh process observed, for the final check
@@ -55,7 +56,7 @@ class BenchMesh:
         """Run one aimesh command; return its wall time in seconds."""
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "aimesh", *args], cwd=paths.ROOT,
-                                env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+                                env=self.env, capture_output=True, text=True, timeout=900)
         elapsed = time.perf_counter() - started
         if result.returncode != 0:
             raise RuntimeError(f"aimesh {' '.join(args)} exited {result.returncode}:\n"

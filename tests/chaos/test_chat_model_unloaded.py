@@ -1,17 +1,29 @@
 """Run last: only the chat model goes away (unloaded from Triton; search still works). A chat
 turn is then a retrieval-only answer with its citations, marked FALLBACK; once the model is
 loaded again, turns come from it."""
+import urllib.error
 import urllib.request
 
+import pytest
+
+from aimesh import triton
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
 from tests.integration.client import bearer, wait_for
 
 
-def model_control(mesh, action: str) -> None:
+def model_control(mesh, action: str, *, as_operator: bool = True) -> None:
     url = f"http://127.0.0.1:{mesh.topo.infra.triton_http_port}/v2/repository/models/chat_lm/{action}"
-    with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=120) as reply:
+    headers = triton.admin_headers(mesh.state_dir) if as_operator else {}
+    request = urllib.request.Request(url, data=b"", method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=120) as reply:
         assert reply.status == 200
+
+
+def test_only_the_operator_may_unload_a_model(mesh):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        model_control(mesh, "unload", as_operator=False)
+    assert refused.value.code == 403
 
 
 def test_chat_model_gone_gives_a_retrieval_only_answer_then_the_model_again(mesh, bob):
