@@ -15,6 +15,7 @@
   aimesh web         build the browser page (web/ -> web/dist; up does it too)
   aimesh env         shell exports that put grpcurl, buf and envoy on PATH (and the operator's certificate)
   aimesh certs status   each workload's certificate and its expiry; aimesh certs rotate: renew all now
+  aimesh certs issue DIR  certificates for docker compose (deploy/compose/certs) from the mesh's CA
   aimesh models build   build the model artifacts that are not current (up does it too)
   aimesh models list    each model artifact, its content key, and whether it is built
   aimesh deploy render  write docker-compose.yml and deploy/ from the topology
@@ -225,6 +226,22 @@ def cmd_certs_status(args) -> int:
     return 0
 
 
+def cmd_certs_issue(args) -> int:
+    """Certificates for a deployment (docker compose mounts deploy/compose/certs/<workload>),
+    from the CA in the state dir, or your own CA's ca.pem and ca.key in --ca."""
+    import datetime
+    from pathlib import Path
+    from . import certs
+    topo = topology.load()
+    authority = certs.Authority(paths.state_dir(), folder=Path(args.ca) if args.ca else None)
+    lifetime = datetime.timedelta(seconds=topo.identity.certificate_lifetime_s)
+    for workload in topo.workloads():
+        authority.export(workload, lifetime, Path(args.folder) / workload)
+    print(f"aimesh: certificates for {', '.join(topo.workloads())} in {args.folder} "
+          f"(valid {lifetime}); issue again before they expire, then `docker compose kill -s HUP nats`")
+    return 0
+
+
 def cmd_certs_rotate(args) -> int:
     """New certificates for every workload now; every process picks its own up without a
     restart (see aimesh/certs.py)."""
@@ -355,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
                          ).set_defaults(run=cmd_certs_status)
     certs_cmd.add_parser("rotate", help="new certificates for every workload, now, no restart"
                          ).set_defaults(run=cmd_certs_rotate)
+    issue = certs_cmd.add_parser("issue", help="certificates for a deployment, one folder per "
+                                 "workload (tls.crt, tls.key, ca.crt)")
+    issue.add_argument("folder", help="e.g. deploy/compose/certs")
+    issue.add_argument("--ca", help="a folder with your CA's ca.pem and ca.key (default: the "
+                       "state dir's CA, made if missing)")
+    issue.set_defaults(run=cmd_certs_issue)
     commands.add_parser("env", help="print shell exports: eval \"$(bin/aimesh env)\"").set_defaults(
         run=cmd_env)
     models = commands.add_parser("models", help="model artifacts for Triton").add_subparsers(

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.kit.tls import dns_name, spiffe_id
+from services.kit.tls import dns_name, spiffe_id, split_bundle
 
 CA_LIFETIME = datetime.timedelta(days=365)
 RENEW_AT = 0.5               # renew a certificate once half its life has passed
@@ -68,8 +68,10 @@ class Status:
 
 
 class Authority:
-    def __init__(self, state_dir: Path):
-        self.dir = Path(state_dir) / "certs"
+    def __init__(self, state_dir: Path, *, folder: Path | None = None):
+        """The CA of the state dir (<state>/certs), or the one whose ca.pem and ca.key are in
+        `folder` (your own: docs/deploy.md)."""
+        self.dir = Path(folder) if folder else Path(state_dir) / "certs"
 
     @property
     def trust_bundle(self) -> Path:
@@ -132,6 +134,19 @@ class Authority:
         path = to or self.bundle(workload)
         _write(path, _key_pem(key) + cert.public_bytes(serialization.Encoding.PEM))
         return path
+
+    def export(self, workload: str, lifetime: datetime.timedelta, folder: Path) -> Path:
+        """A new certificate for `workload` in cert-manager's layout (tls.crt, tls.key, ca.crt)
+        in `folder`: what a deployment mounts (docker compose; Kubernetes without cert-manager)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o755)       # the containers' users read it; the key file stays 0600
+        bundle = self.issue(workload, lifetime, to=folder / ".bundle.pem")
+        key, chain = split_bundle(bundle.read_bytes())
+        _write(folder / "tls.key", key)
+        _write(folder / "tls.crt", chain, 0o644)
+        _write(folder / "ca.crt", self.trust_bundle.read_bytes(), 0o644)
+        bundle.unlink()
+        return folder
 
     def status(self, workload: str) -> Status | None:
         try:

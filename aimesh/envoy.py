@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -44,7 +45,6 @@ TRITON = Service(name="triton", grpc_services=("inference.GRPCInferenceService",
                  timeout_s=10,             # callers set tighter deadlines; this only bounds a hang
                  streams=("ModelStreamInfer",), idempotent=("*",))
 OTLP_CLUSTER = "otlp"                      # where spans go, when an OTLP endpoint is configured
-CERTS_DIR = "certs"                        # the CA's files (aimesh/certs.py); relative by default
 OWN_CERTIFICATE = "gateway"                # SDS secret names
 TRUST = "trust"
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -60,14 +60,35 @@ RESOURCE_EXHAUSTED = "8"                        # the gRPC status code, as a grp
 GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-model-version"
 
 
+@dataclass(frozen=True)
+class CertFiles:
+    """Where Envoy reads its certificate, key and the mesh's CA (a folder it watches: a renewal
+    replaces files there), and where its two SDS files are."""
+    folder: str
+    certificate: str
+    private_key: str
+    trust: str
+    sds_folder: str
+
+    @classmethod
+    def local(cls, folder: str = "certs") -> "CertFiles":
+        """The runner's: <state>/certs, the gateway's bundle (key and certificate in one file)."""
+        return cls(folder, f"{OWN_CERTIFICATE}.pem", f"{OWN_CERTIFICATE}.pem", "ca.pem", folder)
+
+    @classmethod
+    def mounted(cls, folder: str, sds_folder: str) -> "CertFiles":
+        """A deployment's: a mounted Secret in cert-manager's layout."""
+        return cls(folder, "tls.crt", "tls.key", "ca.crt", sds_folder)
+
+
 def render(topo: Topology, *, access_log_path: str | None = None,
            descriptor_set: str = DESCRIPTOR_SET, web_dir: str = WEB_DIR,
-           otlp_endpoint: str = "", certs_dir: str = CERTS_DIR) -> dict:
+           otlp_endpoint: str = "", certs: CertFiles = CertFiles.local()) -> dict:
     """The full bootstrap as a plain dict; the same arguments always give the same dict.
     `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on. With the topology's
-    identity.mtls, Envoy's own certificate and the CA come by SDS from files in `certs_dir`."""
+    identity.mtls, Envoy's own certificate and the CA come by SDS (`certs`)."""
     log = access_log_path or "/dev/stdout"
-    tls = _Tls(certs_dir) if topo.identity.mtls else None
+    tls = _Tls(certs) if topo.identity.mtls else None
     listener = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint)}
     config = {
         # Routes read from files (see write) need the node named.
@@ -108,7 +129,7 @@ def write(topo: Topology, state_dir: Path) -> Path:
     if topo.identity.mtls:
         certs_dir = _certs_dir(state_dir)
         certs_dir.mkdir(parents=True, exist_ok=True)
-        for name, secret in _Tls(str(certs_dir)).secrets().items():
+        for name, secret in sds_files(CertFiles.local(str(certs_dir))).items():
             _replace(certs_dir / name, secret)
     path = envoy_dir / "envoy.yaml"
     _replace(path, config)
@@ -149,7 +170,7 @@ def _render_for(topo: Topology, state_dir: Path) -> dict:
     return render(topo, access_log_path=str(logs / "envoy-access.log"),
                   descriptor_set=str(paths.DESCRIPTOR_SET), web_dir=str(paths.WEB_DIST),
                   otlp_endpoint=endpoint.removeprefix("http://").removeprefix("https://"),
-                  certs_dir=str(_certs_dir(state_dir)))
+                  certs=CertFiles.local(str(_certs_dir(state_dir))))
 
 
 def _certs_dir(state_dir: Path) -> Path:
@@ -241,24 +262,24 @@ def _handshake_log(listener: str, path: str) -> dict:
 
 class _Tls:
     """Envoy's side of workload identity: its own certificate and the CA by file-based SDS (Envoy
-    reloads them when the renewer replaces a file in the watched certificates folder)."""
+    reloads them when a file in the watched certificates folder is replaced)."""
 
-    def __init__(self, certs_dir: str):
-        self.certs_dir = certs_dir
+    def __init__(self, files: CertFiles):
+        self.files = files
 
     def _sds(self, name: str) -> dict:
         return {"name": name, "sds_config": {"resource_api_version": "V3", "path_config_source": {
-            "path": f"{self.certs_dir}/envoy-{name}.yaml",
-            "watched_directory": {"path": self.certs_dir}}}}
+            "path": f"{self.files.sds_folder}/envoy-{name}.yaml",
+            "watched_directory": {"path": self.files.folder}}}}
 
     def secrets(self) -> dict[str, dict]:
-        """The SDS files: file name -> discovery response. The bundle holds key and certificate;
-        Envoy reads each part from the same file."""
-        bundle = f"{self.certs_dir}/{OWN_CERTIFICATE}.pem"
+        """The SDS files: file name -> discovery response."""
+        f = self.files
         own = {"name": OWN_CERTIFICATE, "tls_certificate": {
-            "certificate_chain": {"filename": bundle}, "private_key": {"filename": bundle}}}
+            "certificate_chain": {"filename": f"{f.folder}/{f.certificate}"},
+            "private_key": {"filename": f"{f.folder}/{f.private_key}"}}}
         trust = {"name": TRUST, "validation_context": {
-            "trusted_ca": {"filename": f"{self.certs_dir}/ca.pem"}}}
+            "trusted_ca": {"filename": f"{f.folder}/{f.trust}"}}}
         secret = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
         return {f"envoy-{s['name']}.yaml": {"resources": [{"@type": secret, **s}]}
                 for s in (own, trust)}
@@ -293,6 +314,11 @@ class _Tls:
                      ".UpstreamTlsContext",
             "sni": dns_name(workload),
             "common_tls_context": self._common(["h2"] if http2 else ["http/1.1"], [workload])}}
+
+
+def sds_files(certs: CertFiles) -> dict[str, dict]:
+    """The SDS files the rendered config reads (name in certs.sds_folder -> content)."""
+    return _Tls(certs).secrets()
 
 
 def _rbac_filter(topo: Topology) -> dict:

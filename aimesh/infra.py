@@ -131,22 +131,29 @@ def _create_database(topo: Topology, state_dir: Path) -> None:
 
     if not run(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"):
         run(f"CREATE DATABASE {DATABASE}")
-    statements = ["CREATE EXTENSION IF NOT EXISTS vector;",
-                  f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;",
-                  "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
-                  f"ALTER ROLE {SUPERUSER} PASSWORD {_literal(_password(state_dir, SUPERUSER))};"]
-    for service in topo.services:
-        statements.append(_role_sql(service, _password(state_dir, service)))
-    run("\n".join(statements), DATABASE)
+    password = _literal(_password(state_dir, SUPERUSER))
+    run(f"ALTER ROLE {SUPERUSER} PASSWORD {password};\n"
+        + access_sql(list(topo.services), lambda role: _literal(_password(state_dir, role))),
+        DATABASE)
+
+
+def access_sql(roles: list[str], password) -> str:
+    """pgvector, nothing for PUBLIC, and a role per service (`password(role)`: its SQL)."""
+    return "\n".join([
+        "CREATE EXTENSION IF NOT EXISTS vector;",
+        f"REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC;",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+        *(role_sql(role, password(role)) for role in roles)])
 
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _role_sql(role: str, password: str) -> str:
+def role_sql(role: str, password: str) -> str:
     """Create or update `role`: login, nothing more, owner of the schema of the same name and of
-    everything in it (tables an older state dir made as the superuser move to it)."""
+    everything in it (tables an older state dir made as the superuser move to it). `password`
+    is SQL: a quoted literal, or a psql variable (:'name') in a deployment's init script."""
     name = '"' + role.replace('"', '""') + '"'
     return f"""
 DO $$ BEGIN
@@ -154,7 +161,7 @@ DO $$ BEGIN
     CREATE ROLE {name} LOGIN;
   END IF;
 END $$;
-ALTER ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD {_literal(password)};
+ALTER ROLE {name} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD {password};
 GRANT CONNECT ON DATABASE {DATABASE} TO {name};
 CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {name};
 ALTER SCHEMA {name} OWNER TO {name};
@@ -172,7 +179,10 @@ def nats(topo: Topology, state_dir: Path) -> Component:
     store = state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     config = store / "nats.conf"
-    config.write_text(json.dumps(nats_config(topo, state_dir, store), indent=1))
+    authority = certs.Authority(state_dir)
+    bundle = str(authority.bundle(certs.NATS))
+    tls = (bundle, bundle, str(authority.trust_bundle)) if topo.identity.mtls else None
+    config.write_text(json.dumps(nats_config(topo, str(store), tls), indent=1))
     return Component(
         name="nats",
         argv=[venv_bin("nats-server"), "-c", str(config)],
@@ -211,19 +221,18 @@ def _consumer_subjects(stream: str) -> list[str]:
             ("CREATE", "DURABLE.CREATE", "INFO", "MSG.NEXT")] + [f"$JS.ACK.{stream}.>"]
 
 
-def nats_config(topo: Topology, state_dir: Path, store: Path) -> dict:
-    """nats-server's configuration (JSON is valid NATS config). With mTLS each client is the
-    SPIFFE id in its certificate (verify_and_map) and may publish only its own subjects."""
+def nats_config(topo: Topology, store: str, tls: tuple[str, str, str] | None, *,
+                host: str = "127.0.0.1") -> dict:
+    """nats-server's configuration (JSON is valid NATS config). With `tls` (certificate, key and
+    CA files) each client is the SPIFFE id in its certificate (verify_and_map) and may publish
+    only its own subjects. Monitoring stays plaintext (loopback locally)."""
     infra = topo.infra
-    config = {"server_name": "aimesh", "listen": f"127.0.0.1:{infra.nats_port}",
-              "http": f"127.0.0.1:{infra.nats_monitor_port}",   # monitoring: loopback, plaintext
-              "jetstream": {"store_dir": str(store)}}
-    if not topo.identity.mtls:
+    config = {"server_name": "aimesh", "listen": f"{host}:{infra.nats_port}",
+              "http": f"{host}:{infra.nats_monitor_port}", "jetstream": {"store_dir": store}}
+    if tls is None:
         return config
-    authority = certs.Authority(state_dir)
-    server = str(authority.bundle(certs.NATS))
-    config["tls"] = {"cert_file": server, "key_file": server,
-                     "ca_file": str(authority.trust_bundle), "verify_and_map": True}
+    certificate, key, ca = tls
+    config["tls"] = {"cert_file": certificate, "key_file": key, "ca_file": ca, "verify_and_map": True}
     users = [{"user": spiffe_id(certs.OPERATOR)}]      # the operator: everything
     for service in topo.services.values():
         publish = [*service.publishes, *JS_STREAM_SETUP]

@@ -15,7 +15,8 @@ class Config:
     port: int = 0
     metrics_port: int = 0             # Prometheus /metrics; 0 = off
     probe_port: int = 0               # plaintext grpc.health.v1 only (probes that cannot do TLS); 0 = off
-    certificate: str = ""             # this workload's key + certificate (kit.tls); "" = plaintext
+    certificate: str = ""             # this workload's certificate (kit.tls); "" = plaintext
+    private_key: str = ""             # its key; "" = in the certificate's file (a bundle)
     trust_bundle: str = ""            # the mesh CA's certificate
     grace_s: float = 10.0             # SIGTERM: time to finish in-flight calls
     postgres_dsn: str = ""

@@ -52,23 +52,34 @@ def split_bundle(pem: bytes) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True)
 class Identity:
-    """Where this process's bundle and the mesh's CA are (Config.certificate / trust_bundle)."""
+    """Where this process's certificate, its key and the mesh's CA are (Config.certificate,
+    private_key, trust_bundle). Locally the key is in the certificate's file (one bundle, replaced
+    at once); in Kubernetes they are cert-manager's tls.crt and tls.key."""
     bundle: Path
     trust: Path
+    key: Path | None = None
 
     @classmethod
     def of(cls, config) -> "Identity | None":
         if not config.certificate:
             return None
-        return cls(Path(config.certificate), Path(config.trust_bundle))
+        return cls(Path(config.certificate), Path(config.trust_bundle),
+                   Path(config.private_key) if config.private_key else None)
 
-    def _version(self) -> tuple[int, int]:
-        return (os.stat(self.bundle).st_mtime_ns, os.stat(self.trust).st_mtime_ns)
+    def _version(self) -> tuple[int, ...]:
+        files = (self.bundle, self.trust, *([self.key] if self.key else []))
+        return tuple(os.stat(path).st_mtime_ns for path in files)
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """(key, chain, CA certificates)."""
-        key, chain = split_bundle(self.bundle.read_bytes())
+        if self.key is None:
+            key, chain = split_bundle(self.bundle.read_bytes())
+        else:
+            key, chain = self.key.read_bytes(), self.bundle.read_bytes()
         return key, chain, self.trust.read_bytes()
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        context.load_cert_chain(str(self.bundle), str(self.key) if self.key else None)
 
     # --- servers ---------------------------------------------------------------------------
 
@@ -103,17 +114,17 @@ class Identity:
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
                                             certificate_chain=chain)
 
-    def changed_since(self, version: tuple[int, int]) -> bool:
+    def changed_since(self, version: tuple[int, ...]) -> bool:
         return self._version() != version
 
-    def version(self) -> tuple[int, int]:
+    def version(self) -> tuple[int, ...]:
         return self._version()
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that presents this process's certificate and trusts only the CA
         (NATS); `keep_loaded` puts a renewed certificate into it for the next connection."""
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.trust))
-        context.load_cert_chain(str(self.bundle))
+        self._load(context)
         return context
 
     def server_ssl_context(self) -> ssl.SSLContext:
@@ -121,7 +132,7 @@ class Identity:
         the mesh's CA required."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_3
-        context.load_cert_chain(str(self.bundle))
+        self._load(context)
         context.load_verify_locations(cafile=str(self.trust))
         context.verify_mode = ssl.CERT_REQUIRED
         return context
@@ -134,7 +145,7 @@ class Identity:
                 await asyncio.wait_for(stop.wait(), every_s)
             if self.changed_since(version):
                 version = self.version()
-                context.load_cert_chain(str(self.bundle))
+                self._load(context)
                 log.info("certificate reloaded for new connections")
 
 

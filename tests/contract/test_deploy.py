@@ -4,6 +4,7 @@ engine or cluster runs here. After an intended change: `bin/aimesh deploy render
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -17,12 +18,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from aimesh import deploy, envoy, paths, topology
+from aimesh import certs, deploy, envoy, paths, topology
+from services.kit.tls import GATEWAY, spiffe_id
 
 ROOT = paths.ROOT
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.32.0"       # the oldest release the manifests must be valid for
 KUBECTL = shutil.which("kubectl")
+CERT_MANAGER = "cert-manager.io/"
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: "
                                    "`kubectl kustomize` cannot build the overlays here")
 
@@ -106,7 +109,8 @@ def _kustomize(directory: Path) -> list[dict]:
     assert result.returncode == 0, result.stderr
     documents = [d for d in yaml.safe_load_all(result.stdout) if d]
     for document in documents:
-        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        if not document["apiVersion"].startswith(CERT_MANAGER):   # a CRD: no schema offline
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
     return documents
 
 
@@ -163,6 +167,16 @@ def test_container_envoy_configs_pass_envoys_own_validation(config, tmp_path):
         (page / file).write_text("page")
     text = (ROOT / config).read_text().replace(deploy.ENVOY_DESCRIPTOR_SET, str(paths.DESCRIPTOR_SET))
     text = text.replace(deploy.ENVOY_WEB_DIR, str(page))
+    # The mounted certificates and SDS files, where this machine has them.
+    authority = certs.Authority(tmp_path / "state")
+    authority.export(GATEWAY, datetime.timedelta(hours=1), tmp_path / "certs")
+    sds = tmp_path / "sds"
+    sds.mkdir()
+    for name, content in envoy.sds_files(deploy.envoy_certs(str(sds))).items():
+        (sds / name).write_text(yaml.safe_dump(content).replace(deploy.CERTS_MOUNT, str(tmp_path / "certs")))
+    for folder in (deploy.COMPOSE_ENVOY_SDS, deploy.ENVOY_CONFIG_DIR):
+        text = text.replace(f"{folder}/envoy-", f"{sds}/envoy-")
+    text = text.replace(deploy.CERTS_MOUNT, str(tmp_path / "certs"))
     (tmp_path / "envoy.yaml").write_text(text)
     envoy.validate(tmp_path / "envoy.yaml")
 
@@ -205,7 +219,7 @@ def test_every_compose_instance_is_the_topologys(topo, compose):
         assert int(env["AIMESH_PORT"]) == instance.port
         assert int(env["AIMESH_METRICS_PORT"]) == instance.metrics_port
         assert env["AIMESH_HOST"] == "0.0.0.0"      # reachable from Envoy and Prometheus
-        assert container["healthcheck"]["test"] == deploy.grpc_probe(instance.port)
+        assert container["healthcheck"]["test"] == deploy.grpc_probe(instance.probe_port)
         assert container["depends_on"] == {"postgres": {"condition": "service_healthy"},
                                            "nats": {"condition": "service_healthy"}}
         assert env["AIMESH_MESH_ADDRESS"] == f"envoy:{topo.gateway.mesh_port}"
@@ -270,8 +284,8 @@ def test_every_k8s_workload_is_the_topologys(topo, manifests):
         assert int(env["AIMESH_PORT"]) == port
         assert env["AIMESH_VERSION"] == workload.instance.version
         assert {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"] == port
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": port}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):   # plaintext, health only
+            assert container[probe]["grpc"] == {"port": workload.instance.probe_port}
         assert container["resources"]["requests"]
         service = _find(manifests, "Service", workload.name)
         assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["grpc"] == port
@@ -393,3 +407,46 @@ def test_weight_steps_add_up_to_a_hundred(topo):
     topo3 = dataclasses.replace(topo, services={**topo.services, canary.name: three})
     assert sum(i.weight for i in deploy.with_weights(topo3, canary.name, 25)
                .services[canary.name].instances) == 100
+
+
+# --- workload identity in the deployments ------------------------------------------------------
+
+def test_each_compose_container_mounts_only_its_own_certificate(topo):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    mounts = {name: [v for v in c.get("volumes", []) if deploy.CERTS_MOUNT in v]
+              for name, c in compose.items()}
+    for service, instance in topo.instances():
+        assert mounts[instance.name] == [f"./{deploy.COMPOSE_CERTS}/{service.name}:{deploy.CERTS_MOUNT}:ro"]
+    assert mounts["envoy"] == [f"./{deploy.COMPOSE_CERTS}/{GATEWAY}:{deploy.CERTS_MOUNT}:ro"]
+    assert mounts["triton"] == [] and compose["triton"]["networks"] == ["inference"]
+    assert "inference" in compose["envoy"]["networks"]
+
+
+def test_each_service_logs_in_as_its_own_role_in_the_deployments(topo, manifests):
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for service, instance in topo.instances():
+        assert compose[instance.name]["environment"]["AIMESH_POSTGRES_DSN"].startswith(
+            f"postgresql://{service.name}:")
+    script = (ROOT / "deploy" / "k8s" / "base" / "postgres-init.sh").read_text()
+    for name in topo.services:
+        assert f'ALTER ROLE "{name}" LOGIN NOSUPERUSER' in script
+        assert f'-v {name}_password="${deploy.password_variable(name)}"' in script
+
+
+@needs_kubectl
+def test_cert_manager_issues_every_workload_its_spiffe_id(topo):
+    documents = _kustomize(K8S / "overlays" / "gpu")
+    issued = {d["spec"]["secretName"]: d["spec"]["uris"] for d in documents
+              if d["kind"] == "Certificate"}
+    for workload in topo.workloads():
+        if workload != certs.OPERATOR:
+            assert issued[f"{workload}-tls"] == [spiffe_id(workload)]
+    mounted = {d["metadata"]["name"]: [v["secret"]["secretName"] for v in
+                                       d["spec"]["template"]["spec"].get("volumes", []) if "secret" in v]
+               for d in documents if d["kind"] in ("Deployment", "StatefulSet")}
+    for workload in deploy.workloads(topo):
+        assert mounted[workload.name] == [f"{workload.service.name}-tls"]
+    assert mounted["envoy"] == ["gateway-tls"] and mounted["nats"] == ["nats-tls"]
+    policy = _find(documents, "NetworkPolicy", "triton")
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "envoy"}}}]
