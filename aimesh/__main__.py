@@ -30,7 +30,9 @@ import subprocess
 import sys
 import time
 
-from . import codegen, models, paths, topology, web
+# Only modules that import nothing generated: the rest (web, mesh, ... import the services' kit,
+# which imports the stubs) are imported inside the commands, after main() has generated them.
+from . import codegen, models, paths, topology
 
 
 def cmd_up(args) -> int:
@@ -186,6 +188,7 @@ def cmd_gen(args) -> int:
 
 
 def cmd_web(args) -> int:
+    from . import web
     try:
         print(f"built {paths.WEB_DIST}" if web.build(force=args.force) else "the page is current")
     except RuntimeError as failure:
@@ -289,7 +292,7 @@ def cmd_deploy_lock(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from . import browser
+    from . import browser, web
     codegen.generate()
     try:
         web.build()
