@@ -199,10 +199,16 @@ def nats_url(topo: Topology) -> str:
 def operator(topo: Topology, state_dir: Path) -> Identity | None:
     """The operator's identity (the CLI, grpcurl, the tests), or None when the mesh runs without
     mTLS."""
+    return as_workload(topo, state_dir, certs.OPERATOR)
+
+
+def as_workload(topo: Topology, state_dir: Path, workload: str) -> Identity | None:
+    """A workload's own identity, for a benchmark that stands in for it (e.g. calling a service's
+    port as the gateway does); None without mTLS."""
     if not topo.identity.mtls:
         return None
     authority = certs.Authority(state_dir)
-    return Identity(authority.bundle(certs.OPERATOR), authority.trust_bundle)
+    return Identity(authority.bundle(workload), authority.trust_bundle)
 
 
 async def events(topo: Topology, state_dir: Path, name: str) -> Events:

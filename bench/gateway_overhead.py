@@ -3,7 +3,8 @@ user-svc vs through Envoy's edge (JWT check and per-user rate limit on), at conc
 
 Prints figures and ratios, asserts none. Needs a running mesh (`bin/aimesh up`; the same
 AIMESH_PORT_OFFSET / AIMESH_STATE). The direct call carries the identity headers Envoy would
-have written, so both paths do the same work in user-svc. The user is a pro-tier demo account;
+have written (over mTLS with the gateway's certificate, as Envoy's own call), so both paths do
+the same work in user-svc. The user is a pro-tier demo account;
 the figures count only OK calls, and the `limited` column says how many the rate limit refused
 (a rerun within a minute can use up the bucket), so a limited run is not mistaken for a fast one.
 
@@ -17,18 +18,28 @@ import time
 
 import grpc
 
-from aimesh import demo, topology
+from aimesh import demo, infra, paths, topology
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER
+from services.kit.tls import GATEWAY, Identity, dns_name
 
 CALLS = 640           # per (path, concurrency); both Envoy rows stay under the pro limit
 WARMUP = 50
 
 
-async def measure(target: str, metadata: list[tuple[str, str]], concurrency: int) -> tuple[list[float], int]:
+def open_channel(target: str, as_gateway: Identity | None) -> grpc.aio.Channel:
+    """The edge is plaintext; user-svc's own port takes the gateway's certificate (mTLS on)."""
+    if as_gateway is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, as_gateway.channel_credentials(),
+                                   options=[("grpc.ssl_target_name_override", dns_name("user"))])
+
+
+async def measure(target: str, metadata: list[tuple[str, str]], concurrency: int,
+                  as_gateway: Identity | None = None) -> tuple[list[float], int]:
     """Latencies of the OK calls, and how many calls the rate limit refused (a rerun within a
     minute can use up the user's bucket); any other failure ends the run."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, as_gateway) as channel:
         stub = user_pb2_grpc.UserServiceStub(channel)
         latencies: list[float] = []
         limited = 0
@@ -76,9 +87,11 @@ async def main() -> None:
     print(f"{'concurrency':>11} {'path':>8} {'p50':>8} {'p99':>8} {'limited':>8}")
     for concurrency in (1, 64):
         rows, refused = {}, 0
-        for name, target, metadata in (("direct", direct, identity),
-                                       ("envoy", gateway, [("authorization", f"Bearer {token}")])):
-            latencies, limited = await measure(target, metadata, concurrency)
+        as_gateway = infra.as_workload(topo, paths.state_dir(), GATEWAY)
+        for name, target, metadata, who in (
+                ("direct", direct, identity, as_gateway),
+                ("envoy", gateway, [("authorization", f"Bearer {token}")], None)):
+            latencies, limited = await measure(target, metadata, concurrency, who)
             if len(latencies) < 2:
                 raise SystemExit(f"{name}: {limited} of {CALLS} calls rate-limited; rerun in a minute")
             rows[name] = (percentile(latencies, 50), percentile(latencies, 99))

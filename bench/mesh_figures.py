@@ -27,11 +27,12 @@ import grpc  # noqa: E402
 import psutil  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from aimesh import demo, paths, topology  # noqa: E402
+from aimesh import demo, infra, paths, topology  # noqa: E402
 from aimesh.mesh import PortInUse, check_ports_free  # noqa: E402
 from aimesh.supervisor import Supervisor  # noqa: E402
 from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
 from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER  # noqa: E402
+from services.kit.tls import GATEWAY, dns_name  # noqa: E402
 
 CALLS = 1000
 WARMUP = 50
@@ -62,6 +63,15 @@ class BenchMesh:
             raise RuntimeError(f"aimesh {' '.join(args)} exited {result.returncode}:\n"
                                f"{result.stdout}{result.stderr}")
         return elapsed
+
+    def direct(self, instance: str, service: str) -> grpc.Channel:
+        """A channel to an instance's own port, as the gateway (its certificate) when mTLS is on."""
+        port = next(i.port for _, i in self.topo.instances() if i.name == instance)
+        gateway = infra.as_workload(self.topo, self.state, GATEWAY)
+        if gateway is None:
+            return grpc.insecure_channel(f"127.0.0.1:{port}")
+        return grpc.secure_channel(f"127.0.0.1:{port}", gateway.channel_credentials(),
+                                   options=[("grpc.ssl_target_name_override", dns_name(service))])
 
     def up(self, *, demo_data: bool = False) -> float:
         return self.cli("up", *([] if demo_data else ["--no-demo"]))
@@ -188,7 +198,6 @@ def claims(token: str) -> dict:
 
 def latencies(mesh: BenchMesh) -> dict[str, dict[str, float]]:
     """p50/p99 of Health/Check and GetProfile, straight to an instance and via Envoy's edge."""
-    instance = {i.name: f"127.0.0.1:{i.port}" for _, i in mesh.topo.instances()}
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     token = demo.login(gateway, ADMIN)
     who = claims(token)
@@ -196,8 +205,7 @@ def latencies(mesh: BenchMesh) -> dict[str, dict[str, float]]:
                 (ROLE_HEADER, who.get("role", "user"))]
     bearer = [("authorization", f"Bearer {token}")]
 
-    with grpc.insecure_channel(instance["user"]) as user, \
-            grpc.insecure_channel(instance["catalog"]) as catalog, \
+    with mesh.direct("user", "user") as user, mesh.direct("catalog", "catalog") as catalog, \
             grpc.insecure_channel(gateway) as edge:
         cases = {
             "Health/Check  user direct": health_check(user),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc  # noqa: E402
 
-from aimesh import certs, infra  # noqa: E402
+from aimesh import infra  # noqa: E402
 from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
 from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER  # noqa: E402
 from services.kit.tls import GATEWAY, Identity, dns_name  # noqa: E402
@@ -70,8 +70,7 @@ def paths(mesh: BenchMesh) -> dict[str, tuple]:
     token = [("authorization", f"Bearer {login.access_token}")]
     identity = [(USER_ID_HEADER, login.profile.user_id), (TIER_HEADER, "free"), (ROLE_HEADER, "user")]
     operator = infra.operator(topo, state)
-    as_gateway = None if operator is None else Identity(
-        certs.Authority(state).bundle(GATEWAY), operator.trust)
+    as_gateway = infra.as_workload(topo, state, GATEWAY)
     return {
         "service": (f"127.0.0.1:{topo.services['user'].instances[0].port}", as_gateway, "user", identity),
         "edge": (gateway, None, GATEWAY, token),
