@@ -48,6 +48,9 @@ OTLP_CLUSTER = "otlp"                      # where spans go, when an OTLP endpoi
 OWN_CERTIFICATE = "gateway"                # SDS secret names
 TRUST = "trust"
 RBAC_FILTER = "envoy.filters.http.rbac"
+# CEL: the connection failed in TLS (no certificate, an unknown CA, expired); the listener's log
+# would otherwise have a line for every connection.
+HANDSHAKE_FAILED = "connection.transport_failure_reason != ''"      # CEL: the client presented no certificate that verified
 
 # Retry only what never produced an answer: a refused connection, a reset, or UNAVAILABLE.
 # RESOURCE_EXHAUSTED (a rate limit) is deliberately absent.
@@ -249,11 +252,18 @@ def _listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
 
 
 def _handshake_log(listener: str, path: str) -> dict:
+    """A log line for each connection refused at the handshake, naming the peer (its address,
+    and the SPIFFE id its certificate claims, if it sent one) and the reason."""
     fields = {"time": "%START_TIME%", "listener": listener, "event": "tls handshake failed",
               "peer": "%DOWNSTREAM_REMOTE_ADDRESS%", "peer_id": "%DOWNSTREAM_PEER_URI_SAN%",
               "reason": "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%"}
     return {
         "name": "envoy.access_loggers.file",
+        "filter": {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel",
+                                        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3"
+                     ".ExpressionFilter",
+            "expression": HANDSHAKE_FAILED}}},
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": path, "log_format": {"json_format": fields}},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import socket
 import ssl
 import threading
@@ -64,14 +65,16 @@ def _business_method(service: str) -> str | None:
 
 
 def _issued(mesh, tmp_path, workload: str, *, authority=None, expired=False) -> Identity:
-    """A certificate for `workload` in a file of the test's own (the mesh's are left alone)."""
+    """A certificate for `workload` in a file of the test's own (the mesh's are left alone), from
+    the mesh's CA or `authority`; the client trusts the mesh's CA either way (it is public), so
+    any refusal is the server's."""
     authority = authority or certs.Authority(mesh.state_dir)
     lifetime = datetime.timedelta(hours=1)
     start = datetime.datetime.now(datetime.timezone.utc) - (3 * lifetime if expired else
                                                             datetime.timedelta(minutes=1))
     bundle = authority.issue(workload, lifetime, not_before=start,
                              to=tmp_path / f"{workload}-{'expired' if expired else 'test'}.pem")
-    return Identity(bundle, authority.trust_bundle)
+    return Identity(bundle, mesh.operator.trust)
 
 
 @pytest.mark.parametrize("name", INSTANCES)
@@ -109,17 +112,29 @@ def test_certificates_of_another_ca_or_expired_are_refused(mesh, tmp_path):
         assert _forged_call(channel) == grpc.StatusCode.NOT_FOUND
 
 
-def test_the_east_west_listener_refuses_no_certificate_and_unknown_ca(mesh, tmp_path):
+def test_the_east_west_listener_refuses_and_logs_no_certificate_unknown_ca_and_expired(mesh, tmp_path):
     no_certificate = grpc.ssl_channel_credentials(mesh.operator.trust.read_bytes())
     with grpc.secure_channel(mesh.mesh_listener, no_certificate, options=[
             ("grpc.ssl_target_name_override", dns_name(GATEWAY))]) as channel:
         assert _forged_call(channel) == grpc.StatusCode.UNAVAILABLE
     stranger = _issued(mesh, tmp_path, "chat", authority=certs.Authority(tmp_path / "other-ca"))
-    with mesh.secure_channel(mesh.mesh_listener, GATEWAY, stranger) as channel:
-        assert _forged_call(channel) == grpc.StatusCode.UNAVAILABLE
+    expired = _issued(mesh, tmp_path, "chat", expired=True)
+    for identity in (stranger, expired):
+        with mesh.secure_channel(mesh.mesh_listener, GATEWAY, identity) as channel:
+            assert _forged_call(channel) == grpc.StatusCode.UNAVAILABLE
     log = mesh.state_dir / "logs" / "envoy-access.log"
-    wait_for(lambda: "tls handshake failed" in log.read_text(), timeout_s=10,
-             what="Envoy's log line for the refused handshake")
+
+    def refusals() -> list[dict]:
+        return [line for line in map(json.loads, log.read_text().splitlines())
+                if line.get("event") == "tls handshake failed"]
+    reasons = ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "unable_to_get_local_issuer_certificate",
+               "certificate_has_expired")
+    def logged(reason: str) -> bool:
+        return any(reason in (line["reason"] or "") for line in refusals())
+    for reason in reasons:
+        wait_for(lambda: logged(reason), timeout_s=20,
+                 what=f"Envoy's log line for a refused handshake with {reason}")
+    assert all(line["peer"].startswith("127.0.0.1:") for line in refusals())
 
 
 def test_the_allow_list_lets_chat_search_and_nothing_else(mesh, tmp_path, bob):
