@@ -197,7 +197,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     app.prune(pool, "conversations", delete=PRUNE, count=COUNT)
     conversations = ConversationStore(pool)
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
-    model = ChatModel(Triton(app.channel(app.config.triton_address, retries=0)), app.config.temperature)
+    model = ChatModel(Triton(app.channel(app.config.triton_address)), app.config.temperature)
     audit = Audit(app.outbox(pool, await app.events()), "chat")
     in_progress = AnswersInProgress(app.config.generations_per_user)
     return [kit.Binding("aimesh.chat.v1.ChatService", chat_pb2_grpc.add_ChatServiceServicer_to_server,

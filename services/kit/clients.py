@@ -25,17 +25,10 @@ class Inbound:
 
 inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar("inbound", default=None)
 
-RETRY_ON = ("UNAVAILABLE",)
-
-
-def service_config(retries: int) -> str:
-    """gRPC's retry policy: retry only what never reached a handler (UNAVAILABLE)."""
-    method = {"name": [{}]}
-    if retries:
-        method["retryPolicy"] = {
-            "maxAttempts": retries + 1, "initialBackoff": "0.05s", "maxBackoff": "1s",
-            "backoffMultiplier": 2, "retryableStatusCodes": list(RETRY_ON)}
-    return json.dumps({"methodConfig": [method]})
+# One retry layer per hop: Envoy retries what failed upstream (idempotent calls, another host).
+# A kit channel has no retry policy of its own; gRPC still retries, transparently, a call that
+# never left this process (its connection to the local Envoy failed before sending).
+SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{}]}]})
 
 
 class Deadlines(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
@@ -67,11 +60,11 @@ class Deadlines(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
         return await continuation(self.details(call), requests)
 
 
-def channel(target: str, *, timeout_s: float = 5.0, retries: int = 2,
+def channel(target: str, *, timeout_s: float = 5.0,
             identity: Identity | None = None) -> grpc.aio.Channel:
-    """A channel whose every call has a deadline (default `timeout_s`) and retries UNAVAILABLE;
-    with an identity, mTLS to the gateway's east-west listener, renewed as the certificate is."""
-    options = [("grpc.service_config", service_config(retries)), ("grpc.enable_retries", 1)]
+    """A channel whose every call has a deadline (default `timeout_s`); with an identity, mTLS to
+    the gateway's east-west listener, renewed as the certificate is."""
+    options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     interceptors = [Deadlines(timeout_s), *aio_client_interceptors()]
     if identity is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

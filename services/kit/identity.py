@@ -7,9 +7,13 @@ import grpc
 
 from .errors import PermissionDenied, Unauthenticated
 
+# The headers the gateway writes from a verified token (and strips from clients), by claim; the
+# Envoy renderer and the kit both read them from here.
 USER_ID_HEADER = "x-aimesh-user-id"
 TIER_HEADER = "x-aimesh-tier"
 ROLE_HEADER = "x-aimesh-role"
+CLAIM_HEADERS = {"sub": USER_ID_HEADER, "tier": TIER_HEADER, "role": ROLE_HEADER}
+JWKS_PATH = "/.well-known/jwks.json"     # where user-svc serves the keys the gateway verifies with
 
 
 @dataclass(frozen=True)

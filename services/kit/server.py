@@ -82,9 +82,9 @@ class App:
         self.spawn(relay.run(self.stopping), name="outbox")
         return relay
 
-    def channel(self, target: str, *, timeout_s: float | None = None, retries: int = 2):
+    def channel(self, target: str, *, timeout_s: float | None = None):
         chan = clients.channel(target, timeout_s=timeout_s or self.config.call_timeout_s,
-                               retries=retries, identity=self.identity)
+                               identity=self.identity)
         self._resources.push_async_callback(chan.close)
         return chan
 

@@ -89,7 +89,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     app.spawn(events.consume("USERS", HISTORY_CONSUMER, record_purchase,
                              subjects=["user.purchased"], stop=app.stopping), name=HISTORY_CONSUMER)
     version = config.version or "v1"
-    model = RecommenderModel(Triton(app.channel(config.triton_address, retries=0)),
+    model = RecommenderModel(Triton(app.channel(config.triton_address)),
                              version.removeprefix("v"), Breaker(f"{MODEL}-{version}"))
     audit = Audit(app.outbox(pool, events), "recommend")
     servicer = RecommendServicer(store, model, audit, RecentAnswers(), version)

@@ -30,9 +30,10 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services.kit.identity import JWKS_PATH
+
 log = logging.getLogger("aimesh.keys")
 
-JWKS_PATH = "/.well-known/jwks.json"
 KID_TIME = "%Y%m%d%H%M%S"
 RELOAD_S = 1.0        # how soon another instance's rotation shows in this one's JWKS
 # Beyond the gateway's cache time: a reload, one fetch, and one retry after a failure.

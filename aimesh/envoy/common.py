@@ -1,0 +1,118 @@
+"""Names and small helpers every part of the Envoy config shares."""
+from __future__ import annotations
+
+from aimesh.topology import Service, Topology
+
+
+LOOPBACK = "127.0.0.1"
+
+
+JWT_PROVIDER = "user"                      # user-svc issues every token
+
+
+JWKS_CLUSTER = "jwks"
+
+
+PIN_HEADER = "x-model-version"             # pins one version of a canary service
+
+
+DESCRIPTOR_SET = "gen/aimesh.binpb"        # for JSON transcoding; relative to the repository
+
+
+WEB_DIR = "web/dist"                       # the built page (`aimesh web`); relative to the repository
+
+
+# The page's files, served by the edge itself (one front door, one origin): path -> (file, type).
+WEB_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/web/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/web/app.css": ("app.css", "text/css; charset=utf-8"),
+}
+
+
+MAX_WEB_FILE_BYTES = 4 * 1024 * 1024       # Envoy's default cap on a direct response is 4 KiB
+
+
+# Triton is routed like a service of the topology: its streams have no route timeout, and
+# inference has no side effects, so every call may be retried.
+TRITON = Service(name="triton", grpc_services=("inference.GRPCInferenceService",), instances=(),
+                 timeout_s=10,             # callers set tighter deadlines; this only bounds a hang
+                 streams=("ModelStreamInfer",), idempotent=("*",))
+
+
+OTLP_CLUSTER = "otlp"                      # where spans go, when an OTLP endpoint is configured
+
+
+OWN_CERTIFICATE = "gateway"                # SDS secret names
+
+
+TRUST = "trust"
+
+
+RBAC_FILTER = "envoy.filters.http.rbac"
+
+
+# CEL: the connection failed in TLS (no certificate, an unknown CA, expired); the listener's log
+# would otherwise have a line for every connection.
+HANDSHAKE_FAILED = "connection.transport_failure_reason != ''"      # CEL: the client presented no certificate that verified
+
+
+# Retry only what never produced an answer: a refused connection, a reset, or UNAVAILABLE.
+# RESOURCE_EXHAUSTED (a rate limit) is deliberately absent.
+RETRY_ON = "unavailable,reset,connect-failure"
+
+
+RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+
+
+CORS_FILTER = "envoy.filters.http.cors"
+
+
+MAX_USERS_TRACKED = 10000                  # per-user buckets kept per route (least recently used go)
+
+
+RATE_LIMITED_MESSAGE = "local_rate_limited"   # Envoy's grpc-message for a limited call
+
+
+RESOURCE_EXHAUSTED = "8"                        # the gRPC status code, as a grpc-status header
+
+
+GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-model-version"
+
+
+def version_pins(service: Service) -> list[tuple[str, str]]:
+    """(version, cluster) for each version of a canary service; none for a plain service."""
+    return [(i.version, version_cluster(service, i.version)) for i in service.instances if i.version]
+
+
+def route_target(service: Service) -> dict:
+    """A canary service splits by the topology's weights; a plain one is a single cluster."""
+    if not version_pins(service):
+        return {"cluster": cluster_name(service)}
+    split = [{"name": version_cluster(service, i.version), "weight": i.weight}
+             for i in service.instances if i.version]
+    return {"weighted_clusters": {"clusters": split}}
+
+
+def cluster_name(service: Service) -> str:
+    return service.name
+
+
+def version_cluster(service: Service, version: str) -> str:
+    return f"{service.name}-{version}"
+
+
+def issuer_service(topo: Topology) -> Service:
+    """The one service that serves the JWKS (user-svc)."""
+    issuers = [s for s in topo.services.values() if s.jwks_port]
+    if len(issuers) != 1:
+        raise ValueError(f"exactly one service must have a jwks_port, found {len(issuers)}")
+    return issuers[0]
+
+
+def socket_address(port: int) -> dict:
+    return {"socket_address": {"address": LOOPBACK, "port_value": port}}
+
+
+def seconds(value: float) -> str:
+    return f"{value:g}s"

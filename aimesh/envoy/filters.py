@@ -1,0 +1,206 @@
+"""The HTTP filters: identity (strip, JWT), the east-west allow list, limits, grpc-web,
+JSON, CORS, tracing and the access log."""
+from __future__ import annotations
+
+from aimesh.topology import Topology, TRITON as TRITON_NAME
+from services.kit.identity import CLAIM_HEADERS, JWKS_PATH
+from services.kit.tls import spiffe_id
+from .common import CORS_FILTER, GRPC_WEB_HEADERS, JWKS_CLUSTER, JWT_PROVIDER, LOOPBACK, OTLP_CLUSTER, RATE_LIMIT_FILTER, RATE_LIMITED_MESSAGE, RBAC_FILTER, RESOURCE_EXHAUSTED, TRITON, issuer_service, seconds
+
+
+def rbac_filter(topo: Topology) -> dict:
+    """The east-west allow list (identity.calls): a call is let through only when the caller's
+    certificate names a workload allowed that service or method. Everything else is 403, which
+    gRPC clients read as PERMISSION_DENIED."""
+    policies = {}
+    for caller, allowed in topo.identity.calls.items():
+        paths = []
+        for entry in allowed:
+            service, _, method = entry.partition(".")
+            grpc_services = (TRITON.grpc_services if service == TRITON_NAME
+                             else topo.services[service].grpc_services)
+            for grpc_service in grpc_services:
+                paths.append({"url_path": {"path": {"exact": f"/{grpc_service}/{method}"}
+                                           if method else {"prefix": f"/{grpc_service}/"}}})
+        policies[caller] = {
+            "permissions": [{"or_rules": {"rules": paths}}],
+            "principals": [{"authenticated": {"principal_name": {"exact": spiffe_id(caller)}}}]}
+    return {"name": RBAC_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": policies}}}
+
+
+def client_filters(topo: Topology, descriptor_set: str) -> list[dict]:
+    """Browsers and JSON clients become gRPC calls first, so identity, limits and routes treat
+    every call alike: CORS answers the page's preflight, grpc_web unwraps its framing, the
+    transcoder turns `POST /v1/search` into SearchService/Search (the google.api.http map)."""
+    services = [n for s in topo.services.values() for n in s.grpc_services if n.startswith("aimesh.")]
+    return [
+        {"name": CORS_FILTER, "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+        {"name": "envoy.filters.http.grpc_web", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"}},
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3"
+                     ".GrpcJsonTranscoder",
+            "proto_descriptor": descriptor_set,
+            "services": services,
+            "convert_grpc_status": True,          # a gRPC error becomes an HTTP status + JSON body
+            "print_options": {"always_print_primitive_fields": True},
+        }},
+    ]
+
+
+def grpc_web_local_replies() -> dict:
+    """A rate-limited grpc-web call reads RESOURCE_EXHAUSTED, as over gRPC. Envoy decides whether
+    a local reply is gRPC from the request as it arrived, and grpc-web is not gRPC there: the
+    limiter's reply goes out as HTTP 429, which the grpc_web filter then turns into UNAVAILABLE
+    (gRPC's HTTP mapping). So a 429 to a grpc-web client (they all send x-grpc-web) is rewritten
+    here into what the grpc_web filter passes through untouched: a trailers-only grpc-web reply."""
+    rate_limited = {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+        "default_value": 429, "runtime_key": "local_reply.rate_limited_status"}}}}
+    grpc_web_client = {"header_filter": {"header": {"name": "x-grpc-web", "present_match": True}}}
+    trailers = {"grpc-status": RESOURCE_EXHAUSTED,
+                "grpc-message": RATE_LIMITED_MESSAGE}
+    return {"mappers": [{
+        "filter": {"and_filter": {"filters": [rate_limited, grpc_web_client]}},
+        "status_code": 200,
+        "headers_to_add": [{"header": {"key": k, "value": v},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in trailers.items()],
+        # No body, so the headers end the reply: grpc-web's trailers-only form.
+        "body_format_override": {"text_format": "", "content_type": "application/grpc-web+proto"},
+    }]}
+
+
+def cors_policy(topo: Topology) -> dict:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": topo.gateway.web_origin}],
+        "allow_methods": "POST, GET, OPTIONS",
+        "allow_headers": GRPC_WEB_HEADERS,
+        "expose_headers": "grpc-status,grpc-message",
+        "max_age": "600",
+    }
+
+
+def http_filters(topo: Topology, public_prefixes: tuple[str, ...],
+                  public_paths: tuple[str, ...]) -> list[dict]:
+    # Order matters: strip forged identity, then verify the token and write the real identity,
+    # then count the call against the user's limit (it reads that identity), then route.
+    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes, public_paths),
+            _rate_limit_filter(),
+            _router_filter()]
+
+
+def _strip_identity_filter() -> dict:
+    # A route's request_headers_to_remove runs in the router, i.e. AFTER jwt_authn, and would
+    # erase the verified headers too; this filter removes the client's copies before the check.
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3"
+                     ".HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": h} for h in CLAIM_HEADERS.values()]},
+        },
+    }
+
+
+def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
+                public_paths: tuple[str, ...]) -> dict:
+    issuer = issuer_service(topo)
+    provider = {
+        "issuer": topo.gateway.issuer,
+        "audiences": [topo.gateway.audience],
+        "remote_jwks": {
+            "http_uri": {
+                "uri": f"{'https' if topo.identity.mtls else 'http'}://{LOOPBACK}:{issuer.jwks_port}"
+                       f"{JWKS_PATH}",
+                "cluster": JWKS_CLUSTER,
+                "timeout": "2s",
+            },
+            # user-svc signs with a new key only once this much time has passed since publishing it
+            "cache_duration": seconds(topo.gateway.jwks_cache_s),
+            # Fetch in the background: the listener opens even while user-svc is still starting,
+            # and a failed fetch is retried (failed_refetch_duration) instead of waiting a cache.
+            "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
+        },
+        "forward": True,                  # services forward the token on east-west calls
+        "claim_to_headers": [{"header_name": h, "claim_name": c} for c, h in CLAIM_HEADERS.items()],
+    }
+    # First matching rule wins: public paths have no requirement, everything else needs a token.
+    rules = [{"match": match} for match in _public_matches(topo)]
+    rules += [{"match": {"prefix": p}} for p in public_prefixes]
+    rules += [{"match": {"path": p}} for p in public_paths]
+    rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {JWT_PROVIDER: provider},
+            "rules": rules,
+        },
+    }
+
+
+def _public_matches(topo: Topology) -> list[dict]:
+    matches = []
+    for service in topo.services.values():
+        for grpc_service in service.grpc_services:
+            if "*" in service.public:
+                matches.append({"prefix": f"/{grpc_service}/"})
+            else:
+                matches += [{"path": f"/{grpc_service}/{m}"} for m in service.public]
+    return matches
+
+
+def _rate_limit_filter() -> dict:
+    # Present on the listener but inert: each limited route carries its own buckets.
+    return {"name": RATE_LIMIT_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "rate_limit"}}
+
+
+def _router_filter() -> dict:
+    return {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+
+
+def tracer(listener: str) -> dict:
+    # Envoy starts (or continues) the trace and passes `traceparent` on, so the services'
+    # spans join the same trace.
+    return {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+        "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+        "service_name": f"envoy-{listener}",
+    }}}
+
+
+def access_log(listener: str, path: str) -> dict:
+    # One JSON object per call; GRPC_STATUS reads grpc-status from headers or trailers.
+    fields = {
+        "time": "%START_TIME%",
+        "listener": listener,
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "traceparent": "%REQ(TRACEPARENT)%",
+        "trace_id": "%TRACE_ID%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(:PATH)%",
+        "route": "%ROUTE_NAME%",
+        "user_id": "%REQ(X-AIMESH-USER-ID)%",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_host": "%UPSTREAM_HOST%",
+        "grpc_status": "%GRPC_STATUS(NUMBER)%",
+        "response_code": "%RESPONSE_CODE%",
+        "response_flags": "%RESPONSE_FLAGS%",
+        "duration_ms": "%DURATION%",
+    }
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"json_format": fields},
+        },
+    }
