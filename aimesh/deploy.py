@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -154,48 +153,13 @@ def envoy_certs(sds_folder: str) -> envoy.CertFiles:
 
 def envoy_config(topo: Topology, hosts: dict[int, tuple[str, int]], *, otlp: bool,
                  sds_folder: str) -> dict:
-    """aimesh.envoy's render, readdressed for containers: listeners and admin on every
-    interface, each upstream 127.0.0.1:<port> replaced by hosts[port] (a name, resolved by DNS:
-    a headless k8s Service gives every pod, each health-checked and balanced)."""
-    config = envoy.render(topo, access_log_path="/dev/stdout", descriptor_set=ENVOY_DESCRIPTOR_SET,
-                          web_dir=ENVOY_WEB_DIR,
-                          otlp_endpoint=f"jaeger:{OTLP_PORT}" if otlp else "",
-                          certs=envoy_certs(sds_folder))
-
-    def readdress(node):
-        if isinstance(node, dict):
-            socket = node.get("socket_address")
-            if socket and socket.get("address") == envoy.LOOPBACK:
-                node["socket_address"] = {"address": "0.0.0.0", "port_value": socket["port_value"]}
-            for value in node.values():
-                readdress(value)
-        elif isinstance(node, list):
-            for value in node:
-                readdress(value)
-
-    readdress(config["admin"])
-    readdress(config["static_resources"]["listeners"])
-    for cluster in config["static_resources"]["clusters"]:
-        endpoints = cluster["load_assignment"]["endpoints"]
-        addresses = [hosts.get(e["endpoint"]["address"]["socket_address"]["port_value"])
-                     for group in endpoints for e in group["lb_endpoints"]]
-        if not all(addresses):
-            continue                         # already named (the OTLP collector)
-        unique = list(dict.fromkeys(addresses))
-        endpoints[:] = [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
-            for h, p in unique]}]
-        cluster["type"] = "STRICT_DNS"
-        cluster["dns_lookup_family"] = "V4_PREFERRED"
-    return json.loads(_loopback_urls(json.dumps(config), hosts))
-
-
-def _loopback_urls(text: str, hosts: dict[int, tuple[str, int]]) -> str:
-    """URLs to 127.0.0.1:<port> (the JWKS fetch) point at the named host too."""
-    def named(match: re.Match) -> str:
-        host, port = hosts[int(match.group(2))]
-        return f"{match.group(1)}://{host}:{port}"
-    return re.sub(rf"(https?)://{re.escape(envoy.LOOPBACK)}:(\d+)", named, text)
+    """aimesh.envoy's render for containers: listeners and admin on every interface, each
+    upstream port by hosts[port] (a name, resolved by DNS: a headless k8s Service gives every
+    pod, each health-checked and balanced)."""
+    return envoy.render(topo, access_log_path="/dev/stdout", descriptor_set=ENVOY_DESCRIPTOR_SET,
+                        web_dir=ENVOY_WEB_DIR, otlp_endpoint=f"jaeger:{OTLP_PORT}" if otlp else "",
+                        certs=envoy_certs(sds_folder),
+                        addressing=envoy.Addressing(listen="0.0.0.0", names=hosts))
 
 
 def compose_hosts(topo: Topology) -> dict[int, tuple[str, int]]:

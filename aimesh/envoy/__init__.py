@@ -22,7 +22,7 @@ from aimesh import paths
 from aimesh.topology import Topology
 from .clusters import all_clusters
 from .common import (DESCRIPTOR_SET, LOOPBACK, OWN_CERTIFICATE, TRITON, TRUST, WEB_DIR, WEB_FILES,
-                     socket_address)
+                     Addressing, socket_address)
 from .filters import client_filters, rbac_filter
 from .listeners import build_listener
 from .routes import method_routes, web_routes
@@ -31,17 +31,20 @@ from .tls import CertFiles, Tls, sds_files
 
 def render(topo: Topology, *, access_log_path: str | None = None,
            descriptor_set: str = DESCRIPTOR_SET, web_dir: str = WEB_DIR,
-           otlp_endpoint: str = "", certs: CertFiles = CertFiles.local()) -> dict:
+           otlp_endpoint: str = "", certs: CertFiles = CertFiles.local(),
+           addressing: Addressing = Addressing()) -> dict:
     """The full bootstrap as a plain dict; the same arguments always give the same dict.
     `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on. With the topology's
-    identity.mtls, Envoy's own certificate and the CA come by SDS (`certs`)."""
+    identity.mtls, Envoy's own certificate and the CA come by SDS (`certs`). `addressing`: where
+    it listens and how it names upstreams (loopback here; names in containers)."""
     log = access_log_path or "/dev/stdout"
     tls = Tls(certs) if topo.identity.mtls else None
-    listener = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint)}
+    listener = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint),
+                "addressing": addressing}
     config = {
         # Routes read from files (see write) need the node named.
         "node": {"id": "aimesh", "cluster": "aimesh"},
-        "admin": {"address": socket_address(topo.gateway.admin_port)},
+        "admin": {"address": socket_address(topo.gateway.admin_port, addressing.listen)},
         "static_resources": {
             "listeners": [
                 build_listener("edge", topo.gateway.edge_port, web_routes(web_dir),
@@ -55,7 +58,7 @@ def render(topo: Topology, *, access_log_path: str | None = None,
                           public_prefixes=(f"/{TRITON.grpc_services[0]}/",),
                           trust_request_id=True, tls=tls, **listener),
             ],
-            "clusters": all_clusters(topo, otlp_endpoint, tls),
+            "clusters": all_clusters(topo, otlp_endpoint, tls, addressing),
         },
     }
     return config
@@ -151,5 +154,5 @@ def _find(config: dict, listener: str) -> dict:
     return next(entry for entry in config["static_resources"]["listeners"] if entry["name"] == listener)
 
 
-__all__ = ["CertFiles", "LOOPBACK", "OWN_CERTIFICATE", "TRUST", "WEB_DIR", "WEB_FILES", "apply_routes",
+__all__ = ["Addressing", "CertFiles", "LOOPBACK", "OWN_CERTIFICATE", "TRUST", "WEB_DIR", "WEB_FILES", "apply_routes",
            "render", "sds_files", "validate", "write"]

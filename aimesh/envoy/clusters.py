@@ -2,30 +2,38 @@
 from __future__ import annotations
 
 from aimesh.topology import Topology
-from .common import JWKS_CLUSTER, LOOPBACK, OTLP_CLUSTER, TRITON, cluster_name, issuer_service, seconds, version_cluster, version_pins
+from .common import (JWKS_CLUSTER, OTLP_CLUSTER, TRITON, Addressing, cluster_name, issuer_service,
+                     seconds, version_cluster, version_pins)
 from .tls import Tls
 
 
-def all_clusters(topo: Topology, otlp_endpoint: str, tls: Tls | None) -> list[dict]:
+def all_clusters(topo: Topology, otlp_endpoint: str, tls: Tls | None,
+                 addressing: Addressing) -> list[dict]:
     clusters = []
     for service in topo.services.values():
         if version_pins(service):
-            versions = [_cluster(version_cluster(service, i.version), [i.port], topo)
+            versions = [_cluster(version_cluster(service, i.version), [i.port], topo, addressing)
                         for i in service.instances if i.version]
         else:
-            versions = [_cluster(cluster_name(service), [i.port for i in service.instances], topo)]
+            versions = [_cluster(cluster_name(service), [i.port for i in service.instances], topo,
+                                 addressing)]
         for cluster in versions:
             if tls:
                 cluster["transport_socket"] = tls.upstream(service.name)
         clusters += versions
     # Triton's python backend stub answers no grpc.health.v1: no active checks there. Triton
     # listens on loopback in plaintext, reached only through this listener (docs/deploy.md).
-    clusters.append(_cluster(TRITON.name, [topo.infra.triton_grpc_port], topo, health_checks=False))
+    clusters.append(_cluster(TRITON.name, [topo.infra.triton_grpc_port], topo, addressing,
+                             health_checks=False))
     issuer = issuer_service(topo)
-    jwks = _plain_cluster(JWKS_CLUSTER, [(LOOPBACK, issuer.jwks_port)], http2=False)
+    jwks = _plain_cluster(JWKS_CLUSTER, addressing.upstreams([issuer.jwks_port]), http2=False)
     if tls:
         jwks["transport_socket"] = tls.upstream(issuer.name, http2=False)
     clusters.append(jwks)
+    if addressing.by_name:
+        for cluster in clusters:
+            cluster["type"] = "STRICT_DNS"
+            cluster["dns_lookup_family"] = "V4_PREFERRED"
     if otlp_endpoint:
         host, port = otlp_endpoint.rsplit(":", 1)
         clusters.append({**_plain_cluster(OTLP_CLUSTER, [(host, int(port))]),
@@ -33,11 +41,12 @@ def all_clusters(topo: Topology, otlp_endpoint: str, tls: Tls | None) -> list[di
     return clusters
 
 
-def _cluster(name: str, ports: list[int], topo: Topology, *, health_checks: bool = True) -> dict:
+def _cluster(name: str, ports: list[int], topo: Topology, addressing: Addressing, *,
+             health_checks: bool = True) -> dict:
     """A cluster of service instances, with the mesh's circuit breakers, health checks and (when
     there is another host to send to) outlier detection."""
     r = topo.gateway.resilience
-    cluster = _plain_cluster(name, [(LOOPBACK, port) for port in ports])
+    cluster = _plain_cluster(name, addressing.upstreams(ports))
     cluster["circuit_breakers"] = {"thresholds": [{
         "max_connections": r.max_connections,
         "max_pending_requests": r.max_pending_requests,

@@ -1,6 +1,8 @@
 """Names and small helpers every part of the Envoy config shares."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from aimesh.topology import Service, Topology
 
 
@@ -110,8 +112,28 @@ def issuer_service(topo: Topology) -> Service:
     return issuers[0]
 
 
-def socket_address(port: int) -> dict:
-    return {"socket_address": {"address": LOOPBACK, "port_value": port}}
+def socket_address(port: int, host: str = LOOPBACK) -> dict:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """Where Envoy listens and how it reaches each upstream port. Locally: loopback, static.
+    In containers: every interface, and each port by the (host, port) a container sees, resolved
+    by DNS (a headless Kubernetes Service gives every pod, each health-checked and balanced)."""
+    listen: str = LOOPBACK
+    names: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def by_name(self) -> bool:
+        return bool(self.names)
+
+    def upstream(self, port: int) -> tuple[str, int]:
+        return self.names[port] if self.by_name else (LOOPBACK, port)
+
+    def upstreams(self, ports: list[int]) -> list[tuple[str, int]]:
+        """Distinct hosts: a service's instances may be one name (replicas behind it)."""
+        return list(dict.fromkeys(self.upstream(port) for port in ports))
 
 
 def seconds(value: float) -> str:

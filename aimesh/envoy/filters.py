@@ -5,7 +5,7 @@ from __future__ import annotations
 from aimesh.topology import Topology, TRITON as TRITON_NAME
 from services.kit.identity import CLAIM_HEADERS, JWKS_PATH
 from services.kit.tls import spiffe_id
-from .common import CORS_FILTER, GRPC_WEB_HEADERS, JWKS_CLUSTER, JWT_PROVIDER, LOOPBACK, OTLP_CLUSTER, RATE_LIMIT_FILTER, RATE_LIMITED_MESSAGE, RBAC_FILTER, RESOURCE_EXHAUSTED, TRITON, issuer_service, seconds
+from .common import CORS_FILTER, GRPC_WEB_HEADERS, JWKS_CLUSTER, JWT_PROVIDER, OTLP_CLUSTER, RATE_LIMIT_FILTER, RATE_LIMITED_MESSAGE, RBAC_FILTER, RESOURCE_EXHAUSTED, TRITON, Addressing, issuer_service, seconds
 
 
 def rbac_filter(topo: Topology) -> dict:
@@ -84,10 +84,10 @@ def cors_policy(topo: Topology) -> dict:
 
 
 def http_filters(topo: Topology, public_prefixes: tuple[str, ...],
-                  public_paths: tuple[str, ...]) -> list[dict]:
+                 public_paths: tuple[str, ...], addressing: Addressing) -> list[dict]:
     # Order matters: strip forged identity, then verify the token and write the real identity,
     # then count the call against the user's limit (it reads that identity), then route.
-    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes, public_paths),
+    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes, public_paths, addressing),
             _rate_limit_filter(),
             _router_filter()]
 
@@ -106,15 +106,15 @@ def _strip_identity_filter() -> dict:
 
 
 def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
-                public_paths: tuple[str, ...]) -> dict:
+                public_paths: tuple[str, ...], addressing: Addressing) -> dict:
     issuer = issuer_service(topo)
+    host, port = addressing.upstream(issuer.jwks_port)
     provider = {
         "issuer": topo.gateway.issuer,
         "audiences": [topo.gateway.audience],
         "remote_jwks": {
             "http_uri": {
-                "uri": f"{'https' if topo.identity.mtls else 'http'}://{LOOPBACK}:{issuer.jwks_port}"
-                       f"{JWKS_PATH}",
+                "uri": f"{'https' if topo.identity.mtls else 'http'}://{host}:{port}{JWKS_PATH}",
                 "cluster": JWKS_CLUSTER,
                 "timeout": "2s",
             },

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from aimesh.topology import Topology
-from .common import CORS_FILTER, HANDSHAKE_FAILED, MAX_WEB_FILE_BYTES, seconds, socket_address
+from .common import (CORS_FILTER, HANDSHAKE_FAILED, MAX_WEB_FILE_BYTES, Addressing, seconds,
+                     socket_address)
 from .filters import access_log, cors_policy, grpc_web_local_replies, http_filters, tracer
 from .routes import method_routes
 
@@ -10,7 +11,8 @@ from .routes import method_routes
 def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
               access_log_path: str, tracing: bool, edge_filters: list[dict],
               public_prefixes: tuple[str, ...], trust_request_id: bool,
-              public_paths: tuple[str, ...] = (), tls: "Tls | None" = None) -> dict:
+              public_paths: tuple[str, ...] = (), tls: "Tls | None" = None,
+              addressing: Addressing) -> dict:
     """A listener with every service's routes (built afresh, so the YAML has no aliases) after
     its own extra routes, and the one filter chain."""
     edge = name == "edge"
@@ -34,7 +36,7 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
         "stream_idle_timeout": seconds(topo.gateway.stream_idle_timeout_s),
         "access_log": [access_log(name, access_log_path)],
         "route_config": route_config,
-        "http_filters": [*edge_filters, *http_filters(topo, public_prefixes, public_paths)],
+        "http_filters": [*edge_filters, *http_filters(topo, public_prefixes, public_paths, addressing)],
     }
     if edge:
         hcm["local_reply_config"] = grpc_web_local_replies()
@@ -42,7 +44,8 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
         hcm["tracing"] = tracer(name)
     chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                           "typed_config": hcm}]}
-    listener = {"name": name, "address": socket_address(port), "filter_chains": [chain]}
+    listener = {"name": name, "address": socket_address(port, addressing.listen),
+                "filter_chains": [chain]}
     if tls:
         chain["transport_socket"] = tls.downstream()
         # One line per refused connection (no certificate, unknown CA, expired), naming the peer.
