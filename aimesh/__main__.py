@@ -1,27 +1,7 @@
-"""aimesh: run the whole mesh on this machine.
+"""aimesh: run the whole mesh on this machine, and everything around it.
 
-  aimesh up          start Postgres, NATS, Triton, the services and Envoy; seed demo data
-  aimesh down        stop everything (state stays in the state directory)
-  aimesh status      what runs
-  aimesh apply       re-render Envoy's routes from the topology (canary weights) into the running mesh
-  aimesh stop NAME   stop one component (--kill: as a crash would); aimesh start NAME restarts it
-  aimesh logs NAME   a component's log (e.g. envoy, triton, search-2)
-  aimesh token EMAIL a token for a demo account, for grpcurl
-  aimesh audit USER  the AI decisions made for a user (JSON lines)
-  aimesh user create EMAIL [--tier pro] [--role admin]   create an account (as the demo admin)
-  aimesh user set EMAIL --tier pro|free --role user|admin  change it; shows in its next token
-  aimesh keys rotate a new signing key for user-svc, without downtime
-  aimesh gen         generate stubs and the descriptor set from proto/
-  aimesh web         build the browser page (web/ -> web/dist; up does it too)
-  aimesh env         shell exports that put grpcurl, buf and envoy on PATH (and the operator's certificate)
-  aimesh certs status   each workload's certificate and its expiry; aimesh certs rotate: renew all now
-  aimesh certs issue DIR  certificates for docker compose (deploy/compose/certs) from the mesh's CA
-  aimesh models build   build the model artifacts that are not current (up does it too)
-  aimesh models list    each model artifact, its content key, and whether it is built
-  aimesh deploy render  write docker-compose.yml and deploy/ from the topology
-  aimesh deploy lock    hash-pin the images' requirements (needs the package index)
-  aimesh test        run the test suite
-"""
+Each command is declared once, in main()'s parser, with its help (`bin/aimesh --help` lists
+them). A user's mistake ends in one line that says what to do, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +16,7 @@ from . import codegen, models, paths, topology
 
 
 def cmd_up(args) -> int:
-    from .mesh import Mesh, PortInUse, StartFailed
+    from .mesh import Mesh, Refused, StartFailed
     topo = topology.load()
     mesh = Mesh(topo, paths.state_dir())
     started = time.monotonic()
@@ -45,7 +25,7 @@ def cmd_up(args) -> int:
     print(f"aimesh: starting the mesh (state in {mesh.state_dir})")
     try:
         mesh.up(demo=not args.no_demo)
-    except (StartFailed, PortInUse, RuntimeError) as failure:
+    except (StartFailed, Refused) as failure:
         print(f"aimesh: {failure}", file=sys.stderr)
         return 1
     gateway = f"127.0.0.1:{topo.gateway.edge_port}"
@@ -113,6 +93,8 @@ def cmd_stop(args) -> int:
 
 
 def cmd_logs(args) -> int:
+    from .mesh import Mesh
+    Mesh(topology.load(), paths.state_dir()).component(args.name)   # refuses an unknown name
     from .supervisor import Supervisor
     print(Supervisor(paths.state_dir()).tail(args.name, args.lines))
     return 0
@@ -310,7 +292,7 @@ def cmd_test(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aimesh", description=__doc__,
+    parser = argparse.ArgumentParser(prog="aimesh", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole mesh and seed demo data")
@@ -409,7 +391,12 @@ def main(argv: list[str] | None = None) -> int:
         # The runner imports the services' kit, which imports the generated stubs: on a fresh
         # clone they must exist before anything else (a no-op when current).
         codegen.generate()
-    return args.run(args)
+    from .mesh import Refused
+    try:
+        return args.run(args)
+    except Refused as mistake:
+        print(f"aimesh: {mistake}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@ from .supervisor import StartFailed, Supervisor
 from .topology import Topology
 
 
-class PortInUse(RuntimeError):
+class Refused(Exception):
+    """A request the mesh cannot do as asked (a user's mistake): the CLI prints it as one line."""
+
+
+class PortInUse(Refused):
     pass
 
 
@@ -59,19 +63,19 @@ class Mesh:
         """One component as `up` starts it (demo data is seeded by `up` only)."""
         makers = self._makers()
         if name not in makers:
-            raise KeyError(f"no component {name!r}; there are {', '.join(makers)}")
+            raise Refused(f"no component {name!r}; there are {', '.join(makers)}")
         return makers[name]()
 
     def start(self, name: str, on_progress=print) -> None:
         """Start one stopped component of a running mesh and wait until it is healthy."""
         if self.supervisor.pid(name) is not None:
-            raise RuntimeError(f"{name} is already running")
+            raise Refused(f"{name} is already running (`aimesh stop {name}` first)")
         self._start_and_wait([self.component(name)], on_progress)
 
     def stop(self, name: str, *, kill: bool = False) -> None:
         """Stop one component: gracefully, or with SIGKILL as a crash would."""
         if name not in self._makers():
-            raise KeyError(f"no component {name!r}")
+            raise Refused(f"no component {name!r}; there are {', '.join(self._makers())}")
         if kill:
             self.supervisor.kill(name)
         else:
@@ -84,7 +88,7 @@ class Mesh:
     def up(self, *, demo: bool = True, on_progress=print) -> None:
         """Start everything and wait until all is healthy; on failure stop what was started."""
         if self.supervisor.running():
-            raise RuntimeError(f"the mesh in {self.state_dir} is already running "
+            raise Refused(f"the mesh in {self.state_dir} is already running "
                                f"({', '.join(self.supervisor.running())}); run `aimesh down` first")
         check_ports_free(self.topo)
         codegen.generate()
@@ -150,4 +154,4 @@ def check_ports_free(topo: Topology) -> None:
                         f"port with AIMESH_PORT_OFFSET=<n>.")
 
 
-__all__ = ["Mesh", "PortInUse", "StartFailed"]
+__all__ = ["Mesh", "PortInUse", "Refused", "StartFailed"]

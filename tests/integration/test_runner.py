@@ -3,6 +3,8 @@ import json
 import subprocess
 import urllib.request
 
+import pytest
+
 from aimesh.paths import venv_bin
 from aimesh.services import serving
 
@@ -76,3 +78,16 @@ def test_services_export_metrics_per_method_and_log_calls_with_request_and_trace
              if line.startswith("{")]
     calls = [line for line in lines if line.get("method") == "/aimesh.user.v1.UserService/GetProfile"]
     assert calls and all(len(c["request_id"]) >= 16 and len(c["trace_id"]) == 32 for c in calls)
+
+
+@pytest.mark.parametrize("args, says", [
+    (("stop", "nosuch"), "no component 'nosuch'; there are envoy"),
+    (("start", "user"), "user is already running (`aimesh stop user` first)"),
+    (("logs", "nosuch"), "no component 'nosuch'"),
+    (("status", "--bogus"), "unrecognized arguments: --bogus"),
+])
+def test_a_users_mistake_is_one_line_not_a_traceback(mesh, args, says):
+    called = mesh.cli(*args)
+    assert called.returncode == 2
+    assert "Traceback" not in called.stderr
+    assert says in called.stderr.strip().splitlines()[-1]
