@@ -33,25 +33,21 @@ DATABASE = "aimesh"
 SUPERUSER = "postgres"      # the operator's role (the CLI, the tests); no service logs in as it
 
 
-def _secrets(state_dir: Path) -> Path:
-    folder = Path(state_dir) / "secrets"
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    return folder
-
-
 def passfile(state_dir: Path, role: str) -> Path:
-    """The role's password, as a libpq/asyncpg passfile (0600); made once."""
-    path = _secrets(state_dir) / f"{role}.pgpass"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(f"*:*:{DATABASE}:{role}:{secrets.token_urlsafe(24)}\n")
-    return path
+    """Where the role's password is, as a libpq/asyncpg passfile (made by the database's setup)."""
+    return Path(state_dir) / "secrets" / f"{role}.pgpass"
 
 
 def _password(state_dir: Path, role: str) -> str:
-    return passfile(state_dir, role).read_text().strip().rsplit(":", 1)[1]
+    """The role's password, made once (0600, in a 0700 folder)."""
+    path = passfile(state_dir, role)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(f"*:*:{DATABASE}:{role}:{secrets.token_urlsafe(24)}\n")
+    return path.read_text().strip().rsplit(":", 1)[1]
 
 
 def postgres_dsn(infra: Infra, state_dir: Path, role: str = SUPERUSER) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 from .component import Component
 
 
+DEFAULT_STOP_S = 15.0
+
+
 class StartFailed(RuntimeError):
     def __init__(self, name: str, why: str, log_tail: str):
         super().__init__(f"{name} failed to start: {why}\n--- last lines of its log ---\n{log_tail}")
@@ -41,7 +44,12 @@ class Supervisor:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, user=component.user)
         self._pid_path(component.name).write_text(str(process.pid))
+        # `down` and `stop` make no components: the kill deadline is kept beside the pid.
+        self._stop_path(component.name).write_text(str(component.stop_timeout_s))
         return process.pid
+
+    def _stop_path(self, name: str) -> Path:
+        return self.run_dir / f"{name}.stop_s"
 
     def pid(self, name: str) -> int | None:
         """The pid of a running component, or None."""
@@ -74,9 +82,15 @@ class Supervisor:
             if waiting:
                 time.sleep(0.2)   # poll interval; the bound is each component's start timeout
 
-    def stop(self, name: str, timeout_s: float = 15.0) -> None:
-        """SIGTERM the component's process group, wait, then SIGKILL what is left."""
+    def stop(self, name: str, timeout_s: float | None = None) -> None:
+        """SIGTERM the component's process group, wait (its Component.stop_timeout_s, or
+        `timeout_s`), then SIGKILL what is left."""
         pid = self.pid(name)
+        if timeout_s is None:
+            try:
+                timeout_s = float(self._stop_path(name).read_text())
+            except (OSError, ValueError):
+                timeout_s = DEFAULT_STOP_S
         if pid is not None:
             _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
@@ -86,6 +100,7 @@ class Supervisor:
             while _alive(pid) or _group_alive(pid):
                 time.sleep(0.05)
         self._pid_path(name).unlink(missing_ok=True)
+        self._stop_path(name).unlink(missing_ok=True)
 
     def kill(self, name: str) -> None:
         """SIGKILL the component's process group at once, as a crash would, and wait for it."""
@@ -94,6 +109,7 @@ class Supervisor:
             while _alive(pid) or _group_alive(pid):
                 time.sleep(0.05)
         self._pid_path(name).unlink(missing_ok=True)
+        self._stop_path(name).unlink(missing_ok=True)
 
     def tail(self, name: str, lines: int = 30) -> str:
         try:

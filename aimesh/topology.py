@@ -1,6 +1,7 @@
 """The mesh's one description, loaded from topology.yaml into typed, read-only objects."""
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,30 @@ class Topology:
         return ports
 
 
+@dataclass(frozen=True)
+class Method:
+    name: str
+    streaming: bool          # either side streams
+    idempotent: bool         # idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT: safe to retry
+
+
+@functools.cache
+def contract_methods(descriptor_set: Path | None = None) -> dict[str, dict[str, Method]]:
+    """gRPC service full name -> method name -> what the contract says about it, read from the
+    descriptor set `bin/aimesh gen` builds (the CLI generates it before anything loads this)."""
+    from google.protobuf import descriptor_pb2
+    from aimesh.paths import DESCRIPTOR_SET
+    path = descriptor_set or DESCRIPTOR_SET
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `bin/aimesh gen`")
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
+    safe = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT)
+    return {f"{file.package}.{service.name}": {
+        method.name: Method(method.name, method.client_streaming or method.server_streaming,
+                            method.options.idempotency_level in safe)
+        for method in service.method} for file in files for service in file.service}
+
+
 def default_file() -> Path:
     """AIMESH_TOPOLOGY picks another file (tests use one with their own rate limits)."""
     return Path(os.environ.get("AIMESH_TOPOLOGY") or DEFAULT_FILE)
@@ -211,7 +236,9 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         triton_metrics_port=port(infra["triton"]["metrics_port"]),
     )
     services = {}
+    methods = contract_methods()
     for name, s in raw["services"].items():
+        described = [m for g in s["grpc_services"] for m in methods.get(g, {}).values()]
         instances = tuple(
             Instance(name=i["name"], port=port(i["port"]), version=i.get("version", ""),
                      weight=int(i.get("weight", 0)))
@@ -220,7 +247,10 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         services[name] = Service(
             name=name, grpc_services=tuple(s["grpc_services"]), instances=instances,
             timeout_s=float(s["timeout_s"]), public=tuple(s.get("public", ())),
-            streams=tuple(s.get("streams", ())), idempotent=tuple(s.get("idempotent", ())),
+            # From the contracts: streaming, and `option idempotency_level` (either level may be
+            # retried); the topology may add "*" for a service without contracts (the catalog).
+            streams=tuple(m.name for m in described if m.streaming),
+            idempotent=(*(m.name for m in described if m.idempotent), *s.get("idempotent", ())),
             rate_limit=RateLimit(**s["rate_limit_per_minute"]) if "rate_limit_per_minute" in s else None,
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
             generations_per_user=int(s.get("generations_per_user", 0)),

@@ -7,7 +7,7 @@ from services.kit.tls import dns_name, GATEWAY, spiffe_id
 from .. import certs, envoy, services, triton
 from ..infra import DATABASE
 from ..topology import Topology
-from .workloads import APP_STATE, CERTS_MOUNT, DEV_POSTGRES_PASSWORD, ENVOY_CONFIG_DIR, NAMESPACE, NATS_CONFIG, NATS_IMAGE, POSTGRES_IMAGE, SCALE_LIMIT, TAG, container_env, dev_password, image, password_variable, triton_args, workloads
+from .workloads import CERTS_MOUNT, DEV_POSTGRES_PASSWORD, ENVOY_CONFIG_DIR, NAMESPACE, NATS_CONFIG, NATS_IMAGE, POSTGRES_IMAGE, SCALE_LIMIT, TAG, container_env, dev_password, image, password_variable, triton_args, workloads
 
 
 def _labels(name: str) -> dict:
@@ -102,11 +102,11 @@ def k8s_services(topo: Topology) -> list[dict]:
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                           "limits": {"memory": "1Gi"}},
             "securityContext": RESTRICTED,
-            "volumeMounts": [{"name": "state", "mountPath": APP_STATE}, _certs_mount()],
+            "volumeMounts": [_certs_mount()],
         }
         pod = {"terminationGracePeriodSeconds": int(float(env["AIMESH_GRACE_S"])) + 5,
                "securityContext": {"runAsNonRoot": True},
-               "volumes": [{"name": "state", "emptyDir": {}}, _certs_volume(service.name)]}
+               "volumes": [_certs_volume(service.name)]}
         documents += [
             _deployment(workload.name, workload.replicas, container, pod=pod,
                         annotations=_scrape(metrics_port)),

@@ -43,7 +43,7 @@ GRAFANA_IMAGE = "grafana/grafana:12.1.0"
 
 
 # Inside the images (services/Dockerfile, deploy/triton/Dockerfile).
-APP_STATE = "/var/lib/aimesh"               # a service's scratch files (its stores are Postgres, NATS)
+STATE_UNUSED = "/nonexistent"               # the local state dir's paths are all replaced below
 
 
 APP_DESCRIPTOR_SET = "/app/gen/aimesh.binpb"
@@ -152,7 +152,7 @@ def container_env(topo: Topology, service: Service, instance: Instance, *,
     addresses a container sees: every peer by its name, listening on all interfaces; its own
     Postgres role, its certificate where the deployment mounts it."""
     g, i = topo.gateway, topo.infra
-    local = services.config(topo, service, instance, Path(APP_STATE), demo=False)
+    local = services.config(topo, service, instance, Path(STATE_UNUSED), demo=False)
     config = dataclasses.replace(
         local, host="0.0.0.0",
         postgres_dsn=f"postgresql://{service.name}:{db_password}@postgres:{i.postgres_port}/{DATABASE}",
@@ -161,7 +161,7 @@ def container_env(topo: Topology, service: Service, instance: Instance, *,
         private_key=f"{CERTS_MOUNT}/{CERT_FILES.private_key}" if topo.identity.mtls else "",
         trust_bundle=f"{CERTS_MOUNT}/{CERT_FILES.trust}" if topo.identity.mtls else "",
         mesh_address=f"envoy:{g.mesh_port}", triton_address=f"envoy:{g.mesh_port}",
-        state_dir=APP_STATE, descriptor_set=APP_DESCRIPTOR_SET,
+        descriptor_set=APP_DESCRIPTOR_SET,
     )
     env = config.to_env()
     if otlp:

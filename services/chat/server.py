@@ -200,5 +200,5 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     model = ChatModel(Triton(app.channel(app.config.triton_address)), app.config.temperature)
     audit = Audit(app.outbox(pool, await app.events()), "chat")
     in_progress = AnswersInProgress(app.config.generations_per_user)
-    return [kit.Binding("aimesh.chat.v1.ChatService", chat_pb2_grpc.add_ChatServiceServicer_to_server,
+    return [kit.Binding(chat_pb2_grpc.add_ChatServiceServicer_to_server,
                         ChatServicer(conversations, search, model, audit, in_progress))]

@@ -24,7 +24,6 @@ class Config:
     mesh_address: str = ""            # Envoy's east-west listener: every outbound call goes there
     triton_address: str = ""          # Triton gRPC (through the mesh once it routes Triton)
     call_timeout_s: float = 5.0       # default deadline of an outbound call
-    state_dir: str = ""               # where a service may keep files (keys)
     descriptor_set: str = ""          # the full descriptor set, for the catalog
     jwks_port: int = 0
     token_ttl_s: int = 3600

@@ -25,10 +25,34 @@ log = logging.getLogger("aimesh.server")
 
 @dataclass(frozen=True)
 class Binding:
-    """One gRPC service a process serves: its full name, the generated adder, the servicer."""
-    name: str
+    """One gRPC service a process serves: the generated adder and the servicer. Its full name
+    comes from the adder (the contract's), so no service spells it out."""
     add: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
+
+    @property
+    def name(self) -> str:
+        return _service_name(self.add)
+
+
+class _NameOnly:
+    """Stands in for a server while a generated adder registers its handlers: keeps the name."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.names += [handler.service_name() for handler in handlers]
+
+    def add_registered_method_handlers(self, name: str, handlers) -> None:
+        pass
+
+
+def _service_name(add: Callable[[Any, Any], None]) -> str:
+    recorder = _NameOnly()
+    add(None, recorder)
+    [name] = recorder.names
+    return name
 
 
 class App:

@@ -114,6 +114,5 @@ async def setup(app: kit.App) -> list[kit.Binding]:
         app.spawn(events.consume(stream, durable, on_event, stop=app.stopping,
                                  dedupe_window_s=app.retention.tables["notifications"]),
                   name=durable)
-    return [kit.Binding("aimesh.notify.v1.NotificationService",
-                        notify_pb2_grpc.add_NotificationServiceServicer_to_server,
+    return [kit.Binding(notify_pb2_grpc.add_NotificationServiceServicer_to_server,
                         NotificationServicer(inbox, subscribers))]

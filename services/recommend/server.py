@@ -93,5 +93,4 @@ async def setup(app: kit.App) -> list[kit.Binding]:
                              version.removeprefix("v"), Breaker(f"{MODEL}-{version}"))
     audit = Audit(app.outbox(pool, events), "recommend")
     servicer = RecommendServicer(store, model, audit, RecentAnswers(), version)
-    return [kit.Binding("aimesh.recommend.v1.RecommendService",
-                        recommend_pb2_grpc.add_RecommendServiceServicer_to_server, servicer)]
+    return [kit.Binding(recommend_pb2_grpc.add_RecommendServiceServicer_to_server, servicer)]

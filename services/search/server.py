@@ -103,6 +103,5 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     indexer = Indexer(jobs, documents, embedder, outbox)
     app.spawn(events.consume("JOBS", WORKERS, indexer.run, give_up=indexer.give_up,
                              stop=app.stopping), name=WORKERS)
-    return [kit.Binding("aimesh.search.v1.SearchService",
-                        search_pb2_grpc.add_SearchServiceServicer_to_server,
+    return [kit.Binding(search_pb2_grpc.add_SearchServiceServicer_to_server,
                         SearchServicer(documents, embedder, jobs, outbox))]

@@ -132,5 +132,4 @@ async def setup(app: kit.App) -> list[kit.Binding]:
         await seed(users, purchased(outbox, imported=True))
     issuer = Issuer(ring, config.issuer, config.audience, config.token_ttl_s)
     servicer = UserServicer(users, keys, issuer, outbox)
-    return [kit.Binding("aimesh.user.v1.UserService", user_pb2_grpc.add_UserServiceServicer_to_server,
-                        servicer)]
+    return [kit.Binding(user_pb2_grpc.add_UserServiceServicer_to_server, servicer)]

@@ -64,3 +64,28 @@ def test_unary_rpcs_carry_http_annotations(package):
             if not (method.client_streaming or method.server_streaming):
                 rule = method.options.Extensions[annotations_pb2.http]
                 assert rule.WhichOneof("pattern"), f"{service.name}.{method.name} has no google.api.http"
+
+
+def test_every_method_the_topology_names_exists():
+    """A method named in the topology (public, or in the east-west allow list) that no contract
+    defines would be a route or a permission for nothing."""
+    topo = topology.load(port_offset=0)
+    methods = topology.contract_methods()
+    for service in topo.services.values():
+        contracts = [g for g in service.grpc_services if g in methods]
+        for method in service.public:
+            if method != "*":
+                assert any(method in methods[g] for g in contracts), f"{service.name}.{method}"
+    for caller, allowed in topo.identity.calls.items():
+        for entry in allowed:
+            service, _, method = entry.partition(".")
+            if method:
+                assert any(method in methods[g] for g in topo.services[service].grpc_services
+                           if g in methods), f"identity.calls.{caller}: {entry}"
+
+
+def test_streaming_and_retries_come_from_the_contracts():
+    topo = topology.load(port_offset=0)
+    assert set(topo.services["chat"].streams) == {"Chat", "Ask"}          # stream in chat.proto
+    assert "DeleteDocument" in topo.services["search"].idempotent          # idempotency_level
+    assert "SubmitIndexJob" not in topo.services["search"].idempotent      # none: not retried

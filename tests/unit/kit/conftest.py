@@ -35,7 +35,7 @@ class Users(user_pb2_grpc.UserServiceServicer):
 
 
 def users_binding(servicer) -> kit.Binding:
-    return kit.Binding(USER_SERVICE, user_pb2_grpc.add_UserServiceServicer_to_server, servicer)
+    return kit.Binding(user_pb2_grpc.add_UserServiceServicer_to_server, servicer)
 
 
 @dataclass

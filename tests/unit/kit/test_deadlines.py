@@ -40,8 +40,7 @@ async def chain(serve):
 
     b = await serve(users_binding(Users(record)), service="b")
     recommender = Recommender(b.address)
-    a = await serve(kit.Binding("aimesh.recommend.v1.RecommendService",
-                                recommend_pb2_grpc.add_RecommendServiceServicer_to_server,
+    a = await serve(kit.Binding(recommend_pb2_grpc.add_RecommendServiceServicer_to_server,
                                 recommender), service="a")
     yield recommend_pb2_grpc.RecommendServiceStub(a.channel), seen
     await recommender.channel.close()

@@ -80,3 +80,18 @@ def test_a_busy_port_is_refused_naming_its_owner():
         holder.listen()
         with pytest.raises(PortInUse, match=f"{topo.gateway.edge_port} \\(envoy edge\\)"):
             check_ports_free(topo)
+
+
+def test_stop_waits_the_components_own_stop_timeout_then_kills(tmp_path):
+    """A process that ignores SIGTERM is killed once its Component.stop_timeout_s has passed
+    (recorded at start, since `down` makes no components), not after the default 15 s."""
+    supervisor = Supervisor(tmp_path)
+    stubborn = python("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                      "print('ready', flush=True); time.sleep(60)", stop_timeout_s=0.5,
+                      healthy=lambda: "ready" in supervisor.log_path("thing").read_text())
+    supervisor.start(stubborn)
+    supervisor.wait_healthy([stubborn])
+    started = time.monotonic()
+    supervisor.stop("thing")
+    assert time.monotonic() - started < 10          # the default would wait 15 s
+    assert supervisor.running() == {}
