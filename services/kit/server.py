@@ -32,7 +32,7 @@ class Binding:
 
     @property
     def name(self) -> str:
-        return _service_name(self.add)
+        return _service_name(self.add, self.servicer)
 
 
 class _NameOnly:
@@ -48,9 +48,9 @@ class _NameOnly:
         pass
 
 
-def _service_name(add: Callable[[Any, Any], None]) -> str:
+def _service_name(add: Callable[[Any, Any], None], servicer: Any) -> str:
     recorder = _NameOnly()
-    add(None, recorder)
+    add(servicer, recorder)
     [name] = recorder.names
     return name
 
