@@ -42,9 +42,10 @@ def cmd_up(args) -> int:
     print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
     print(f"  logs:            {mesh.supervisor.log_dir}")
     if not args.no_demo:
+        from services.user.demo import ACCOUNTS, PASSWORD
         accounts = ", ".join(f"{email} ({role if role == 'admin' else tier})"
-                             for email, _, tier, role in demo.ACCOUNTS)
-        print(f"  demo accounts:   {accounts} - password {demo.PASSWORD}\n")
+                             for email, _, tier, role in ACCOUNTS)
+        print(f"  demo accounts:   {accounts} - password {PASSWORD}\n")
         print(f"  export TOKEN={token}")
         print(f"  grpcurl -plaintext {gateway} list")
         print(f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {gateway} '
@@ -60,6 +61,7 @@ def cmd_down(args) -> int:
 
 def cmd_apply(args) -> int:
     import asyncio
+
     from . import envoy, streams
     topo = topology.load()
     if not envoy.apply_routes(topo, paths.state_dir()):
@@ -109,6 +111,7 @@ def cmd_token(args) -> int:
 
 def cmd_audit(args) -> int:
     import asyncio
+
     from . import audit, infra
     topo = topology.load()
 
@@ -117,7 +120,7 @@ def cmd_audit(args) -> int:
         return await audit.decisions(bus.connection, args.user_id)
     found, first = asyncio.run(read())
     limits = topo.retention.streams.get("AI_DECISIONS")
-    print(f"aimesh: {audit.horizon(first, limits and limits.max_age_s)}", file=sys.stderr)
+    print(f"aimesh: {audit.horizon(first, limits.max_age_s if limits else None)}", file=sys.stderr)
     print(audit.lines(found))
     return 0
 
@@ -126,6 +129,7 @@ def _as_admin(args, work) -> int:
     """Print the lines of work(admin account), whose calls go through the gateway; a refused call
     prints its status instead."""
     import grpc
+
     from .admin import Admin
     gateway = f"127.0.0.1:{topology.load().gateway.edge_port}"
     try:
@@ -180,8 +184,9 @@ def cmd_web(args) -> int:
 
 
 def cmd_env(args) -> int:
-    from . import certs
     from services.kit.tls import GATEWAY, dns_name
+
+    from . import certs
     topo = topology.load()
     print(f'export PATH="{paths.venv_bin("")}:$PATH"')
     if topo.identity.mtls:
@@ -216,6 +221,7 @@ def cmd_certs_issue(args) -> int:
     from the CA in the state dir, or your own CA's ca.pem and ca.key in --ca."""
     import datetime
     from pathlib import Path
+
     from . import certs
     topo = topology.load()
     authority = certs.Authority(paths.state_dir(), folder=Path(args.ca) if args.ca else None)
@@ -273,6 +279,9 @@ def cmd_deploy_lock(args) -> int:
     return 0
 
 
+CHECKS = (("ruff", "check", "--quiet", "."), ("mypy",))
+
+
 def cmd_test(args) -> int:
     from . import browser, web
     codegen.generate()
@@ -285,6 +294,11 @@ def cmd_test(args) -> int:
         browser.install()    # the page's tests run in Debian's headless chromium
     except (RuntimeError, subprocess.SubprocessError) as missing:   # the other tests still run
         print(f"aimesh: {missing}", file=sys.stderr)
+    for check in CHECKS:   # lint and type check first: seconds, before minutes of tests
+        if subprocess.run([sys.executable, "-m", *check], cwd=paths.ROOT).returncode:
+            print(f"aimesh: `{' '.join(check)}` found problems (settings in pyproject.toml)",
+                  file=sys.stderr)
+            return 1
     if build_models():   # here, not inside the test session's `up` and its timeout
         return 1
     os.execv(sys.executable, [sys.executable, "-m", "pytest", *args.pytest_args])

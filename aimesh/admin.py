@@ -47,8 +47,8 @@ def create_user(admin: Admin, email: str, *, password: str | None, name: str | N
 def set_access(admin: Admin, email: str, *, tier: str | None, role: str | None) -> user_pb2.Profile:
     return admin.call("SetAccess", user_pb2.SetAccessRequest(
         email=email,   # unset: unchanged (the enums' zero value)
-        tier=user_pb2.Tier.Value(f"TIER_{tier.upper()}") if tier else 0,
-        role=user_pb2.Role.Value(f"ROLE_{role.upper()}") if role else 0)).profile
+        tier=f"TIER_{tier.upper()}" if tier else "TIER_UNSPECIFIED",
+        role=f"ROLE_{role.upper()}" if role else "ROLE_UNSPECIFIED")).profile
 
 
 def describe(profile: user_pb2.Profile) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -27,7 +28,7 @@ def install() -> None:
         raise RuntimeError(f"the page's tests need {' and '.join(PACKAGES)}: "
                            f"sudo apt-get install {' '.join(PACKAGES)}")
     print(f"aimesh: installing {', '.join(PACKAGES)} (Debian packages, once)", flush=True)
-    quiet = {"stdout": subprocess.DEVNULL, "timeout": APT_TIMEOUT_S,
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "timeout": APT_TIMEOUT_S,
              "env": {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}}
     subprocess.run(["apt-get", "update", "-qq"], check=True, **quiet)
     subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, **quiet)

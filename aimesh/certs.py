@@ -35,7 +35,7 @@ NATS = "nats"                # the NATS server presents a certificate too
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:

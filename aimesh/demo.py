@@ -12,7 +12,7 @@ import grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit.movielens import Movie, movies
-from services.user.demo import ACCOUNTS, PASSWORD
+from services.user.demo import PASSWORD
 
 POLL_S = 1.0   # how often `up` looks at the indexing job
 

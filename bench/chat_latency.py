@@ -5,11 +5,11 @@ settings read from its config.pbtxt).
 
 Both columns answer the same prompts: the in-process side builds each prompt as chat-svc does
 (services/chat/model.py: messages, the CITED grammar, one paragraph) from the same Search results,
-with chat-svc's temperature and max_tokens. Levels alternate between the two sides, so load from elsewhere on the machine falls
-on both alike; they never run at the same time. Prints figures and asserts none. Runs its own mesh
-(bench/topology.yaml: no rate limit or per-user cap reached; each chat is its own user anyway) in
-/tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always brings it down. Run it as bin/aimesh
-runs the CLI (bench/README.md):
+with chat-svc's temperature and max_tokens. Levels alternate between the two sides, so load from
+elsewhere on the machine falls on both alike; they never run at the same time. Prints figures and
+asserts none. Runs its own mesh (bench/topology.yaml: no rate limit or per-user cap reached; each
+chat is its own user anyway) in /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always
+brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
 
   venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
   PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/chat_latency.py
@@ -29,9 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
-
 import grpc  # noqa: E402
+from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
 
 from aimesh import paths  # noqa: E402
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402

@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("chat_quality.yaml")))
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
-
 import grpc  # noqa: E402
+from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
 
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from aimesh.common.v1 import common_pb2  # noqa: E402

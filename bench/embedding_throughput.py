@@ -14,13 +14,13 @@ import json
 import os
 import time
 
+import loadgen
+import lone_triton
 import numpy as np
 import onnxruntime
 import tritonclient.grpc as grpcclient
 from tokenizers import Tokenizer
 
-import loadgen
-import lone_triton
 from aimesh import models, topology, triton
 
 MODEL = "text_embedding"
@@ -80,7 +80,7 @@ def main() -> None:
         rate = through_triton(client, texts, REQUESTS)
         after = triton.inference_counts(infra.triton_metrics_port, MODEL)
 
-    inferences, executions = (a - b for a, b in zip(after, before))
+    inferences, executions = (a - b for a, b in zip(after, before, strict=True))
     print(f"  Triton, concurrency {CONCURRENCY}, one sentence per request: {rate:7.1f} sentences/s"
           f" (mean executed batch {inferences / executions:.1f})")
     print(f"Triton / in-process best (batch {batch_size}): {rate / limit:.0%} (target >= 70%)")

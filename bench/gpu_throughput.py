@@ -28,7 +28,9 @@ here, `bench/device_wheels.sh` puts the wheels it lacks (Triton from nvidia-pytr
 tritonclient, grpcio, protobuf, python-rapidjson: 49 MB) into .device-wheels/, ignored by git;
 then one device call with `carry: [".device-wheels"]` runs:
 
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device-wheels/*.whl && PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_throughput.py 2>&1 | tee $OUT/gpu_throughput.log
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+    .device-wheels/*.whl && PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD \
+    python3 bench/gpu_throughput.py 2>&1 | tee $OUT/gpu_throughput.log
 
 bench/README.md says what the wheels are and why.
 """
@@ -49,9 +51,9 @@ import types
 import urllib.request
 from pathlib import Path
 
+import lone_triton
 import numpy as np
 
-import lone_triton
 from aimesh import models, topology, triton
 from aimesh.models.recommender import ranking_module
 from aimesh.paths import TRITON_MODELS
@@ -130,7 +132,7 @@ def random_embedding(out: Path, on_gpu: bool, trace_device: str = "cpu") -> None
     import torch
     from transformers import BertConfig, BertModel
 
-    from aimesh.models.text_embedding import _pooled_encoder, export_onnx   # the build's own
+    from aimesh.models.text_embedding import _pooled_encoder, export_onnx  # the build's own
 
     torch.manual_seed(0)
     encoder = _pooled_encoder(BertModel(BertConfig(**MINILM), add_pooling_layer=False))
@@ -415,7 +417,7 @@ def through_triton(table: Table, repo: Path, ids, mask, users, options, sentence
                 rate = embedding_through_triton(client, ids, mask, concurrency, per_request,
                                                 max(sentences // per_request, concurrency * 4))
                 after = triton.inference_counts(infra.triton_metrics_port, EMBEDDING)
-                inferences, executions = (a - b for a, b in zip(after, before))
+                inferences, executions = (a - b for a, b in zip(after, before, strict=True))
                 table.add("text_embedding", f"Triton ({where})",
                           f"conc {concurrency}, {per_request}/req, mean batch "
                           f"{inferences / executions:.0f}", rate, f"{rate / best:.0%} of best")

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-state")
 os.environ.setdefault("AIMESH_PORT_OFFSET", "2000")

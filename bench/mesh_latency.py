@@ -23,18 +23,18 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-latency-state")
 os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
 
 import grpc  # noqa: E402
+import loadgen  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
-
-import loadgen  # noqa: E402
 from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
+
 from aimesh import demo  # noqa: E402
 from aimesh.common.v1 import common_pb2  # noqa: E402
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc  # noqa: E402

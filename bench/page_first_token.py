@@ -28,9 +28,9 @@ os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-page-state")
 os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
 
 import grpc  # noqa: E402
+from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
 from aimesh import browser, demo  # noqa: E402
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 

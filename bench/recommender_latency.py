@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 
+import loadgen
+import lone_triton
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-import loadgen
-import lone_triton
 from aimesh import models, topology
 
 MODEL = "recommender"

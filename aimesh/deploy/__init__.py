@@ -23,15 +23,34 @@ import yaml
 
 from .. import envoy
 from ..paths import ROOT
-from ..topology import DEFAULT_FILE, load, Topology
+from ..topology import DEFAULT_FILE, Topology, load
 from .compose import compose, grpc_probe
 from .k8s import cert_manager_component, k8s_base_kustomization, k8s_gateway, k8s_infra, k8s_services
 from .locks import DATA_PACKAGES, LOCKS, lock, lock_inputs
 from .observability import dashboard, grafana_dashboards, grafana_datasources, prometheus
-from .workloads import (CANARY_STEPS, CERTS_MOUNT, COMPOSE_CERTS, COMPOSE_ENVOY_SDS, ENVOY_CONFIG_DIR,
-                        ENVOY_DESCRIPTOR_SET, ENVOY_WEB_DIR, GENERATED, NAMESPACE, OTLP_PORT, TAG,
-                        canary_service, compose_hosts, envoy_certs, envoy_config, k8s_hosts, nats_config,
-                        password_variable, postgres_init, with_weights, workloads)
+from .workloads import (
+    CANARY_STEPS,
+    CERTS_MOUNT,
+    COMPOSE_CERTS,
+    COMPOSE_ENVOY_SDS,
+    ENVOY_CONFIG_DIR,
+    ENVOY_DESCRIPTOR_SET,
+    ENVOY_WEB_DIR,
+    GENERATED,
+    NAMESPACE,
+    OTLP_PORT,
+    TAG,
+    canary_service,
+    compose_hosts,
+    envoy_certs,
+    envoy_config,
+    k8s_hosts,
+    nats_config,
+    password_variable,
+    postgres_init,
+    with_weights,
+    workloads,
+)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -76,6 +95,7 @@ def render(topo: Topology | None = None) -> dict[str, str]:
         files[f"deploy/k8s/base/{name}"] = _yaml(content)
     canary = canary_service(topo)
     for share in CANARY_STEPS if canary else ():
+        assert canary is not None
         folder = f"deploy/k8s/components/canary-{share}"
         stepped = with_weights(topo, canary.name, share)
         files[f"{folder}/envoy-config.yaml"] = _yaml(envoy_config(stepped, k8s_hosts(stepped),

@@ -2,11 +2,36 @@
 observability stack."""
 from __future__ import annotations
 
+from typing import Any
+
 from services.kit.tls import GATEWAY
+
 from .. import certs
 from ..infra import DATABASE
 from ..topology import Topology
-from .workloads import CERTS_MOUNT, COMPOSE_CERTS, COMPOSE_ENVOY_SDS, DEV_POSTGRES_PASSWORD, GRAFANA_IMAGE, GRAFANA_PORT, JAEGER_IMAGE, JAEGER_UI_PORT, NATS_CONFIG, NATS_IMAGE, POSTGRES_IMAGE, PROMETHEUS_IMAGE, PROMETHEUS_PORT, SERVICE_DOCKERFILE, TAG, TRITON_DOCKERFILE, container_env, dev_password, image, password_variable, triton_args
+from .workloads import (
+    CERTS_MOUNT,
+    COMPOSE_CERTS,
+    COMPOSE_ENVOY_SDS,
+    DEV_POSTGRES_PASSWORD,
+    GRAFANA_IMAGE,
+    GRAFANA_PORT,
+    JAEGER_IMAGE,
+    JAEGER_UI_PORT,
+    NATS_CONFIG,
+    NATS_IMAGE,
+    POSTGRES_IMAGE,
+    PROMETHEUS_IMAGE,
+    PROMETHEUS_PORT,
+    SERVICE_DOCKERFILE,
+    TAG,
+    TRITON_DOCKERFILE,
+    container_env,
+    dev_password,
+    image,
+    password_variable,
+    triton_args,
+)
 
 
 def _healthcheck(test: list[str], *, start_s: int = 5, retries: int = 30) -> dict:
@@ -35,7 +60,7 @@ def compose(topo: Topology) -> dict:
     stores = {"postgres": healthy, "nats": healthy}
     roles = {password_variable(s): _compose_password(password_variable(s), dev_password(s))
              for s in topo.services}
-    containers = {
+    containers: dict[str, dict[str, Any]] = {
         "postgres": {
             "image": POSTGRES_IMAGE,
             "command": ["postgres", "-c", f"port={i.postgres_port}", "-c", "max_connections=200"],
@@ -71,7 +96,7 @@ def compose(topo: Topology) -> dict:
     }
     built = set()
     for service, instance in topo.instances():
-        container = {}
+        container: dict[str, Any] = {}
         if service.name not in built:         # one build per image; other instances reuse it
             container["build"] = {"context": ".", "dockerfile": SERVICE_DOCKERFILE,
                                   "target": "service", "args": {"SERVICE": service.name}}
@@ -117,7 +142,7 @@ def compose(topo: Topology) -> dict:
         "ports": [f"127.0.0.1:{GRAFANA_PORT}:{GRAFANA_PORT}"],
         "depends_on": {"prometheus": {"condition": "service_started"}},
     }
-    volumes = {"postgres": {}, "nats": {}}
+    volumes: dict[str, dict] = {"postgres": {}, "nats": {}}
     networks = {"default": {}, "inference": {"internal": True}}
     return {"name": "aimesh", "services": containers, "volumes": volumes, "networks": networks}
 

@@ -1,13 +1,31 @@
 """Kubernetes: the kustomize base (services, gateway, infra) and its components."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from services.kit.tls import dns_name, GATEWAY, spiffe_id
-from .. import certs, envoy, services, triton
+from services.kit.tls import GATEWAY, dns_name, spiffe_id
+
+from .. import certs, envoy
 from ..infra import DATABASE
 from ..topology import Topology
-from .workloads import CERTS_MOUNT, DEV_POSTGRES_PASSWORD, ENVOY_CONFIG_DIR, NAMESPACE, NATS_CONFIG, NATS_IMAGE, POSTGRES_IMAGE, SCALE_LIMIT, TAG, container_env, dev_password, image, password_variable, triton_args, workloads
+from .workloads import (
+    CERTS_MOUNT,
+    DEV_POSTGRES_PASSWORD,
+    ENVOY_CONFIG_DIR,
+    NAMESPACE,
+    NATS_CONFIG,
+    NATS_IMAGE,
+    POSTGRES_IMAGE,
+    SCALE_LIMIT,
+    TAG,
+    container_env,
+    dev_password,
+    image,
+    password_variable,
+    triton_args,
+    workloads,
+)
 
 
 def _labels(name: str) -> dict:
@@ -226,7 +244,7 @@ def _triton_policy(topo: Topology) -> dict:
                                   "ports": [{"port": topo.infra.triton_grpc_port}]}]}}
 
 
-def _stateful_set(name: str, container: dict, *, extra_volumes: list[dict] = ()) -> dict:
+def _stateful_set(name: str, container: dict, *, extra_volumes: Sequence[dict] = ()) -> dict:
     pod = {"containers": [{"name": name, **container}]}
     if extra_volumes:
         pod["volumes"] = list(extra_volumes)
@@ -263,7 +281,7 @@ def k8s_base_kustomization(services: list[str]) -> dict:
     }
 
 
-def cert_manager_component(topo: Topology) -> dict:
+def cert_manager_component(topo: Topology) -> list[dict]:
     """A Certificate per workload from cert-manager (which must run in the cluster), issued by
     the `aimesh-ca` Issuer from your CA in the `aimesh-ca` Secret (docs/deploy.md): the same
     SPIFFE ids, lifetime and renewal point as the local runner's."""

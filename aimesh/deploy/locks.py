@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ..paths import ROOT
 
-
 LOCKS = ("services", "codegen", "triton")   # deploy/requirements/<name>.in -> <name>.txt
 
 

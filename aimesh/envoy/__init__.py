@@ -15,31 +15,45 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from aimesh import paths
 from aimesh.topology import Topology
+
 from .clusters import all_clusters
-from .common import (DESCRIPTOR_SET, LOOPBACK, OWN_CERTIFICATE, TRITON, TRUST, WEB_DIR, WEB_FILES,
-                     Addressing, socket_address)
+from .common import (
+    DESCRIPTOR_SET,
+    LOOPBACK,
+    OWN_CERTIFICATE,
+    TRITON,
+    TRUST,
+    WEB_DIR,
+    WEB_FILES,
+    Addressing,
+    socket_address,
+)
 from .filters import client_filters, rbac_filter
 from .listeners import build_listener
 from .routes import method_routes, web_routes
 from .tls import CertFiles, Tls, sds_files
 
+LOCAL_CERTS = CertFiles.local()
+ON_LOOPBACK = Addressing()
+
 
 def render(topo: Topology, *, access_log_path: str | None = None,
            descriptor_set: str = DESCRIPTOR_SET, web_dir: str = WEB_DIR,
-           otlp_endpoint: str = "", certs: CertFiles = CertFiles.local(),
-           addressing: Addressing = Addressing()) -> dict:
+           otlp_endpoint: str = "", certs: CertFiles = LOCAL_CERTS,
+           addressing: Addressing = ON_LOOPBACK) -> dict:
     """The full bootstrap as a plain dict; the same arguments always give the same dict.
     `otlp_endpoint` (host:port of an OTLP gRPC collector) turns tracing on. With the topology's
     identity.mtls, Envoy's own certificate and the CA come by SDS (`certs`). `addressing`: where
     it listens and how it names upstreams (loopback here; names in containers)."""
     log = access_log_path or "/dev/stdout"
     tls = Tls(certs) if topo.identity.mtls else None
-    listener = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint),
+    listener: dict[str, Any] = {"topo": topo, "access_log_path": log, "tracing": bool(otlp_endpoint),
                 "addressing": addressing}
     config = {
         # Routes read from files (see write) need the node named.

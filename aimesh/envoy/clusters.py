@@ -2,8 +2,18 @@
 from __future__ import annotations
 
 from aimesh.topology import Topology
-from .common import (JWKS_CLUSTER, OTLP_CLUSTER, TRITON, Addressing, cluster_name, issuer_service,
-                     seconds, version_cluster, version_pins)
+
+from .common import (
+    JWKS_CLUSTER,
+    OTLP_CLUSTER,
+    TRITON,
+    Addressing,
+    cluster_name,
+    issuer_service,
+    seconds,
+    version_cluster,
+    version_pins,
+)
 from .tls import Tls
 
 

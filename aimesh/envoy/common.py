@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 
 from aimesh.topology import Service, Topology
 
-
 LOOPBACK = "127.0.0.1"
 
 
@@ -56,7 +55,7 @@ RBAC_FILTER = "envoy.filters.http.rbac"
 
 # CEL: the connection failed in TLS (no certificate, an unknown CA, expired); the listener's log
 # would otherwise have a line for every connection.
-HANDSHAKE_FAILED = "connection.transport_failure_reason != ''"      # CEL: the client presented no certificate that verified
+HANDSHAKE_FAILED = "connection.transport_failure_reason != ''"
 
 
 # Retry only what never produced an answer: a refused connection, a reset, or UNAVAILABLE.

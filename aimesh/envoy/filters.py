@@ -2,10 +2,26 @@
 JSON, CORS, tracing and the access log."""
 from __future__ import annotations
 
-from aimesh.topology import Topology, TRITON as TRITON_NAME
+from aimesh.topology import TRITON as TRITON_NAME
+from aimesh.topology import Topology
 from services.kit.identity import CLAIM_HEADERS, JWKS_PATH
 from services.kit.tls import spiffe_id
-from .common import CORS_FILTER, GRPC_WEB_HEADERS, JWKS_CLUSTER, JWT_PROVIDER, OTLP_CLUSTER, RATE_LIMIT_FILTER, RATE_LIMITED_MESSAGE, RBAC_FILTER, RESOURCE_EXHAUSTED, TRITON, Addressing, issuer_service, seconds
+
+from .common import (
+    CORS_FILTER,
+    GRPC_WEB_HEADERS,
+    JWKS_CLUSTER,
+    JWT_PROVIDER,
+    OTLP_CLUSTER,
+    RATE_LIMIT_FILTER,
+    RATE_LIMITED_MESSAGE,
+    RBAC_FILTER,
+    RESOURCE_EXHAUSTED,
+    TRITON,
+    Addressing,
+    issuer_service,
+    seconds,
+)
 
 
 def rbac_filter(topo: Topology) -> dict:

@@ -1,28 +1,31 @@
 """The two listeners (edge, east-west): one HTTP connection manager each, built by one function."""
 from __future__ import annotations
 
+from typing import Any
+
 from aimesh.topology import Topology
-from .common import (CORS_FILTER, HANDSHAKE_FAILED, MAX_WEB_FILE_BYTES, Addressing, seconds,
-                     socket_address)
+
+from .common import CORS_FILTER, HANDSHAKE_FAILED, MAX_WEB_FILE_BYTES, Addressing, seconds, socket_address
 from .filters import access_log, cors_policy, grpc_web_local_replies, http_filters, tracer
 from .routes import method_routes
+from .tls import Tls
 
 
 def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
               access_log_path: str, tracing: bool, edge_filters: list[dict],
               public_prefixes: tuple[str, ...], trust_request_id: bool,
-              public_paths: tuple[str, ...] = (), tls: "Tls | None" = None,
+              public_paths: tuple[str, ...] = (), tls: Tls | None = None,
               addressing: Addressing) -> dict:
     """A listener with every service's routes (built afresh, so the YAML has no aliases) after
     its own extra routes, and the one filter chain."""
     edge = name == "edge"
     routes = extra_routes + [r for s in topo.services.values() for r in method_routes(s, topo, edge=edge)]
-    virtual_host = {"name": name, "domains": ["*"], "routes": routes}
-    route_config = {"name": name, "virtual_hosts": [virtual_host]}
+    virtual_host: dict[str, Any] = {"name": name, "domains": ["*"], "routes": routes}
+    route_config: dict[str, Any] = {"name": name, "virtual_hosts": [virtual_host]}
     if edge:
         virtual_host["typed_per_filter_config"] = {CORS_FILTER: cors_policy(topo)}
         route_config["max_direct_response_body_size_bytes"] = MAX_WEB_FILE_BYTES
-    hcm = {
+    hcm: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
                  ".v3.HttpConnectionManager",
         "stat_prefix": name,
@@ -42,9 +45,9 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
         hcm["local_reply_config"] = grpc_web_local_replies()
     if tracing:
         hcm["tracing"] = tracer(name)
-    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+    chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                           "typed_config": hcm}]}
-    listener = {"name": name, "address": socket_address(port, addressing.listen),
+    listener: dict[str, Any] = {"name": name, "address": socket_address(port, addressing.listen),
                 "filter_chains": [chain]}
     if tls:
         chain["transport_socket"] = tls.downstream()

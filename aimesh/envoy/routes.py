@@ -1,9 +1,21 @@
 """Routes: the page's files, and per service and method its timeout, retries and rate limits."""
 from __future__ import annotations
 
+from typing import Any
+
 from aimesh.topology import RateLimit, Service, Topology
 from services.kit.identity import CLAIM_HEADERS
-from .common import MAX_USERS_TRACKED, PIN_HEADER, RATE_LIMIT_FILTER, RETRY_ON, WEB_FILES, route_target, seconds, version_pins
+
+from .common import (
+    MAX_USERS_TRACKED,
+    PIN_HEADER,
+    RATE_LIMIT_FILTER,
+    RETRY_ON,
+    WEB_FILES,
+    route_target,
+    seconds,
+    version_pins,
+)
 
 
 def web_routes(web_dir: str) -> list[dict]:
@@ -55,18 +67,18 @@ def _policy(service: Service, method: str, target: dict, topo: Topology, *,
     if stream:
         # A stream lives as long as the conversation: no route timeout, only an idle bound;
         # and it is never retried (part of it may have been answered).
-        action = {**target, "timeout": "0s",
+        action: dict[str, Any] = {**target, "timeout": "0s",
                   "idle_timeout": seconds(topo.gateway.stream_idle_timeout_s)}
     else:
         action = {**target, "timeout": seconds(service.timeout_s)}
         if idempotent:
             action["retry_policy"] = _retry_policy(topo)
-    filters = {}
-    if edge and (public or service.rate_limit):
-        limit, descriptors = _per_address(topo) if public else _per_user(service.rate_limit)
-        action["rate_limits"] = [{"actions": descriptors}]
-        filters[RATE_LIMIT_FILTER] = limit
-    return action, filters
+    if not edge or not (public or service.rate_limit):
+        return action, {}
+    limit, descriptors = (_per_address(topo) if public or service.rate_limit is None
+                          else _per_user(service.rate_limit))
+    action["rate_limits"] = [{"actions": descriptors}]
+    return action, {RATE_LIMIT_FILTER: limit}
 
 
 def _retry_policy(topo: Topology) -> dict:

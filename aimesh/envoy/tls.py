@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.kit.tls import dns_name, spiffe_id
+
 from .common import OWN_CERTIFICATE, TRUST
 
 
@@ -18,12 +19,12 @@ class CertFiles:
     sds_folder: str
 
     @classmethod
-    def local(cls, folder: str = "certs") -> "CertFiles":
+    def local(cls, folder: str = "certs") -> CertFiles:
         """The runner's: <state>/certs, the gateway's bundle (key and certificate in one file)."""
         return cls(folder, f"{OWN_CERTIFICATE}.pem", f"{OWN_CERTIFICATE}.pem", "ca.pem", folder)
 
     @classmethod
-    def mounted(cls, folder: str, sds_folder: str) -> "CertFiles":
+    def mounted(cls, folder: str, sds_folder: str) -> CertFiles:
         """A deployment's: a mounted Secret in cert-manager's layout."""
         return cls(folder, "tls.crt", "tls.key", "ca.crt", sds_folder)
 

@@ -42,9 +42,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from aimesh.paths import ROOT
 
@@ -227,6 +227,7 @@ def _run_builder(python: Path, found: Artifact, out: Path, step: str,
                                cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
+    assert process.stdout is not None      # PIPE
     for line in process.stdout:
         line = line.rstrip()
         tail = [*tail[-40:], line]

@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,7 @@ class Split:
 def _load(name: str, path: Path):
     if name not in sys.modules:   # registered before running: dataclasses look themselves up there
         spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, path
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])
     return sys.modules[name]
@@ -167,7 +169,7 @@ def version_arrays(split: Split, item_factors: np.ndarray, popularity: np.ndarra
                    content_weight: float = CONTENT_WEIGHT) -> dict[str, np.ndarray]:
     """The arrays of one version (the format ranking.py documents)."""
     rated = popularity > 0
-    arrays = {"item_ids": split.item_ids.astype(np.int64), "popularity": popularity,
+    arrays: dict[str, Any] = {"item_ids": split.item_ids.astype(np.int64), "popularity": popularity,
               "alpha": np.float64(ALPHA), "regularization": np.float64(REGULARIZATION)}
     if content is None:
         arrays["known"] = rated
@@ -233,7 +235,7 @@ def build(out: Path, progress: Callable[[str], None]) -> None:
         np.savez(out / version / "recommender.npz", **arrays)
 
     progress("evaluating popularity, v1 and v2 on the held-out split")
-    metrics = {"protocol": __doc__.split("\n\n")[1].replace("\n", " "),
+    metrics: dict[str, Any] = {"protocol": (__doc__ or "").split("\n\n")[1].replace("\n", " "),
                "users": len(split.train),
                "held_out_interactions": sum(len(t) for t in split.test.values()),
                "unrated_items": len(unrated),
@@ -245,8 +247,10 @@ def build(out: Path, progress: Callable[[str], None]) -> None:
     samples = {}
     for version, arrays in versions.items():
         ranker = ranking.Ranker(arrays)
-        metrics["models"][f"v{version}"] = evaluate(lambda h, k: ranker.top_k(h, k)[0], split,
-                                                    unrated)
+
+        def top(history, k, ranker=ranker):
+            return ranker.top_k(history, k)[0]
+        metrics["models"][f"v{version}"] = evaluate(top, split, unrated)
         samples[version] = [
             {"history": split.item_ids[split.train[user]].tolist(),
              "top_10": ranker.top_k(split.item_ids[split.train[user]], CUTOFF)[0].tolist()}

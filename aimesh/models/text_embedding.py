@@ -13,8 +13,8 @@ Writes into the artifact folder:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 DIM = 384
 MAX_TOKENS = 256            # sentence-transformers' max_seq_length for this model

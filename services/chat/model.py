@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class ChatModel:
         self.triton, self.temperature = triton, temperature
 
     async def generate(self, prompt: list[dict], max_tokens: int, deadline_s: float,
-                       hits: list[search_pb2.SearchResult]) -> AsyncIterator[Piece]:
+                       hits: list[search_pb2.SearchResult]) -> AsyncGenerator[Piece]:
         """The answer's pieces as Triton produces them; the last one carries the finish reason and
         token counts. The answer may quote only the retrieved titles (chat_lm's CITED grammar).
         ModelBusy when the model refuses for load, kit.Unavailable when it cannot answer."""

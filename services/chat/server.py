@@ -35,7 +35,7 @@ FINISH = {"stop": chat_pb2.FINISH_REASON_STOP, "length": chat_pb2.FINISH_REASON_
 
 
 def retrieval_only(hits: list[search_pb2.SearchResult], max_tokens: int, *,
-                   searched: bool = True) -> tuple[list[str], int]:
+                   searched: bool = True) -> tuple[list[str], chat_pb2.FinishReason]:
     """The fallback answer's pieces (word by word) and how it ends."""
     if hits:
         answer = "From the catalog: " + "; ".join(h.document.title for h in hits) + "."
@@ -52,7 +52,7 @@ def delta(text: str) -> chat_pb2.ChatResponse:
     return chat_pb2.ChatResponse(delta=chat_pb2.TokenDelta(text=text))
 
 
-def check(answer: str, hits: list[search_pb2.SearchResult]) -> tuple[int, str]:
+def check(answer: str, hits: list[search_pb2.SearchResult]) -> tuple[chat_pb2.Grounding, str]:
     """The answer's grounding, and the correction to append when it is not grounded: an answer
     that presents a title outside the citations, or names none of them, is told so in plain words
     and given the best cited entry."""
@@ -129,7 +129,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         prompt = messages(text, hits, await self.conversations.recent_turns(conversation, EARLIER_TURNS))
 
         sent: list[str] = []
-        finish, source, reason = chat_pb2.FINISH_REASON_STOP, common_pb2.SOURCE_MODEL, ""
+        finish: chat_pb2.FinishReason = chat_pb2.FINISH_REASON_STOP
+        source: common_pb2.Source = common_pb2.SOURCE_MODEL
+        reason = ""
         usage = chat_pb2.Usage()
         opening = lead(hits)     # the answer's first line, which the model continues
         try:
@@ -159,15 +161,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 if search_failure:
                     reason += f"; search unavailable: {search_failure}"
                 fallback, finish = retrieval_only(hits, max_tokens, searched=not search_failure)
-                for piece in fallback:
+                for text in fallback:
                     if cancel.is_set():
                         finish = chat_pb2.FINISH_REASON_CANCELLED
                         break
-                    sent.append(piece)
-                    yield delta(piece)
+                    sent.append(text)
+                    yield delta(text)
                     await asyncio.sleep(0)   # let a cancel that arrived be read between pieces
 
-        grounding = chat_pb2.GROUNDING_UNSPECIFIED
+        grounding: chat_pb2.Grounding = chat_pb2.GROUNDING_UNSPECIFIED
         if finish != chat_pb2.FINISH_REASON_CANCELLED:
             grounding, correction = check("".join(sent), hits)
             if correction:

@@ -8,9 +8,18 @@
 """
 from . import validate
 from .config import Config
-from .errors import (AlreadyExists, Error, FailedPrecondition, InvalidArgument, NotFound,
-                     PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable,
-                     field_violations)
+from .errors import (
+                     AlreadyExists,
+                     Error,
+                     FailedPrecondition,
+                     InvalidArgument,
+                     NotFound,
+                     PermissionDenied,
+                     ResourceExhausted,
+                     Unauthenticated,
+                     Unavailable,
+                     field_violations,
+)
 from .events import Events, unpack
 from .identity import Caller, admin, caller
 from .server import App, Binding, Server, serve

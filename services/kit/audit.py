@@ -8,10 +8,10 @@ or waits because NATS is down."""
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import asyncpg
-from opentelemetry import trace
+import opentelemetry.trace as trace
 
 from aimesh.events.v1 import events_pb2
 

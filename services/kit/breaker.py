@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import prometheus_client
 

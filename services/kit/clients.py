@@ -38,14 +38,14 @@ class Deadlines(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
 
     def details(self, call: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         timeout = call.timeout if call.timeout is not None else self.default_timeout_s
-        metadata = list(call.metadata or ())
+        metadata: list[tuple[str, str | bytes]] = list(call.metadata or ())
         if parent := inbound.get():
             if parent.deadline is not None:
                 timeout = min(timeout, max(parent.deadline - time.monotonic(), 0.001))
             present = {key for key, _ in metadata}
             metadata += [(k, v) for k, v in parent.forward if k not in present]
-        return grpc.aio.ClientCallDetails(call.method, timeout, metadata, call.credentials,
-                                          call.wait_for_ready)
+        return grpc.aio.ClientCallDetails(call.method, timeout, grpc.aio.Metadata(*metadata),
+                                          call.credentials, call.wait_for_ready)
 
     async def intercept_unary_unary(self, continuation, call, request):
         return await continuation(self.details(call), request)
@@ -61,7 +61,7 @@ class Deadlines(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
 
 
 def channel(target: str, *, timeout_s: float = 5.0,
-            identity: Identity | None = None) -> grpc.aio.Channel:
+            identity: Identity | None = None) -> grpc.aio.Channel | Renewing:
     """A channel whose every call has a deadline (default `timeout_s`); with an identity, mTLS to
     the gateway's east-west listener, renewed as the certificate is."""
     options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,13 @@ class Config:
         return self.instance or self.service
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Config":
-        environ = os.environ if environ is None else environ
-        values = {}
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        source: Mapping[str, str] = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(f"AIMESH_{field.name.upper()}")
+            raw = source.get(f"AIMESH_{field.name.upper()}")
             if raw is not None:
-                kind = type(field.default)
+                kind: Any = type(field.default)
                 values[field.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         return cls(**values)
 

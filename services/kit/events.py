@@ -4,14 +4,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import TypeVar
 
 import nats
-from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
-from nats.js.errors import NotFoundError
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
+from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
+from nats.js.errors import NotFoundError
 from opentelemetry import propagate
 from prometheus_client import Counter
 
@@ -60,7 +61,10 @@ def _age_s(event: events_pb2.Envelope) -> float:
     return (now.ToNanoseconds() - event.time.ToNanoseconds()) / 1e9
 
 
-def unpack(event: events_pb2.Envelope, message_type: type[Message]) -> Message:
+M = TypeVar("M", bound=Message)
+
+
+def unpack(event: events_pb2.Envelope, message_type: type[M]) -> M:
     message = message_type()
     if not event.payload.Unpack(message):
         raise ValueError(f"event {event.event_id} ({event.type}) does not carry {message_type.__name__}")
@@ -88,7 +92,7 @@ class Events:
 
     @classmethod
     async def connect(cls, url: str, name: str, limits: dict[str, StreamLimits] | None = None,
-                      *, identity: Identity | None = None) -> "Events":
+                      *, identity: Identity | None = None) -> Events:
         """With an identity: TLS, and NATS knows the caller by its certificate (the subjects it
         may use are in the topology's `events`)."""
         secure = {}
@@ -148,7 +152,7 @@ class Events:
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(batch=32, timeout=1)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):   # nothing new: poll again
+            except (TimeoutError, nats.errors.TimeoutError):   # nothing new: poll again
                 continue
             except nats.errors.Error as failure:   # server restarting: the client reconnects
                 log.warning("fetch failed, retrying: %s", failure,

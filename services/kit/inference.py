@@ -3,12 +3,17 @@ through the east-west listener. Any failure is kit.Unavailable, so callers with 
 catch one error type."""
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor, triton_to_np_dtype
+from tritonclient.utils import (
+    deserialize_bytes_tensor,
+    np_to_triton_dtype,
+    serialize_byte_tensor,
+    triton_to_np_dtype,
+)
 
 from .errors import Unavailable
 
@@ -36,7 +41,7 @@ def _request(model: str, inputs: dict[str, np.ndarray], version: str = "") -> se
 
 def _outputs(reply: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
     return {output.name: _array(output, raw)
-            for output, raw in zip(reply.outputs, reply.raw_output_contents)}
+            for output, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
 
 
 class Triton:
@@ -52,7 +57,7 @@ class Triton:
         return _outputs(reply)
 
     async def stream(self, model: str, inputs: dict[str, np.ndarray], *, last_output: str,
-                     timeout_s: float | None = None) -> AsyncIterator[dict[str, np.ndarray]]:
+                     timeout_s: float | None = None) -> AsyncGenerator[dict[str, np.ndarray]]:
         """A decoupled model's responses as they come, up to the one carrying `last_output`.
         Leaving the loop early (or being cancelled) cancels the call, and Triton tells the
         model, which stops generating."""

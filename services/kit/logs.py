@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from opentelemetry import trace
+import opentelemetry.trace as trace
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 

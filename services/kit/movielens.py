@@ -23,7 +23,7 @@ def _dataset() -> Path:
     spec = importlib.util.find_spec("recbole")
     if spec is None:
         raise RuntimeError("the recbole package (MovieLens data) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "dataset_example" / "ml-100k"
+    return Path(next(iter(spec.submodule_search_locations or ()))) / "dataset_example" / "ml-100k"
 
 
 @dataclass(frozen=True)

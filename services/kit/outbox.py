@@ -72,7 +72,7 @@ class Outbox:
             try:
                 while await self.relay() == BATCH:
                     pass
-            except (nats.errors.Error, asyncio.TimeoutError, OSError) as failure:
+            except (TimeoutError, nats.errors.Error, OSError) as failure:
                 log.warning("publishing the outbox failed; will retry: %s", failure)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._pending.wait(), POLL_S)

@@ -59,7 +59,7 @@ class Retention:
     prune_every_s: float = 600.0
 
     @classmethod
-    def parse(cls, raw: dict) -> "Retention":
+    def parse(cls, raw: dict) -> Retention:
         """From the topology's block: durations like 30d, sizes like 1GiB. A table that holds a
         consumer's processed event ids names the streams it `dedupes`: it must keep its rows longer
         than those streams keep their messages, or a redelivered event could be applied twice."""
@@ -84,7 +84,7 @@ class Retention:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Retention":
+    def from_json(cls, text: str) -> Retention:
         if not text:
             return cls()
         raw = json.loads(text)

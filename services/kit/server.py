@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -18,6 +19,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from . import clients, database, events, logs, outbox, retention, telemetry, tls
 from .config import Config
+from .events import Events
 from .interceptors import Observe
 
 log = logging.getLogger("aimesh.server")
@@ -99,10 +101,10 @@ class App:
             self.spawn(self.identity.keep_loaded(context, self.stopping), name="nats-certificate")
         return bus
 
-    def outbox(self, pool, events: events.Events) -> "outbox.Outbox":
+    def outbox(self, pool, bus: Events) -> outbox.Outbox:
         """Events written in the service's transactions, relayed to NATS after each commit
         (the service's migrations must end with outbox.MIGRATION)."""
-        relay = outbox.Outbox(pool, events)
+        relay = outbox.Outbox(pool, bus)
         self.spawn(relay.run(self.stopping), name="outbox")
         return relay
 

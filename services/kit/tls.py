@@ -60,7 +60,7 @@ class Identity:
     key: Path | None = None
 
     @classmethod
-    def of(cls, config) -> "Identity | None":
+    def of(cls, config) -> Identity | None:
         if not config.certificate:
             return None
         return cls(Path(config.certificate), Path(config.trust_bundle),
@@ -152,7 +152,7 @@ class Identity:
 def peer(context: grpc.aio.ServicerContext) -> str | None:
     """The caller's workload identity (its SPIFFE id) from the verified TLS peer, or None on a
     plaintext connection (the probe port)."""
-    ids = (context.auth_context() or {}).get(SPIFFE_PROPERTY) or ()
+    ids = list((context.auth_context() or {}).get(SPIFFE_PROPERTY) or ())
     return ids[0].decode() if ids else None
 
 

@@ -17,17 +17,18 @@ SUBSCRIBER_QUEUE = 100   # a subscriber this far behind is dropped rather than b
 def describe(event: events_pb2.Envelope) -> tuple[str, str, str] | None:
     """(user id, title, body) for the events that notify someone."""
     if event.type == "user.registered":
-        e = kit.unpack(event, events_pb2.UserRegistered)
-        return e.user_id, "Welcome to aimesh", f"Hello {e.display_name}, your account is ready."
+        registered = kit.unpack(event, events_pb2.UserRegistered)
+        return (registered.user_id, "Welcome to aimesh",
+                f"Hello {registered.display_name}, your account is ready.")
     if event.type == "user.purchased":
-        e = kit.unpack(event, events_pb2.UserPurchased)
-        if e.imported:   # past history brought in with the account, not news to its owner
+        purchased = kit.unpack(event, events_pb2.UserPurchased)
+        if purchased.imported:   # past history brought in with the account, not news to its owner
             return None
-        return e.user_id, "Purchase recorded", f"Item {e.item_id} is in your history."
+        return purchased.user_id, "Purchase recorded", f"Item {purchased.item_id} is in your history."
     if event.type == "job.completed":
-        e = kit.unpack(event, events_pb2.JobCompleted)
-        outcome = f"indexed {e.indexed_count} documents" if e.succeeded else f"failed: {e.error}"
-        return e.user_id, "Index job finished", f"Job {e.job_id} {outcome}."
+        job = kit.unpack(event, events_pb2.JobCompleted)
+        outcome = f"indexed {job.indexed_count} documents" if job.succeeded else f"failed: {job.error}"
+        return job.user_id, "Index job finished", f"Job {job.job_id} {outcome}."
     return None
 
 
@@ -43,7 +44,7 @@ class Subscribers:
         self.queues: dict[str, set[asyncio.Queue]] = collections.defaultdict(set)
 
     def add(self, user_id: str) -> asyncio.Queue:
-        queue = asyncio.Queue(SUBSCRIBER_QUEUE)
+        queue: asyncio.Queue = asyncio.Queue(SUBSCRIBER_QUEUE)
         self.queues[user_id].add(queue)
         return queue
 

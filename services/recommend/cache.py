@@ -3,7 +3,8 @@ history included), so a new purchase is simply a new key."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 TTL_S = 30.0
 MAX_USERS = 10_000

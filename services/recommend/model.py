@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from services import kit
 from services.kit.breaker import Breaker
 from services.kit.inference import Triton
 
@@ -17,9 +16,9 @@ class RecommenderModel:
 
     async def top_k(self, history: list[int], k: int, exclude: list[int]) -> list[tuple[int, float]]:
         """(item id, score) best first; kit.Unavailable when the model cannot answer."""
-        inputs = {"HISTORY": np.array(history, dtype=np.int64),
+        inputs: dict[str, np.ndarray] = {"HISTORY": np.array(history, dtype=np.int64),
                   "K": np.array([k], dtype=np.int32),
                   "EXCLUDE": np.array(exclude, dtype=np.int64)}
         outputs = await self.breaker.call(lambda: self.triton.infer(
             MODEL, inputs, version=self.version, timeout_s=DEADLINE_S))
-        return [(int(i), float(s)) for i, s in zip(outputs["ITEM_IDS"], outputs["SCORES"]) if i > 0]
+        return [(int(i), float(s)) for i, s in zip(outputs["ITEM_IDS"], outputs["SCORES"], strict=True) if i > 0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, asdict
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Awaitable, Callable
 
 import asyncpg
 import numpy as np
@@ -94,7 +94,7 @@ class DocumentStore:
                 " ON CONFLICT (id) DO UPDATE SET title = excluded.title, body = excluded.body,"
                 " metadata = excluded.metadata, embedding = excluded.embedding, updated_at = now()",
                 [(d.id, d.title, d.body, json.dumps(d.metadata), _vector(e))
-                 for d, e in zip(documents, embeddings)])
+                 for d, e in zip(documents, embeddings, strict=True)])
 
     async def delete(self, document_id: str) -> bool:
         return await self.pool.fetchval(
@@ -154,8 +154,11 @@ class Job:
 
 
 def _job(row) -> Job | None:
-    if row is None:
-        return None
+    return None if row is None else _existing_job(row)
+
+
+def _existing_job(row) -> Job:
+    """A row the statement just wrote or updated (RETURNING *): there always is one."""
     return Job(**{**dict(row), "id": str(row["id"]), "user_id": str(row["user_id"])})
 
 
@@ -177,8 +180,8 @@ class JobStore:
             await connection.executemany(
                 "INSERT INTO job_documents (job_id, seq, document) VALUES ($1, $2, $3::jsonb)",
                 [(job_id, seq, json.dumps(asdict(d))) for seq, d in enumerate(documents)])
-            await announce(connection, _job(row))
-        return _job(row)
+            await announce(connection, _existing_job(row))
+        return _existing_job(row)
 
     async def get(self, job_id: str) -> Job | None:
         try:
@@ -195,7 +198,7 @@ class JobStore:
         return [Document(**json.loads(r["document"])) for r in rows]
 
     async def progress(self, job_id: str, done_count: int) -> Job:
-        return _job(await self.pool.fetchrow(
+        return _existing_job(await self.pool.fetchrow(
             "UPDATE jobs SET state = 'running', done_count = $2, updated_at = now()"
             " WHERE id = $1 RETURNING *", uuid.UUID(job_id), done_count))
 
@@ -207,5 +210,5 @@ class JobStore:
                 "UPDATE jobs SET state = $2, error = $3, updated_at = now() WHERE id = $1 RETURNING *",
                 uuid.UUID(job_id), "failed" if error else "succeeded", error)
             await connection.execute("DELETE FROM job_documents WHERE job_id = $1", uuid.UUID(job_id))
-            await announce(connection, _job(row))
-        return _job(row)
+            await announce(connection, _existing_job(row))
+        return _existing_job(row)

@@ -7,7 +7,7 @@ their first recommendations come from the model. The purchases are announced lik
 notify nobody."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from services.kit import movielens
 
@@ -36,5 +36,5 @@ async def seed(users: UserStore, purchased: Announce) -> None:
                                                              tier=tier, role=role)
         if bought := history(email):
             await users.import_purchases(
-                user.id, [(r.item_id, datetime.fromtimestamp(r.timestamp, timezone.utc)) for r in bought],
+                user.id, [(r.item_id, datetime.fromtimestamp(r.timestamp, UTC)) for r in bought],
                 purchased)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -63,7 +64,12 @@ class EmailTaken(Exception):
 
 
 def _user(row) -> User | None:
-    return None if row is None else User(**{**dict(row), "id": str(row["id"])})
+    return None if row is None else _existing_user(row)
+
+
+def _existing_user(row) -> User:
+    """A row the statement just wrote (RETURNING *): there always is one."""
+    return User(**{**dict(row), "id": str(row["id"])})
 
 
 # Writes the event that announces a change, on the transaction's connection (an outbox).
@@ -79,7 +85,7 @@ class UserStore:
         """A new account, and its announcement (`announce`) in the same transaction."""
         try:
             async with self.pool.acquire() as connection, connection.transaction():
-                user = _user(await connection.fetchrow(
+                user = _existing_user(await connection.fetchrow(
                     "INSERT INTO users (id, email, password_hash, display_name, tier, role)"
                     " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
                     uuid.uuid4(), email, password_hash, display_name, tier, role))

@@ -138,7 +138,7 @@ class KeyStore:
         self._lock = asyncio.Lock()   # a reload never lands in the middle of this instance's change
 
     async def _stored(self, connection) -> list[SigningKey]:
-        return [SigningKey(r["kid"], serialization.load_pem_private_key(r["private_pem"], None))
+        return [SigningKey(r["kid"], _ec_key(r["private_pem"]))
                 for r in await connection.fetch("SELECT kid, private_pem FROM signing_keys")]
 
     async def reload(self) -> None:
@@ -187,7 +187,7 @@ class KeyStore:
                 return
             try:
                 await self.reload()
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as failure:
+            except (TimeoutError, OSError, asyncpg.PostgresError) as failure:
                 # Postgres away for a moment: sign with the keys already loaded.
                 log.warning("reloading the signing keys failed; will retry: %s", failure)
 
@@ -236,3 +236,9 @@ def serve_jwks(keys: KeyRing, host: str, port: int,
     threading.Thread(target=server.serve_forever, name="jwks", daemon=True).start()
     return server
 
+
+def _ec_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("a signing key that is not an EC key")
+    return key

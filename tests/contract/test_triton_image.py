@@ -86,7 +86,7 @@ def test_text_embedding_is_an_ensemble_ending_on_the_onnxruntime_backend_on_the_
 
 
 def _compatible(a, b) -> bool:
-    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
 
 
 def wiring_errors(configs: dict[str, ModelConfig], name: str) -> list[str]:

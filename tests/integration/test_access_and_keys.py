@@ -5,13 +5,12 @@ import urllib.request
 import uuid
 
 import grpc
-import pytest
 import jwt
+import pytest
 
 from aimesh import demo
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services import kit
-
 from tests.integration.client import PASSWORD, bearer, code_of, wait_for
 
 

@@ -25,8 +25,7 @@ from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit.tls import Identity
 from tests import ports
 from tests.conftest import TOPOLOGY
-from tests.integration.client import (bearer, code_of, grpc_web, new_user, next_of_kind, token,
-                                      wait_for)
+from tests.integration.client import bearer, code_of, grpc_web, new_user, next_of_kind, token, wait_for
 
 RECOMMEND = "/aimesh.recommend.v1.RecommendService/Recommend"
 

@@ -5,10 +5,10 @@ import pytest
 
 from aimesh.common.v1 import common_pb2
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit import database
 from services.user import demo
 from services.user.store import MIGRATIONS, UserStore
-from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from tests.integration.client import bearer, stored, wait_for
 from tests.integration.test_services import recommend
 

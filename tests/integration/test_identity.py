@@ -5,7 +5,6 @@ import grpc
 import pytest
 
 from aimesh.user.v1 import user_pb2
-
 from tests.integration.client import bearer, code_of, forged_key, register, token
 
 

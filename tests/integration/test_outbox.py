@@ -1,5 +1,4 @@
 """The kit's transactional outbox against the mesh's real Postgres and NATS JetStream."""
-import asyncio
 import uuid
 
 from aimesh.events.v1 import events_pb2
@@ -15,7 +14,7 @@ async def published_ids(bus: Events, subject: str) -> set[str]:
     for _ in range(info.state.messages):
         try:
             message = await reader.next_msg(timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
         found.add(events_pb2.Envelope.FromString(message.data).event_id)
     await reader.unsubscribe()

@@ -12,10 +12,12 @@ import asyncpg
 import pytest
 
 from aimesh.events.v1 import events_pb2
-from services.chat.store import COUNT as CONVERSATIONS, PRUNE as PRUNE_CONVERSATIONS
+from services.chat.store import COUNT as CONVERSATIONS
+from services.chat.store import PRUNE as PRUNE_CONVERSATIONS
 from services.kit.events import envelope
 from services.kit.retention import Pruning, StreamLimits
-from services.notify.store import COUNT as NOTIFICATIONS, PRUNE as PRUNE_NOTIFICATIONS
+from services.notify.store import COUNT as NOTIFICATIONS
+from services.notify.store import PRUNE as PRUNE_NOTIFICATIONS
 
 DAY = 86400
 

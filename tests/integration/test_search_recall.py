@@ -80,8 +80,8 @@ def test_hnsw_search_recalls_the_exact_top_10(mesh, search, bob):
              for text in QUERIES]
     assert all(len(f) == K for f in found)
 
-    recalls = [len(f & e) / K for f, e in zip(found, exact)]
-    worst = sorted(zip(recalls, QUERIES))[:5]
+    recalls = [len(f & e) / K for f, e in zip(found, exact, strict=True)]
+    worst = sorted(zip(recalls, QUERIES, strict=True))[:5]
     assert np.mean(recalls) >= MIN_RECALL, f"recall@{K} {np.mean(recalls):.3f}; worst {worst}"
     # The answers came from the HNSW index, not an exact scan the planner preferred (which
     # would pass this test with the index deleted). Postgres publishes its counters lazily.

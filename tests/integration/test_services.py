@@ -13,7 +13,6 @@ from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2
 from services.kit import field_violations
-
 from tests.integration.client import bearer, code_of, new_user, next_of_kind, wait_for
 
 

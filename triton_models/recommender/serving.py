@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
 from ranking import Ranker
 
 MAX_K = 1000

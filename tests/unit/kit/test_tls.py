@@ -44,7 +44,7 @@ def test_a_bundle_splits_into_its_key_and_certificate(authority):
 
 def test_due_certificates_are_renewed_and_others_kept(authority):
     assert authority.ensure([GATEWAY, "user"], HOUR.total_seconds()) == []
-    authority.issue("user", HOUR, not_before=datetime.datetime.now(datetime.timezone.utc) - 0.7 * HOUR)
+    authority.issue("user", HOUR, not_before=datetime.datetime.now(datetime.UTC) - 0.7 * HOUR)
     assert authority.status("user").due
     assert authority.ensure([GATEWAY, "user"], HOUR.total_seconds()) == ["user"]
     assert not authority.status("user").due

@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import xllamacpp
 

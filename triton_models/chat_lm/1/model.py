@@ -15,10 +15,9 @@ import json
 import threading
 from collections import deque
 
+import generation
 import numpy as np
 import triton_python_backend_utils as pb_utils
-
-import generation
 
 ROLES = {"system", "user", "assistant"}
 FINISH_REASONS = ("stop", "length", "cancelled")
