@@ -35,7 +35,7 @@ def document(movie: Movie) -> search_pb2.Document:
 def seed_catalog(gateway: str, progress=print, timeout_s: float = 600) -> int:
     """Index the catalog with one bulk job unless search already has it; returns how many
     documents were indexed (0 when it was there)."""
-    auth = [("authorization", f"Bearer {login(gateway, 'admin@demo.aimesh')}")]
+    auth = (("authorization", f"Bearer {login(gateway, 'admin@demo.aimesh')}"),)
     with grpc.insecure_channel(gateway) as channel:
         search = search_pb2_grpc.SearchServiceStub(channel)
         found = search.Search(search_pb2.SearchRequest(query="Toy Story", page_size=1),

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -67,17 +68,19 @@ def check(answer: str, hits: list[search_pb2.SearchResult]) -> tuple[chat_pb2.Gr
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, conversations: ConversationStore, search: search_pb2_grpc.SearchServiceStub,
+    def __init__(self, conversations: ConversationStore, search: search_pb2_grpc.SearchServiceAsyncStub,
                  model: ChatModel, audit: Audit, in_progress: AnswersInProgress):
         self.conversations, self.search, self.model, self.audit = conversations, search, model, audit
         self.in_progress = in_progress
 
-    async def Ask(self, request, context):
+    async def Ask(self, request: chat_pb2.AskRequest,
+                 context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.AskResponse]:
         async for piece in self._turn(context, request.message, asyncio.Event()):
             # AskResponse is ChatResponse field for field, so the wire bytes carry over
             yield chat_pb2.AskResponse.FromString(piece.SerializeToString())
 
-    async def Chat(self, request_iterator, context):
+    async def Chat(self, request_iterator: AsyncIterator[chat_pb2.ChatRequest],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.ChatResponse]:
         """Turns run one at a time; a CancelTurn arriving mid-turn ends that turn early."""
         incoming: asyncio.Queue = asyncio.Queue()
         cancel = asyncio.Event()

@@ -10,7 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -108,11 +108,11 @@ class App:
         self.spawn(relay.run(self.stopping), name="outbox")
         return relay
 
-    def channel(self, target: str, *, timeout_s: float | None = None):
+    def channel(self, target: str, *, timeout_s: float | None = None) -> grpc.aio.Channel:
         chan = clients.channel(target, timeout_s=timeout_s or self.config.call_timeout_s,
                                identity=self.identity)
         self._resources.push_async_callback(chan.close)
-        return chan
+        return cast(grpc.aio.Channel, chan)   # a clients.Renewing takes stubs as a channel does
 
     def server_tls(self):
         """A TLS context for a plain (non-gRPC) endpoint the service serves, requiring a mesh

@@ -1,6 +1,8 @@
 """Request checks that raise InvalidArgument naming the field."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .errors import InvalidArgument
 
 
@@ -37,7 +39,7 @@ def count(request, field: str, low: int, high: int) -> list:
     return values
 
 
-def choice(request, field: str, names: dict[str, int]) -> str | None:
+def choice(request, field: str, names: Mapping[str, int]) -> str | None:
     """The name of an enum field's value (`names`: name -> number); None when it is unspecified
     (0). A number not in `names` (a client with a newer contract, or a typo) is refused."""
     value = getattr(request, field)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
+from collections.abc import AsyncIterator
+
+import grpc
 
 from aimesh.events.v1 import events_pb2
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
@@ -65,7 +68,8 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
     def __init__(self, inbox: Inbox, subscribers: Subscribers):
         self.inbox, self.subscribers = inbox, subscribers
 
-    async def ListNotifications(self, request, context):
+    async def ListNotifications(self, request: notify_pb2.ListNotificationsRequest,
+                               context: grpc.aio.ServicerContext) -> notify_pb2.ListNotificationsResponse:
         who = kit.caller(context)
         limit = kit.validate.in_range(request, "page_size", 1, 100, default=20)
         offset = kit.validate.page_offset(request)
@@ -75,7 +79,8 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
             notifications=[to_proto(n) for n in found[:limit]],
             next_page_token=str(offset + limit) if len(found) > limit else "")
 
-    async def MarkRead(self, request, context):
+    async def MarkRead(self, request: notify_pb2.MarkReadRequest,
+                      context: grpc.aio.ServicerContext) -> notify_pb2.MarkReadResponse:
         who = kit.caller(context)
         ids = kit.validate.count(request, "notification_ids", 1, 500)
         try:
@@ -84,7 +89,8 @@ class NotificationServicer(notify_pb2_grpc.NotificationServiceServicer):
             raise kit.InvalidArgument("notification_ids", "holds a malformed id") from None
         return notify_pb2.MarkReadResponse(updated_count=await self.inbox.mark_read(who.user_id, parsed))
 
-    async def Subscribe(self, request, context):
+    async def Subscribe(self, request: notify_pb2.SubscribeRequest,
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[notify_pb2.SubscribeResponse]:
         who = kit.caller(context)
         queue = self.subscribers.add(who.user_id)
         # Headers now tell the client it is subscribed: what happens after it sees them reaches it.

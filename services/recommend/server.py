@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import grpc
+
 from aimesh.common.v1 import common_pb2
 from aimesh.events.v1 import events_pb2
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
@@ -26,7 +28,8 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
                  cache: RecentAnswers, version: str):
         self.store, self.model, self.audit, self.cache, self.version = store, model, audit, cache, version
 
-    async def Recommend(self, request, context):
+    async def Recommend(self, request: recommend_pb2.RecommendRequest,
+                       context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
         who = kit.caller(context)
         limit = kit.validate.in_range(request, "limit", 1, 100, default=10)
         exclude = list(request.exclude_item_ids)

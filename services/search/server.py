@@ -1,6 +1,8 @@
 """SearchService: semantic search over the catalog; admins index and delete documents."""
 from __future__ import annotations
 
+import grpc
+
 from aimesh.events.v1 import events_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
@@ -44,7 +46,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                  outbox: Outbox):
         self.documents, self.embedder, self.jobs, self.outbox = documents, embedder, jobs, outbox
 
-    async def IndexDocuments(self, request, context):
+    async def IndexDocuments(self, request: search_pb2.IndexDocumentsRequest,
+                            context: grpc.aio.ServicerContext) -> search_pb2.IndexDocumentsResponse:
         kit.admin(context)
         incoming = kit.validate.count(request, "documents", 1, MAX_BATCH)
         documents = [_document(d, i) for i, d in enumerate(incoming)]
@@ -52,7 +55,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         await self.documents.upsert(documents, embeddings)
         return search_pb2.IndexDocumentsResponse(indexed_count=len(documents))
 
-    async def Search(self, request, context):
+    async def Search(self, request: search_pb2.SearchRequest,
+                    context: grpc.aio.ServicerContext) -> search_pb2.SearchResponse:
         kit.caller(context)
         query = kit.validate.text(request, "query", max_len=1000)
         page_size = kit.validate.in_range(request, "page_size", 1, 100, default=10)
@@ -69,12 +73,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 score=h.score) for h in hits[:page_size]],
             next_page_token=str(offset + page_size) if more else "")
 
-    async def DeleteDocument(self, request, context):
+    async def DeleteDocument(self, request: search_pb2.DeleteDocumentRequest,
+                            context: grpc.aio.ServicerContext) -> search_pb2.DeleteDocumentResponse:
         kit.admin(context)
         document_id = kit.validate.text(request, "document_id", max_len=200)
         return search_pb2.DeleteDocumentResponse(deleted=await self.documents.delete(document_id))
 
-    async def SubmitIndexJob(self, request, context):
+    async def SubmitIndexJob(self, request: search_pb2.SubmitIndexJobRequest,
+                            context: grpc.aio.ServicerContext) -> search_pb2.SubmitIndexJobResponse:
         who = kit.admin(context)
         incoming = kit.validate.count(request, "documents", 1, MAX_JOB)
         documents = [_document(d, i) for i, d in enumerate(incoming)]
@@ -86,7 +92,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         job = await self.jobs.create(who.user_id, documents, queue)
         return search_pb2.SubmitIndexJobResponse(job=job_proto(job))
 
-    async def GetJob(self, request, context):
+    async def GetJob(self, request: search_pb2.GetJobRequest,
+                    context: grpc.aio.ServicerContext) -> search_pb2.GetJobResponse:
         who = kit.caller(context)
         job = await self.jobs.get(kit.validate.text(request, "job_id", max_len=64))
         if job is None or (job.user_id != who.user_id and not who.is_admin):

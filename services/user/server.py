@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from aimesh.events.v1 import events_pb2
@@ -46,7 +47,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     def __init__(self, users: UserStore, keys: KeyStore, issuer: Issuer, outbox: Outbox):
         self.users, self.keys, self.issuer, self.outbox = users, keys, issuer, outbox
 
-    async def Register(self, request, context):
+    async def Register(self, request: user_pb2.RegisterRequest,
+                      context: grpc.aio.ServicerContext) -> user_pb2.RegisterResponse:
         email = kit.validate.email(request)
         password = kit.validate.text(request, "password", min_len=8, max_len=256)
         display_name = kit.validate.text(request, "display_name", max_len=80)
@@ -58,7 +60,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         user = await register(self.users, email, password, display_name, announce=registered)
         return user_pb2.RegisterResponse(profile=profile(user))
 
-    async def Login(self, request, context):
+    async def Login(self, request: user_pb2.LoginRequest,
+                   context: grpc.aio.ServicerContext) -> user_pb2.LoginResponse:
         email = kit.validate.email(request)
         password = kit.validate.text(request, "password", max_len=256)
         user = await self.users.by_email(email)
@@ -69,17 +72,20 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
                                       expire_time=timestamp_pb2.Timestamp(seconds=expires),
                                       profile=profile(user))
 
-    async def GetProfile(self, request, context):
+    async def GetProfile(self, request: user_pb2.GetProfileRequest,
+                        context: grpc.aio.ServicerContext) -> user_pb2.GetProfileResponse:
         return user_pb2.GetProfileResponse(profile=profile(await self._own(context)))
 
-    async def UpdateProfile(self, request, context):
+    async def UpdateProfile(self, request: user_pb2.UpdateProfileRequest,
+                           context: grpc.aio.ServicerContext) -> user_pb2.UpdateProfileResponse:
         display_name = kit.validate.text(request, "display_name", max_len=80)
         user = await self.users.rename(kit.caller(context).user_id, display_name)
         if user is None:
             raise kit.NotFound("the caller's account no longer exists")
         return user_pb2.UpdateProfileResponse(profile=profile(user))
 
-    async def RecordPurchase(self, request, context):
+    async def RecordPurchase(self, request: user_pb2.RecordPurchaseRequest,
+                            context: grpc.aio.ServicerContext) -> user_pb2.RecordPurchaseResponse:
         if request.item_id <= 0:
             raise kit.InvalidArgument("item_id", "must be a positive catalog item id")
         user = await self._own(context)
@@ -87,7 +93,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         return user_pb2.RecordPurchaseResponse(purchase_id=purchase.id,
                                                purchase_time=kit.timestamp(purchase.created_at))
 
-    async def SetAccess(self, request, context):
+    async def SetAccess(self, request: user_pb2.SetAccessRequest,
+                       context: grpc.aio.ServicerContext) -> user_pb2.SetAccessResponse:
         kit.admin(context)
         email = kit.validate.email(request)
         tier = kit.validate.choice(request, "tier", TIERS)
@@ -100,7 +107,8 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
             raise kit.NotFound(f"no account with email {email}")
         return user_pb2.SetAccessResponse(profile=profile(user))
 
-    async def RotateSigningKey(self, request, context):
+    async def RotateSigningKey(self, request: user_pb2.RotateSigningKeyRequest,
+                              context: grpc.aio.ServicerContext) -> user_pb2.RotateSigningKeyResponse:
         kit.admin(context)
         try:
             await self.keys.rotate()
