@@ -5,6 +5,7 @@ them). A user's mistake ends in one line that says what to do, never a traceback
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -125,44 +126,11 @@ def cmd_audit(args) -> int:
     return 0
 
 
-def _as_admin(args, work) -> int:
-    """Print the lines of work(admin account), whose calls go through the gateway; a refused call
-    prints its status instead."""
-    import grpc
-
-    from .admin import Admin
-    gateway = f"127.0.0.1:{topology.load().gateway.edge_port}"
-    try:
-        print("\n".join(work(Admin(gateway, args.admin, args.admin_password))))
-    except grpc.RpcError as refused:
-        print(f"aimesh: {refused.code().name}: {refused.details()}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_user_create(args) -> int:
-    from . import admin
-
-    def create(account):
-        profile, password = admin.create_user(account, args.email, password=args.password,
-                                              name=args.name, tier=args.tier, role=args.role)
-        return [admin.describe(profile)] + ([] if args.password else [f"  password: {password}"])
-    return _as_admin(args, create)
-
-
-def cmd_user_set(args) -> int:
-    from . import admin
-    if not (args.tier or args.role):
-        print("aimesh: give --tier or --role", file=sys.stderr)
-        return 2
-    return _as_admin(args, lambda account: [
-        admin.describe(admin.set_access(account, args.email, tier=args.tier, role=args.role)),
-        "  (the user's next token carries it; a token issued before keeps the old claims until it expires)"])
-
-
-def cmd_keys_rotate(args) -> int:
-    from . import admin
-    return _as_admin(args, admin.rotate_key)
+def _lazy(module: str, name: str):
+    """A command implemented in aimesh.<module>, imported when it runs (after codegen)."""
+    def run(args) -> int:
+        return getattr(importlib.import_module(f"aimesh.{module}"), name)(args)
+    return run
 
 
 def cmd_gen(args) -> int:
@@ -305,6 +273,19 @@ def cmd_test(args) -> int:
     return 1
 
 
+def cmd_bench(args) -> int:
+    """A benchmark in this environment: bench/<name>.py, with the stubs on its path."""
+    script = paths.ROOT / "bench" / f"{args.name}.py"
+    if not script.exists():
+        names = sorted(p.stem for p in script.parent.glob("*.py") if p.stem not in ("common", "loadgen"))
+        print(f"aimesh: no benchmark {args.name!r}; there are {', '.join(names)}", file=sys.stderr)
+        return 2
+    env = {**os.environ, "PATH": f"{paths.venv_bin('')}:{os.environ.get('PATH', '')}",
+           "PYTHONPATH": f"{paths.ROOT}:{paths.GEN / 'python'}"}
+    os.execve(sys.executable, [sys.executable, str(script), *args.pytest_args], env)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aimesh", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -345,18 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name", help="display name (default: the email's local part)")
     create.add_argument("--tier", choices=("free", "pro"), default="free")
     create.add_argument("--role", choices=("user", "admin"), default="user")
-    create.set_defaults(run=cmd_user_create)
+    create.set_defaults(run=_lazy("admin", "cmd_user_create"))
     set_access = user.add_parser("set", parents=[as_admin],
                                  help="set an account's tier and/or role (in its next token)")
     set_access.add_argument("email")
     set_access.add_argument("--tier", choices=("free", "pro"))
     set_access.add_argument("--role", choices=("user", "admin"))
-    set_access.set_defaults(run=cmd_user_set)
+    set_access.set_defaults(run=_lazy("admin", "cmd_user_set"))
     keys = commands.add_parser("keys", help="user-svc's signing keys (admin)").add_subparsers(
         dest="keys_command", required=True)
     keys.add_parser("rotate", parents=[as_admin],
                     help="add a signing key: published now, signs once the gateway has it, "
-                         "the old one leaves after the token lifetime").set_defaults(run=cmd_keys_rotate)
+                         "the old one leaves after the token lifetime").set_defaults(
+        run=_lazy("admin", "cmd_keys_rotate"))
     gen = commands.add_parser("gen", help="generate stubs and the descriptor set")
     gen.add_argument("--force", action="store_true", help="regenerate even when current")
     gen.add_argument("--baseline", action="store_true",
@@ -397,8 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     lock.set_defaults(run=cmd_deploy_lock)
     commands.add_parser("test", help="run the tests (pytest arguments pass through)").set_defaults(
         run=cmd_test)
+    bench = commands.add_parser("bench", help="run a benchmark, bench/NAME.py (arguments pass through)")
+    bench.add_argument("name")
+    bench.set_defaults(run=cmd_bench)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "test":
+    if extra and args.command not in ("test", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.pytest_args = extra
     if args.command != "gen":

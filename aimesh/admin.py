@@ -3,6 +3,7 @@ users, set their tier and role, rotate user-svc's signing key."""
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import grpc
 
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 
-from . import demo
+from . import demo, topology
 
 TIMEOUT_S = 10
 
@@ -68,3 +69,42 @@ def rotate_key(admin: Admin) -> list[str]:
         retires = f", leaves the JWKS {when(key.retire_time)}" if key.HasField("retire_time") else ""
         lines.append(f"  {key.kid}: signs from {when(key.sign_time)}{retires}")
     return lines
+
+
+# --- the CLI's admin commands (aimesh user ..., aimesh keys rotate) ----------------------------
+
+def _as_admin(args, work) -> int:
+    """Print the lines of work(admin account), whose calls go through the gateway; a refused call
+    prints its status instead."""
+    import grpc
+
+    from .admin import Admin
+    gateway = f"127.0.0.1:{topology.load().gateway.edge_port}"
+    try:
+        print("\n".join(work(Admin(gateway, args.admin, args.admin_password))))
+    except grpc.RpcError as refused:
+        print(f"aimesh: {refused.code().name}: {refused.details()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_user_create(args) -> int:
+
+    def create(account):
+        profile, password = create_user(account, args.email, password=args.password,
+                                              name=args.name, tier=args.tier, role=args.role)
+        return [describe(profile)] + ([] if args.password else [f"  password: {password}"])
+    return _as_admin(args, create)
+
+
+def cmd_user_set(args) -> int:
+    if not (args.tier or args.role):
+        print("aimesh: give --tier or --role", file=sys.stderr)
+        return 2
+    return _as_admin(args, lambda account: [
+        describe(set_access(account, args.email, tier=args.tier, role=args.role)),
+        "  (the user's next token carries it; a token issued before keeps the old claims until it expires)"])
+
+
+def cmd_keys_rotate(args) -> int:
+    return _as_admin(args, rotate_key)

@@ -11,12 +11,10 @@ asserts none. Runs its own mesh (bench/topology.yaml: no rate limit or per-user 
 chat is its own user anyway) in /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always
 brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/chat_latency.py
+  bin/aimesh bench chat_latency
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import statistics
@@ -25,19 +23,17 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
-import grpc  # noqa: E402
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
+import grpc
+from helpers.common import machine
 
-from aimesh import paths  # noqa: E402
-from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
-from aimesh.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
-from services.chat.model import ONE_PARAGRAPH, cited, messages  # noqa: E402
-from services.chat.server import RETRIEVED  # noqa: E402
+from aimesh import paths
+from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from aimesh.harness import MeshUnderTest
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services.chat.model import ONE_PARAGRAPH, cited, messages
+from services.chat.server import RETRIEVED
 
 sys.path.insert(0, str(paths.TRITON_MODELS / "chat_lm" / "1"))
 import generation  # noqa: E402
@@ -149,7 +145,7 @@ def prompts(channel, token: str) -> list[tuple[list[dict], str]]:
 
 
 def main() -> int:
-    mesh = BenchMesh()
+    mesh = MeshUnderTest.for_bench()
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     settings = engine_settings()
     temperature = mesh.topo.services["chat"].temperature     # as chat-svc samples

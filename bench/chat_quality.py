@@ -9,12 +9,10 @@ Deterministic: its own topology (bench/chat_quality.yaml) has chat-svc decode gr
 (temperature 0). Prints figures and asserts none. Runs its own mesh in /tmp/aimesh-bench-state on
 AIMESH_PORT_OFFSET=2000 and always brings it down. Run it as bin/aimesh runs the CLI:
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/chat_quality.py
+  bin/aimesh bench chat_quality
 """
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import sys
@@ -23,17 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("chat_quality.yaml")))
-import grpc  # noqa: E402
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
+import grpc
+from helpers.common import machine
 
-from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
-from aimesh.common.v1 import common_pb2  # noqa: E402
-from aimesh.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
-from services.chat.grounding import invented, names  # noqa: E402
-from services.kit.movielens import movies  # noqa: E402
+from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from aimesh.common.v1 import common_pb2
+from aimesh.harness import MeshUnderTest
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services.chat.grounding import invented, names
+from services.kit.movielens import movies
 
 MAX_TOKENS = 96
 CONCURRENT = 4
@@ -151,7 +148,7 @@ def search_hits(channel, token: str) -> dict[str, float]:
 
 
 def main() -> int:
-    mesh = BenchMesh()
+    mesh = MeshUnderTest.for_bench(topology_file=Path(__file__).with_name("chat_quality.yaml"))
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     catalog = [m.title for m in movies()]
     print(f"aimesh chat quality: {machine()}\n{len(QUESTIONS)} questions, max_tokens {MAX_TOKENS}, "

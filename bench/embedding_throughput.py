@@ -5,8 +5,7 @@ Prints figures and the ratio (target: Triton >= 70% of the limit); asserts none.
 if needed, starts its own Triton (state in a temporary folder, ports shifted by
 AIMESH_PORT_OFFSET, default 2000) and stops it. Run it as bin/aimesh runs the CLI:
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/embedding_throughput.py
+  bin/aimesh bench embedding_throughput
 """
 from __future__ import annotations
 
@@ -14,11 +13,10 @@ import json
 import os
 import time
 
-import loadgen
-import lone_triton
 import numpy as np
 import onnxruntime
 import tritonclient.grpc as grpcclient
+from helpers import loadgen, lone_triton
 from tokenizers import Tokenizer
 
 from aimesh import models, topology, triton

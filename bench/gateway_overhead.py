@@ -8,7 +8,7 @@ the same work in user-svc. The user is a pro-tier demo account;
 the figures count only OK calls, and the `limited` column says how many the rate limit refused
 (a rerun within a minute can use up the bucket), so a limited run is not mistaken for a fast one.
 
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/gateway_overhead.py
+  bin/aimesh bench gateway_overhead
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ best in-process figure, and Triton's ratio to it, with the device and the batch 
 
 The embedding is fed token ids (INPUT_IDS, ATTENTION_MASK), not text: on the GPU machine numpy is
 2.x, which crashes string tensors in this Triton's python backend. So this benchmark serves a model
-of its own, text_embedding_ids (bench/text_embedding_ids.py), in a Triton model repository it puts
+of its own, text_embedding_ids (bench/helpers/text_embedding_ids.py), in a Triton model repository it puts
 together in a temporary folder: the served text_embedding's model.py does the work (torch fp16
 from the TorchScript copy on a CUDA device, onnxruntime on the CPU), and the in-process side calls
 that same code. The recommender is the served one (numpy on the CPU in both; it has no GPU path).
@@ -20,8 +20,7 @@ it was traced on) the script says so and traces again on the GPU for the figures
 
 Here (the project's environment; ports shifted by AIMESH_PORT_OFFSET, default 2000):
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/gpu_throughput.py
+  bin/aimesh bench gpu_throughput
 
 On the GPU machine (Python 3.12, a CUDA torch, numpy 2, no network, not our environment): once,
 here, `bench/device_wheels.sh` puts the wheels it lacks (Triton from nvidia-pytriton, trimmed;
@@ -51,8 +50,8 @@ import types
 import urllib.request
 from pathlib import Path
 
-import lone_triton
 import numpy as np
+from helpers import lone_triton
 
 from aimesh import models, topology, triton
 from aimesh.models.recommender import ranking_module
@@ -170,7 +169,7 @@ def repository(work: Path, embedding: Path, recommender: Path, on_gpu: bool, max
     repo = work / "models"
     version = repo / EMBEDDING / "1"
     version.mkdir(parents=True)
-    shutil.copy(BENCH / "text_embedding_ids.py", version / "model.py")
+    shutil.copy(BENCH / "helpers" / "text_embedding_ids.py", version / "model.py")
     shutil.copy(TRITON_MODELS / "text_embedding" / "1" / "model.py", version / "served.py")
     (version / "artifact").symlink_to(embedding, target_is_directory=True)
     served = (TRITON_MODELS / "text_embedding" / "config.pbtxt").read_text()
@@ -275,8 +274,8 @@ def in_process_recommender(artifact: Path, version: str, users: list[list[int]],
 def embedding_through_triton(client, ids, mask, concurrency: int, rows_per_request: int,
                              requests: int) -> float:
     """Sentences/s with `concurrency` requests of `rows_per_request` rows each in flight."""
-    import loadgen
     import tritonclient.grpc as grpcclient
+    from helpers import loadgen
 
     payloads = []                    # made once: the client's own numpy work is not measured
     for first in range(0, len(ids), rows_per_request):

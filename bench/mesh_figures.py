@@ -4,8 +4,7 @@ Prints figures and asserts none. Runs its own mesh, by default in /tmp/aimesh-be
 AIMESH_PORT_OFFSET=2000 (override with those two variables), wipes that state dir first, and
 always brings the mesh down. Run it as bin/aimesh runs the CLI:
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/mesh_figures.py
+  bin/aimesh bench mesh_figures
 """
 from __future__ import annotations
 
@@ -14,25 +13,19 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-state")
-os.environ.setdefault("AIMESH_PORT_OFFSET", "2000")
+import grpc
+import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.common import machine
 
-import grpc  # noqa: E402
-import psutil  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-
-from aimesh import demo, infra, paths, topology  # noqa: E402
-from aimesh.mesh import PortInUse, check_ports_free  # noqa: E402
-from aimesh.supervisor import Supervisor  # noqa: E402
-from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
-from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER  # noqa: E402
-from services.kit.tls import GATEWAY, dns_name  # noqa: E402
+from aimesh import demo
+from aimesh.harness import MeshUnderTest
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER
 
 CALLS = 1000
 WARMUP = 50
@@ -40,93 +33,9 @@ MIB = 1024 * 1024
 ADMIN = "admin@demo.aimesh"
 
 
-# --- the mesh under test ---------------------------------------------------------------------
-
-class BenchMesh:
-    """A mesh driven through the CLI (`python -m aimesh ...`), as a user would."""
-
-    def __init__(self) -> None:
-        self.env = os.environ.copy()          # this mesh's AIMESH_STATE, offset and topology
-        self.state = paths.state_dir()
-        self.topo = topology.load()
-        self.seen: list[psutil.Process] = []   # every mesh process observed, for the final check
-        if self.state == (paths.ROOT / ".aimesh").resolve():
-            sys.exit("refusing to wipe the dev state dir: set AIMESH_STATE to a scratch path")
-
-    def cli(self, *args: str) -> float:
-        """Run one aimesh command; return its wall time in seconds."""
-        started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "aimesh", *args], cwd=paths.ROOT,
-                                env=self.env, capture_output=True, text=True, timeout=900)
-        elapsed = time.perf_counter() - started
-        if result.returncode != 0:
-            raise RuntimeError(f"aimesh {' '.join(args)} exited {result.returncode}:\n"
-                               f"{result.stdout}{result.stderr}")
-        return elapsed
-
-    def direct(self, instance: str, service: str) -> grpc.Channel:
-        """A channel to an instance's own port, as the gateway (its certificate) when mTLS is on."""
-        port = next(i.port for _, i in self.topo.instances() if i.name == instance)
-        gateway = infra.as_workload(self.topo, self.state, GATEWAY)
-        if gateway is None:
-            return grpc.insecure_channel(f"127.0.0.1:{port}")
-        return grpc.secure_channel(f"127.0.0.1:{port}", gateway.channel_credentials(),
-                                   options=[("grpc.ssl_target_name_override", dns_name(service))])
-
-    def up(self, *, demo_data: bool = False) -> float:
-        return self.cli("up", *([] if demo_data else ["--no-demo"]))
-
-    def down(self) -> None:
-        self.seen += [p for procs in self.processes().values() for p in procs]
-        self.cli("down")
-
-    def processes(self) -> dict[str, list[psutil.Process]]:
-        """Each running component's process and all its descendants, from <state>/run/*.pid."""
-        tree = {}
-        for name, pid in Supervisor(self.state).running().items():
-            try:
-                root = psutil.Process(pid)
-                tree[name] = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
-        return tree
-
-    def down_and_report(self) -> bool:
-        """Bring the mesh down and say whether anything was left running; True when clean."""
-        self.down()
-        left = self.leftovers()
-        print(f"\nmesh down: {'nothing left running' if not left else 'LEFT RUNNING: ' + ', '.join(left)}")
-        return not left
-
-    def leftovers(self) -> list[str]:
-        """What still runs or listens after `down`: pid files, processes seen, mesh ports."""
-        left = [f"{n} (pid {p}, pid file)" for n, p in Supervisor(self.state).running().items()]
-        left += [f"pid {p.pid} ({_name(p)})" for p in {p.pid: p for p in self.seen}.values()
-                 if _alive(p)]
-        try:
-            check_ports_free(self.topo)
-        except PortInUse as busy:
-            left.append(str(busy))
-        return left
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:   # is_running() also checks the pid was not reused by another process
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _name(process: psutil.Process) -> str:
-    try:
-        return process.name()
-    except psutil.Error:
-        return "?"
-
-
 # --- figure 1: up time -----------------------------------------------------------------------
 
-def up_times(mesh: BenchMesh) -> dict[str, float]:
+def up_times(mesh: MeshUnderTest) -> dict[str, float]:
     """Cold (empty state dir) and warm (existing state) `up --no-demo` to all-healthy."""
     shutil.rmtree(mesh.state, ignore_errors=True)
     cold = mesh.up()
@@ -139,7 +48,7 @@ def up_times(mesh: BenchMesh) -> dict[str, float]:
 
 # --- figure 2: resident memory ---------------------------------------------------------------
 
-def memory(mesh: BenchMesh, *, detail: bool = True) -> tuple[float, float]:
+def memory(mesh: MeshUnderTest, *, detail: bool = True) -> tuple[float, float]:
     """RSS (and PSS, which does not count shared pages twice) per component and in total, MiB."""
     total_rss = total_pss = 0.0
     if detail:
@@ -196,7 +105,7 @@ def claims(token: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
-def latencies(mesh: BenchMesh) -> dict[str, dict[str, float]]:
+def latencies(mesh: MeshUnderTest) -> dict[str, dict[str, float]]:
     """p50/p99 of Health/Check and GetProfile, straight to an instance and via Envoy's edge."""
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     token = demo.login(gateway, ADMIN)
@@ -237,14 +146,6 @@ def latencies(mesh: BenchMesh) -> dict[str, dict[str, float]]:
 
 # --- the report ------------------------------------------------------------------------------
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-                 "unknown CPU")
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, " \
-           f"{psutil.virtual_memory().total / 1024 ** 3:.0f} GiB RAM"
-
-
 def summary(ups: dict[str, float], demo_up: float, rss: float, pss: float,
             rpc: dict[str, dict[str, float]]) -> None:
     def row(label: str, value: str) -> None:
@@ -268,8 +169,8 @@ def summary(ups: dict[str, float], demo_up: float, rss: float, pss: float,
 
 
 def main() -> int:
-    mesh = BenchMesh()
-    print(f"aimesh bench: state {mesh.state}, port offset {os.environ['AIMESH_PORT_OFFSET']}, "
+    mesh = MeshUnderTest.for_bench()
+    print(f"aimesh bench: state {mesh.state}, port offset {mesh.env['AIMESH_PORT_OFFSET']}, "
           f"edge 127.0.0.1:{mesh.topo.gateway.edge_port}")
     print(f"machine: {machine()}\n")
     try:

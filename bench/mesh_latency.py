@@ -13,8 +13,7 @@ Prints figures and asserts none. Runs its own mesh with demo data, by default in
 with bench/topology.yaml (pro limits no row reaches); wipes that state dir first, always brings
 the mesh down. Run it as bin/aimesh runs the CLI:
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/mesh_latency.py
+  bin/aimesh bench mesh_latency
 """
 from __future__ import annotations
 
@@ -24,22 +23,19 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-latency-state")
-os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from helpers import loadgen
+from helpers.common import machine
 
-import grpc  # noqa: E402
-import loadgen  # noqa: E402
-import numpy as np  # noqa: E402
-import tritonclient.grpc as grpcclient  # noqa: E402
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
-
-from aimesh import demo  # noqa: E402
-from aimesh.common.v1 import common_pb2  # noqa: E402
-from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc  # noqa: E402
-from aimesh.search.v1 import search_pb2, search_pb2_grpc  # noqa: E402
-from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
+from aimesh import demo
+from aimesh.common.v1 import common_pb2
+from aimesh.harness import MeshUnderTest
+from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
 
 PRO_USER = "bob@demo.aimesh"
 HISTORY = [50, 172, 181]            # the Star Wars trilogy, bought by the pro user first
@@ -155,9 +151,9 @@ def overhead(figures, names) -> None:
 
 
 def main() -> int:
-    mesh = BenchMesh()
+    mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-latency-state")
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
-    print(f"aimesh mesh latency: state {mesh.state}, port offset {os.environ['AIMESH_PORT_OFFSET']}, "
+    print(f"aimesh mesh latency: state {mesh.state}, port offset {mesh.env['AIMESH_PORT_OFFSET']}, "
           f"edge {gateway}\nmachine: {machine()}\n")
     shutil.rmtree(mesh.state, ignore_errors=True)
     try:

@@ -11,12 +11,10 @@ row), as the mesh's are: the figures are the per-call cost of encryption, not of
 Prints figures, asserts none. Runs its own meshes (state in /tmp/aimesh-bench-state-mtls-<on|off>,
 wiped), brought up with `--no-demo` and always brought down.
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/mtls_overhead.py
+  bin/aimesh bench mtls_overhead
 """
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import sys
@@ -24,15 +22,13 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc  # noqa: E402
+import grpc
 
-from aimesh import infra  # noqa: E402
-from aimesh.user.v1 import user_pb2, user_pb2_grpc  # noqa: E402
-from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER  # noqa: E402
-from services.kit.tls import GATEWAY, Identity, dns_name  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from mesh_figures import BenchMesh  # noqa: E402
+from aimesh import infra
+from aimesh.harness import MeshUnderTest
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER
+from services.kit.tls import GATEWAY, Identity, dns_name
 
 CALLS = 100           # per row and round: short, so drift on the machine hits both modes alike
 ROUNDS = 20
@@ -57,7 +53,7 @@ def channel(target: str, identity: Identity | None, server: str) -> grpc.Channel
                                options=[("grpc.ssl_target_name_override", dns_name(server))])
 
 
-def paths(mesh: BenchMesh) -> dict[str, tuple]:
+def paths(mesh: MeshUnderTest) -> dict[str, tuple]:
     """Each path's (target, client identity, server name, metadata), for a fresh user."""
     topo, state = mesh.topo, mesh.state
     gateway = f"127.0.0.1:{topo.gateway.edge_port}"
@@ -79,12 +75,9 @@ def paths(mesh: BenchMesh) -> dict[str, tuple]:
 
 
 def main() -> None:
-    meshes = {}
-    for mode, (topology_file, offset) in MODES.items():
-        os.environ.update({"AIMESH_TOPOLOGY": str(Path(__file__).with_name(topology_file)),
-                           "AIMESH_PORT_OFFSET": str(offset),
-                           "AIMESH_STATE": f"/tmp/aimesh-bench-state-mtls-{mode}"})
-        meshes[mode] = BenchMesh()
+    meshes = {mode: MeshUnderTest(f"/tmp/aimesh-bench-state-mtls-{mode}", offset,
+                                  Path(__file__).with_name(topology_file))
+              for mode, (topology_file, offset) in MODES.items()}
     latencies = {(mode, name): [] for mode in MODES for name in HOPS}
     try:
         for mesh in meshes.values():

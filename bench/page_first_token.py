@@ -12,27 +12,22 @@ Prints figures and asserts none. Runs its own mesh with demo data, by default in
 /tmp/aimesh-bench-page-state on AIMESH_PORT_OFFSET=2000 (override with those two variables), and
 always brings it down. Run it as bin/aimesh runs the CLI (after `bin/aimesh web`):
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/page_first_token.py
+  bin/aimesh bench page_first_token
 """
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("AIMESH_STATE", "/tmp/aimesh-bench-page-state")
-os.environ.setdefault("AIMESH_TOPOLOGY", str(Path(__file__).with_name("topology.yaml")))
+import grpc
+from helpers.common import machine
+from selenium.webdriver.common.by import By
 
-import grpc  # noqa: E402
-from mesh_figures import BenchMesh, machine  # noqa: E402  (also defaults the port offset)
-from selenium.webdriver.common.by import By  # noqa: E402
-
-from aimesh import browser, demo  # noqa: E402
-from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
+from aimesh import browser, demo
+from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from aimesh.harness import MeshUnderTest
 
 ROUNDS = 10
 WARMUP = 2
@@ -92,10 +87,10 @@ def row(label: str, values: list[float]) -> float:
 
 
 def main() -> int:
-    mesh = BenchMesh()
+    mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-page-state")
     gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     print(f"aimesh first chat token, page vs Python: state {mesh.state}, "
-          f"port offset {os.environ['AIMESH_PORT_OFFSET']}\nmachine: {machine()}\n")
+          f"port offset {mesh.env['AIMESH_PORT_OFFSET']}\nmachine: {machine()}\n")
     shutil.rmtree(mesh.state, ignore_errors=True)
     driver = None
     try:

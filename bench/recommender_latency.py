@@ -5,18 +5,16 @@ Prints figures; asserts none. Builds the model if needed, starts its own Triton 
 temporary folder, ports shifted by AIMESH_PORT_OFFSET, default 2000) and stops it. Run it as
 bin/aimesh runs the CLI:
 
-  venv=$(ls -td ~/.cache/aimesh/venv-*/ | head -1)   # the one bin/aimesh built (.ready in it)
-  PATH=$venv/bin:$PATH PYTHONPATH=$PWD:$PWD/gen/python $venv/bin/python bench/recommender_latency.py
+  bin/aimesh bench recommender_latency
 """
 from __future__ import annotations
 
 import json
 import os
 
-import loadgen
-import lone_triton
 import numpy as np
 import tritonclient.grpc as grpcclient
+from helpers import loadgen, lone_triton
 
 from aimesh import models, topology
 

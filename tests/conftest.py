@@ -5,68 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 
-from aimesh import demo, infra, topology
-from aimesh.paths import ROOT
+from aimesh import demo
+from aimesh.harness import MeshUnderTest
 from aimesh.user.v1 import user_pb2_grpc
-from services.kit.events import Events
-from services.kit.tls import GATEWAY, Identity, dns_name
 from tests import ports
 
 TOPOLOGY = Path(__file__).with_name("topology.yaml")
-
-
-@dataclass
-class MeshHandle:
-    topo: topology.Topology
-    state_dir: Path
-    env: dict[str, str]
-
-    @property
-    def gateway(self) -> str:
-        return f"127.0.0.1:{self.topo.gateway.edge_port}"
-
-    @property
-    def mesh_listener(self) -> str:
-        return f"127.0.0.1:{self.topo.gateway.mesh_port}"
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "aimesh", *args], env=self.env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout)
-
-    def pids(self) -> set[int]:
-        return {int(p.read_text()) for p in (self.state_dir / "run").glob("*.pid")}
-
-    def channel(self, target: str | None = None) -> grpc.Channel:
-        """To the edge (plaintext, as a client), or, as the operator with its certificate, to the
-        east-west listener."""
-        if target == self.mesh_listener:
-            return self.secure_channel(target, GATEWAY)
-        return grpc.insecure_channel(target or self.gateway)
-
-    @property
-    def operator(self) -> Identity:
-        return infra.operator(self.topo, self.state_dir)
-
-    def secure_channel(self, target: str, server: str, identity: Identity | None = None) -> grpc.Channel:
-        """mTLS to `server` (a workload name) at `target`, as the operator or `identity`."""
-        return grpc.secure_channel(target, (identity or self.operator).channel_credentials(),
-                                   options=[("grpc.ssl_target_name_override", dns_name(server))])
-
-    def postgres_dsn(self, role: str = infra.SUPERUSER) -> str:
-        return infra.postgres_dsn(self.topo.infra, self.state_dir, role)
-
-    async def events(self, name: str) -> Events:
-        """A NATS connection as the operator."""
-        return await infra.events(self.topo, self.state_dir, name)
 
 
 def pytest_collection_modifyitems(items):
@@ -96,15 +45,13 @@ def _processes_using(state_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def mesh() -> MeshHandle:
+def mesh() -> MeshUnderTest:
     # Not under pytest's temp folder: another pytest session on the machine closes that folder
     # (mode 0700) to everyone else, and Postgres runs as its own user when we are root.
     state_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-state-"))
     # The tests' own topology (small rate limits); spans go to the tracing test's collector.
-    env = {**os.environ, "AIMESH_STATE": str(state_dir),
-           "AIMESH_PORT_OFFSET": str(ports.SESSION_MESH), "AIMESH_TOPOLOGY": str(TOPOLOGY),
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.OTLP_COLLECTOR}"}
-    handle = MeshHandle(topology.load(TOPOLOGY, port_offset=ports.SESSION_MESH), state_dir, env)
+    handle = MeshUnderTest(state_dir, ports.SESSION_MESH, TOPOLOGY, env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.OTLP_COLLECTOR}"})
     up = handle.cli("up", timeout=900)
     if up.returncode:
         handle.cli("down")
