@@ -9,10 +9,11 @@ import time
 import uuid
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import logs, telemetry
 from .clients import Inbound, inbound
-from .errors import Error
+from .errors import Error, InvalidArgument
 
 log = logging.getLogger("aimesh.rpc")
 QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -30,6 +31,7 @@ class Observe(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
+        handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.request_streaming and handler.response_streaming:
             return handler._replace(stream_stream=self._streaming(handler.stream_stream, method))
         if handler.response_streaming:
@@ -43,7 +45,7 @@ class Observe(grpc.aio.ServerInterceptor):
             call = _Call(self.service, method, context)
             try:
                 self.admit(method, context)
-                response = await behaviour(request, context)
+                response = await behaviour(_checked(request), context)
             except BaseException as error:
                 await call.failed(error)
                 raise
@@ -56,7 +58,7 @@ class Observe(grpc.aio.ServerInterceptor):
             call = _Call(self.service, method, context)
             try:
                 self.admit(method, context)
-                responses = behaviour(request, context)
+                responses = behaviour(_checked(request), context)
                 if inspect.isasyncgen(responses):
                     async for response in responses:
                         yield response
@@ -67,6 +69,45 @@ class Observe(grpc.aio.ServerInterceptor):
                 raise
             call.finished()
         return observed
+
+
+class _Malformed:
+    """A request whose bytes are not the method's message: its handler answers INVALID_ARGUMENT
+    (gRPC itself would answer UNKNOWN, as if the server had failed)."""
+
+    def __init__(self, error: DecodeError):
+        self.error = error
+
+    def refused(self) -> InvalidArgument:
+        return InvalidArgument("request", f"is not a valid message of this method's type ({self.error})")
+
+
+def _tolerant(deserialize):
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Malformed(error)
+    return parse
+
+
+def _checked(request):
+    """The request, or (for a client stream) the requests, refusing a malformed one."""
+    if isinstance(request, _Malformed):
+        raise request.refused()
+    if hasattr(request, "__aiter__"):
+        return _checked_stream(request)
+    return request
+
+
+async def _checked_stream(requests):
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            raise request.refused()
+        yield request
 
 
 class _Call:

@@ -13,6 +13,8 @@ def _path(parent: str, field: str) -> str:
 
 def text(request, field: str, *, min_len: int = 1, max_len: int = 4000, parent: str = "") -> str:
     value = getattr(request, field).strip()
+    if "\x00" in value:     # Postgres stores no NUL in text: refused here, naming the field
+        raise InvalidArgument(_path(parent, field), "must not contain NUL characters")
     if not min_len <= len(value) <= max_len:
         if not value and min_len:
             raise InvalidArgument(_path(parent, field), "is required")

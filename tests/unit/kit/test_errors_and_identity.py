@@ -134,3 +134,21 @@ def test_config_from_env_reads_only_aimesh_variables_and_defaults_the_rest():
     config = kit.Config.from_env({"AIMESH_PORT": "9000", "AIMESH_DEMO": "yes", "PORT": "1"})
     assert (config.port, config.demo, config.service) == (9000, True, "unknown")
     assert kit.Config.from_env({"AIMESH_DEMO": "0"}).demo is False
+
+
+def test_text_refuses_nul_naming_the_field():
+    """Postgres stores no NUL character: refused up front, not INTERNAL from the database."""
+    [(field, why)] = violation(validate.text, user_pb2.RegisterRequest(display_name="An\x00n"),
+                               "display_name")
+    assert field == "display_name" and "NUL" in why
+
+
+async def test_bytes_that_are_not_the_request_message_are_invalid_argument(users):
+    """gRPC would answer UNKNOWN ("Unexpected DecodeError"), as if the server had failed."""
+    served = await users()
+    garbage = served.channel.unary_unary("/aimesh.user.v1.UserService/GetProfile",
+                                         request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await garbage(b"\xff\xff\xff\xff not protobuf", timeout=2, metadata=IDENTITY)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(kit.field_violations(refused.value)) == ["request"]
