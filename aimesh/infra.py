@@ -89,6 +89,7 @@ def postgres(topo: Topology, state_dir: Path) -> Component:
             raise StartFailed("postgres", f"initdb exited with {init.returncode}",
                               init.stdout + init.stderr)
     _write_access_rules(data, user)
+    _remove_stale_locks(data)
     port = str(infra.postgres_port)
     isready = [str(POSTGRES_BIN_PATH / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", port]
     return Component(
@@ -100,6 +101,22 @@ def postgres(topo: Topology, state_dir: Path) -> Component:
         after_start=lambda: _create_database(topo, state_dir),
         start_timeout_s=30,
     )
+
+
+def _remove_stale_locks(data: Path) -> None:
+    """After a crash (SIGKILL) the postmaster's lock files stay (its data dir's and its socket's);
+    Postgres removes them itself unless their PID still looks alive, which a dead postmaster not
+    yet reaped (a zombie) does."""
+    for lock in [data / "postmaster.pid", *data.glob(".s.PGSQL.*.lock")]:
+        try:
+            pid = int(lock.read_text().split()[0])
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+        except FileNotFoundError:
+            state = "gone"
+        except (OSError, ValueError, IndexError):
+            continue
+        if state in ("gone", "Z"):
+            lock.unlink(missing_ok=True)
 
 
 def _write_access_rules(data: Path, postgres_user: str | None) -> None:

@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import asyncpg
 
+# A database that is down, restarting or unreachable (not a bad query): the call is UNAVAILABLE,
+# which a client may retry, rather than INTERNAL.
+UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+               asyncpg.InterfaceError, ConnectionError, TimeoutError)
+
+
+def unreachable(error: BaseException) -> bool:
+    return isinstance(error, UNREACHABLE)
+
 
 async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int = 1,
                   max_size: int = 10) -> asyncpg.Pool:

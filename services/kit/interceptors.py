@@ -11,7 +11,7 @@ import uuid
 import grpc
 from google.protobuf.message import DecodeError
 
-from . import logs, telemetry
+from . import database, logs, telemetry
 from .clients import Inbound, inbound
 from .errors import Error, InvalidArgument
 
@@ -137,6 +137,10 @@ class _Call:
             self._record(grpc.StatusCode.CANCELLED)
         elif isinstance(error, grpc.aio.AbortError):
             self._record(self.context.code() or grpc.StatusCode.UNKNOWN)
+        elif database.unreachable(error):
+            log.warning("the database is unavailable: %s", error, extra={"fields": {"method": self.method}})
+            self._record(grpc.StatusCode.UNAVAILABLE, "database unavailable")
+            await self.context.abort(grpc.StatusCode.UNAVAILABLE, "database unavailable; try again")
         elif isinstance(error, Exception):
             log.error("unhandled error in %s", self.method, exc_info=error)
             self._record(grpc.StatusCode.INTERNAL)
