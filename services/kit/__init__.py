@@ -8,6 +8,7 @@
 """
 from . import validate
 from .config import Config
+from .database import UNREACHABLE as DATABASE_UNREACHABLE
 from .errors import (
                      AlreadyExists,
                      Error,
@@ -26,7 +27,7 @@ from .server import App, Binding, Server, serve
 from .timestamps import timestamp
 
 __all__ = [
-    "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
+    "DATABASE_UNREACHABLE", "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
     "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Server",
     "Unauthenticated", "Unavailable", "admin", "caller", "field_violations", "serve", "timestamp",
     "unpack", "validate",

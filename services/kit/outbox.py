@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from aimesh.events.v1 import events_pb2
 
+from .database import UNREACHABLE
 from .events import Events, envelope
 
 log = logging.getLogger("aimesh.outbox")
@@ -72,7 +73,7 @@ class Outbox:
             try:
                 while await self.relay() == BATCH:
                     pass
-            except (TimeoutError, nats.errors.Error, OSError) as failure:
+            except (nats.errors.Error, OSError, *UNREACHABLE) as failure:   # NATS or Postgres away
                 log.warning("publishing the outbox failed; will retry: %s", failure)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._pending.wait(), POLL_S)

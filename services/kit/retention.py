@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 import asyncpg
 from prometheus_client import Counter, Gauge
 
+from .database import UNREACHABLE
+
 log = logging.getLogger("aimesh.retention")
 
 UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -130,7 +132,7 @@ class Pruning:
         while not stop.is_set():
             try:
                 await self.run_once()
-            except (asyncpg.PostgresError, OSError) as failure:
+            except (asyncpg.PostgresError, OSError, *UNREACHABLE) as failure:
                 log.warning("pruning failed; will retry: %s", failure,
                             extra={"fields": {"table": self.table}})
             with contextlib.suppress(asyncio.TimeoutError):

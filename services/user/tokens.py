@@ -30,6 +30,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services import kit
 from services.kit.identity import JWKS_PATH
 
 log = logging.getLogger("aimesh.keys")
@@ -187,7 +188,7 @@ class KeyStore:
                 return
             try:
                 await self.reload()
-            except (TimeoutError, OSError, asyncpg.PostgresError) as failure:
+            except (OSError, asyncpg.PostgresError, *kit.DATABASE_UNREACHABLE) as failure:
                 # Postgres away for a moment: sign with the keys already loaded.
                 log.warning("reloading the signing keys failed; will retry: %s", failure)
 
