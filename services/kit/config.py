@@ -21,6 +21,7 @@ class Config:
     private_key: str = ""             # its key; "" = in the certificate's file (a bundle)
     trust_bundle: str = ""            # the mesh CA's certificate
     grace_s: float = 10.0             # SIGTERM: time to finish in-flight calls
+    max_message_bytes: int = 4 << 20  # a larger request is RESOURCE_EXHAUSTED, before any handler
     postgres_dsn: str = ""
     nats_url: str = ""
     mesh_address: str = ""            # Envoy's east-west listener: every outbound call goes there

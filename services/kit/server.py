@@ -154,8 +154,11 @@ class Server:
         self.names = [b.name for b in bindings]
         identity = tls.Identity.of(config)
         admit = tls.admit if identity else None
-        self.grpc = grpc.aio.server(interceptors=[aio_server_interceptor(),
-                                                  Observe(config.service, admit)])
+        limit = config.max_message_bytes    # said here, not left to gRPC's default
+        self.grpc = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), Observe(config.service, admit)],
+            options=[("grpc.max_receive_message_length", limit),
+                     ("grpc.max_send_message_length", limit)])
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         for binding in bindings:

@@ -103,3 +103,14 @@ def test_forged_tokens_are_refused(mesh, users, forgery):
     expected = (grpc.StatusCode.PERMISSION_DENIED if forgery == "wrong audience"
                 else grpc.StatusCode.UNAUTHENTICATED)
     assert refused.value.code() == expected
+
+
+def test_a_message_over_the_limit_is_refused_cleanly(mesh, users, alice):
+    """4 MiB (the kit's max_message_bytes): a larger request never reaches a handler, and the
+    service answers the next call as before."""
+    with pytest.raises(grpc.RpcError) as refused:
+        users.UpdateProfile(user_pb2.UpdateProfileRequest(display_name="x" * (5 << 20)),
+                            metadata=bearer(alice), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    profile = users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(alice), timeout=5)
+    assert profile.profile.email == "alice@demo.aimesh"
