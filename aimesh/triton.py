@@ -59,6 +59,12 @@ def install_stub(server: Path) -> Path:
     return target
 
 
+# Each stub serves one request at a time (parallelism is the instance count): a BLAS thread pool
+# in it only spins (sched_yield) between requests, on the cores the mesh shares. Measured with
+# perf on the recommender: ~60% of its stubs' CPU under load was that spinning.
+STUB_THREADS = {"OPENBLAS_NUM_THREADS": "1"}
+
+
 def env() -> dict[str, str]:
     """What the stub's embedded Python needs to be this interpreter, with this environment's packages."""
     # The stub links libpython3.X.so by name: without the running interpreter's LIBDIR first, the
@@ -73,7 +79,8 @@ def env() -> dict[str, str]:
     # pyvenv.cfg; otherwise it imports the base installation's packages (numpy 2 there crashes
     # TYPE_STRING tensors). pytriton itself starts Triton this way.
     path = [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
-    return {"LD_LIBRARY_PATH": os.pathsep.join(library_path), "PATH": os.pathsep.join(path)}
+    return {"LD_LIBRARY_PATH": os.pathsep.join(library_path), "PATH": os.pathsep.join(path),
+            **STUB_THREADS}
 
 
 def ready(http_port: int, models: tuple[str, ...] = MODELS, timeout_s: float = 1.0) -> bool:

@@ -58,7 +58,11 @@ class OnnxEncoder:
         providers = ["CPUExecutionProvider"]
         if device_id is not None and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
-        self.session = onnxruntime.InferenceSession(str(ARTIFACT / "model.onnx"), providers=providers)
+        options = onnxruntime.SessionOptions()
+        # Idle intra-op threads sleep rather than spin: the cores are shared with the mesh.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(ARTIFACT / "model.onnx"), options,
+                                                    providers=providers)
         self.device = self.session.get_providers()[0]
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
