@@ -13,6 +13,16 @@ def unreachable(error: BaseException) -> bool:
     return isinstance(error, UNREACHABLE)
 
 
+class _Connection(asyncpg.Connection):
+    """No reset query when a pooled connection is released: asyncpg's default (unlock advisory
+    locks, close cursors, UNLISTEN, RESET ALL) is a second round trip after every query, and no
+    service leaves any of those behind (advisory locks are transaction-scoped, settings are the
+    pool's). An open transaction is still rolled back on release."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int = 1,
                   max_size: int = 10) -> asyncpg.Pool:
     """Open a pool whose search_path is the service's schema, after applying new migrations.
@@ -39,5 +49,5 @@ async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int
     finally:
         await setup.close()
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, command_timeout=10,
+        dsn, min_size=min_size, max_size=max_size, command_timeout=10, connection_class=_Connection,
         server_settings={"search_path": f'"{schema}", public'})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ NATS_SERVER = "nats"         # the workload name in the NATS server's certificat
 REDELIVERY_DELAY_S = 1.0
 
 RETRY_FETCH_S = 1.0
+FETCH_WAIT_S = 1.0           # a fetch that finds nothing new returns after this
 Handler = Callable[[events_pb2.Envelope], Awaitable[None]]
 GiveUp = Callable[[events_pb2.Envelope, Exception], Awaitable[None]]
 
@@ -53,6 +55,22 @@ def envelope(subject: str, payload: Message) -> events_pb2.Envelope:
     return events_pb2.Envelope(
         event_id=uuid.uuid4().hex, type=subject, time=time, payload=packed,
         traceparent=carrier.get("traceparent", ""), tracestate=carrier.get("tracestate", ""))
+
+
+class Progress:
+    """How current a consumer is: it was caught up with its stream when a fetch found nothing
+    new, or when the message it last handled was the last one pending. A reader of what the
+    consumer keeps asks `current(within_s)` before trusting it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.caught_up_at: float | None = None
+
+    def caught_up(self) -> None:
+        self.caught_up_at = self.clock()
+
+    def current(self, within_s: float) -> bool:
+        return self.caught_up_at is not None and self.clock() - self.caught_up_at <= within_s
 
 
 def _age_s(event: events_pb2.Envelope) -> float:
@@ -138,21 +156,26 @@ class Events:
     async def consume(self, stream: str, durable: str, handle: Handler, *,
                       subjects: list[str] | None = None, max_deliver: int = 5,
                       give_up: GiveUp | None = None, dedupe_window_s: float | None = None,
+                      inactive_s: float | None = None, progress: Progress | None = None,
                       stop: asyncio.Event) -> None:
         """Run a durable pull consumer until `stop` is set. `handle` must be idempotent by
         event_id; a message is acked only after it returns, so a crash means redelivery.
         A message that fails `max_deliver` times (or cannot be parsed) is dead-lettered:
         republished on deadletter.<subject> with the error, and `give_up` is told.
         `dedupe_window_s`: how long the handler remembers event ids (its table's retention); an
-        event older than that is acknowledged unapplied, as it may have been applied and forgotten."""
+        event older than that is acknowledged unapplied, as it may have been applied and forgotten.
+        `inactive_s`: JetStream removes the consumer after this long without a fetch (one per
+        instance, whose instance may never come back). `progress` is told when it is caught up."""
         config = ConsumerConfig(durable_name=durable, max_deliver=max_deliver, ack_wait=30,
-                                filter_subjects=subjects or [])
+                                filter_subjects=subjects or [], inactive_threshold=inactive_s)
         subscription = await self.jetstream.pull_subscribe(
             "", durable=durable, stream=stream, config=config)
         while not stop.is_set():
             try:
-                messages = await subscription.fetch(batch=32, timeout=1)
+                messages = await subscription.fetch(batch=32, timeout=FETCH_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):   # nothing new: poll again
+                if progress:
+                    progress.caught_up()
                 continue
             except nats.errors.Error as failure:   # server restarting: the client reconnects
                 log.warning("fetch failed, retrying: %s", failure,
@@ -161,6 +184,8 @@ class Events:
                 continue
             for message in messages:
                 await self._deliver(message, durable, handle, max_deliver, give_up, dedupe_window_s)
+            if progress and messages and messages[-1].metadata.num_pending == 0:
+                progress.caught_up()
 
     async def _deliver(self, message, durable: str, handle: Handler, max_deliver: int,
                        give_up: GiveUp | None, dedupe_window_s: float | None) -> None:

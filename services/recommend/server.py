@@ -13,20 +13,23 @@ from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from services import kit
 from services.kit.audit import Audit
 from services.kit.breaker import Breaker
+from services.kit.events import Progress
 from services.kit.inference import Triton
 
 from .cache import RecentAnswers
+from .history import Histories
 from .model import MODEL, RecommenderModel
-from .store import MIGRATIONS, Item, RecommendStore
+from .store import MIGRATIONS, Item, Purchase, RecommendStore
 
-HISTORY_CONSUMER = "recommend-history"   # one durable consumer shared by every instance
-HISTORY_LENGTH = 50
+HISTORY_CONSUMER = "recommend-history"   # + the instance's name: one consumer per instance
+HISTORY_CONSUMER_INACTIVE_S = 24 * 3600   # JetStream drops the consumer of an instance gone this long
 
 
 class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
-    def __init__(self, store: RecommendStore, model: RecommenderModel, audit: Audit,
-                 cache: RecentAnswers, version: str):
-        self.store, self.model, self.audit, self.cache, self.version = store, model, audit, cache, version
+    def __init__(self, store: RecommendStore, histories: Histories, model: RecommenderModel,
+                 audit: Audit, cache: RecentAnswers, version: str):
+        self.store, self.histories, self.model = store, histories, model
+        self.audit, self.cache, self.version = audit, cache, version
 
     async def Recommend(self, request: recommend_pb2.RecommendRequest,
                        context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
@@ -36,7 +39,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         if len(exclude) > 1000:
             raise kit.InvalidArgument("exclude_item_ids", "at most 1000 ids")
         started = time.perf_counter()
-        history = await self.store.recent(who.user_id, HISTORY_LENGTH)
+        history = await self.histories.recent(who.user_id)
         # Keyed by the history too: the user's next purchase is a new key, so an answer is
         # never served from before it, whichever instance recorded it.
         key = (who.user_id, limit, tuple(exclude), tuple(history))
@@ -83,17 +86,21 @@ async def setup(app: kit.App) -> list[kit.Binding]:
         from .demo import seed
         await seed(store)
     events = await app.events()
+    progress = Progress()
+    histories = Histories(store, progress)
 
     async def record_purchase(event: events_pb2.Envelope) -> None:
         if event.type == "user.purchased":
-            purchase = kit.unpack(event, events_pb2.UserPurchased)
-            await store.record(event.event_id, purchase.user_id, purchase.item_id)
+            purchased = kit.unpack(event, events_pb2.UserPurchased)
+            await histories.record(purchased.user_id, Purchase(event.event_id, purchased.item_id))
 
-    app.spawn(events.consume("USERS", HISTORY_CONSUMER, record_purchase,
-                             subjects=["user.purchased"], stop=app.stopping), name=HISTORY_CONSUMER)
+    consumer = f"{HISTORY_CONSUMER}-{config.name}"
+    app.spawn(events.consume("USERS", consumer, record_purchase, subjects=["user.purchased"],
+                             inactive_s=HISTORY_CONSUMER_INACTIVE_S, progress=progress,
+                             stop=app.stopping), name=consumer)
     version = config.version or "v1"
     model = RecommenderModel(Triton(app.channel(config.triton_address)),
                              version.removeprefix("v"), Breaker(f"{MODEL}-{version}"))
     audit = Audit(app.outbox(pool, events), "recommend")
-    servicer = RecommendServicer(store, model, audit, RecentAnswers(), version)
+    servicer = RecommendServicer(store, histories, model, audit, RecentAnswers(), version)
     return [kit.Binding(recommend_pb2_grpc.add_RecommendServiceServicer_to_server, servicer)]

@@ -29,6 +29,12 @@ MIGRATIONS = [
 
 
 @dataclass(frozen=True)
+class Purchase:
+    event_id: str     # of the user.purchased event that recorded it
+    item_id: int
+
+
+@dataclass(frozen=True)
 class Item:
     item_id: int
     title: str
@@ -38,29 +44,34 @@ class Item:
 class RecommendStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
+        self._titles: dict[int, str] = {}   # read once per item: a title never changes once added
 
     async def add_items(self, items: list[tuple[int, str, int]]) -> None:
         await self.pool.executemany(
             "INSERT INTO items (item_id, title, base_count) VALUES ($1, $2, $3)"
             " ON CONFLICT (item_id) DO NOTHING", items)
 
-    async def record(self, event_id: str, user_id: str, item_id: int) -> bool:
+    async def record(self, user_id: str, purchase: Purchase) -> bool:
         """Add one interaction; False when this event was already recorded."""
         status = await self.pool.execute(
             "INSERT INTO history (event_id, user_id, item_id) VALUES ($1, $2, $3)"
-            " ON CONFLICT (event_id) DO NOTHING", event_id, uuid.UUID(user_id), item_id)
+            " ON CONFLICT (event_id) DO NOTHING", purchase.event_id, uuid.UUID(user_id),
+            purchase.item_id)
         return status.endswith(" 1")
 
-    async def recent(self, user_id: str, limit: int = 50) -> list[int]:
+    async def recent(self, user_id: str, limit: int = 50) -> list[Purchase]:
+        """Newest first."""
         rows = await self.pool.fetch(
-            "SELECT item_id FROM history WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2",
-            uuid.UUID(user_id), limit)
-        return [r["item_id"] for r in rows]
+            "SELECT event_id, item_id FROM history WHERE user_id = $1"
+            " ORDER BY created_at DESC LIMIT $2", uuid.UUID(user_id), limit)
+        return [Purchase(r["event_id"], r["item_id"]) for r in rows]
 
     async def titles(self, item_ids: list[int]) -> dict[int, str]:
-        rows = await self.pool.fetch("SELECT item_id, title FROM items WHERE item_id = ANY($1::bigint[])",
-                                     item_ids)
-        return {r["item_id"]: r["title"] for r in rows}
+        if missing := [i for i in item_ids if i not in self._titles]:
+            rows = await self.pool.fetch(
+                "SELECT item_id, title FROM items WHERE item_id = ANY($1::bigint[])", missing)
+            self._titles.update((r["item_id"], r["title"]) for r in rows)
+        return {i: self._titles[i] for i in item_ids if i in self._titles}
 
     async def popular(self, limit: int, exclude: list[int]) -> list[Item]:
         rows = await self.pool.fetch(
