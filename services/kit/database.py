@@ -24,11 +24,12 @@ class _Connection(asyncpg.Connection):
 
 
 async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int = 1,
-                  max_size: int = 10) -> asyncpg.Pool:
+                  max_size: int = 10, init=None) -> asyncpg.Pool:
     """Open a pool whose search_path is the service's schema, after applying new migrations.
 
     Migrations are numbered by position and each runs once, in one transaction, under an
-    advisory lock, so two instances of a service starting together do not race."""
+    advisory lock, so two instances of a service starting together do not race. `init` runs
+    on each new connection of the pool (type codecs)."""
     setup = await asyncpg.connect(dsn)
     try:
         async with setup.transaction():
@@ -50,4 +51,5 @@ async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int
         await setup.close()
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, command_timeout=10, connection_class=_Connection,
+        init=init,
         server_settings={"search_path": f'"{schema}", public'})

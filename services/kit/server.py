@@ -72,9 +72,9 @@ class App:
         """Reflect these services from this descriptor pool instead of the process's own."""
         self.reflected = (names, pool)
 
-    async def database(self, migrations: list[str], schema: str | None = None):
+    async def database(self, migrations: list[str], schema: str | None = None, *, init=None):
         pool = await database.connect(self.config.postgres_dsn, schema or self.config.service,
-                                      migrations)
+                                      migrations, init=init)
         self._resources.push_async_callback(pool.close)
         return pool
 

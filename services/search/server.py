@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import grpc
+from pgvector.asyncpg import register_vector
 
 from aimesh.events.v1 import events_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
@@ -102,7 +103,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:
-    pool = await app.database(MIGRATIONS)
+    pool = await app.database(MIGRATIONS, init=register_vector)
     documents, jobs = DocumentStore(pool), JobStore(pool)
     embedder = Embedder(Triton(app.channel(app.config.triton_address)))
     events = await app.events()

@@ -77,10 +77,6 @@ class Hit:
     score: float
 
 
-def _vector(embedding: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in embedding) + "]"
-
-
 class DocumentStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
@@ -93,7 +89,7 @@ class DocumentStore:
                 " VALUES ($1, $2, $3, $4::jsonb, $5::vector)"
                 " ON CONFLICT (id) DO UPDATE SET title = excluded.title, body = excluded.body,"
                 " metadata = excluded.metadata, embedding = excluded.embedding, updated_at = now()",
-                [(d.id, d.title, d.body, json.dumps(d.metadata), _vector(e))
+                [(d.id, d.title, d.body, json.dumps(d.metadata), e)
                  for d, e in zip(documents, embeddings, strict=True)])
 
     async def delete(self, document_id: str) -> bool:
@@ -110,7 +106,7 @@ class DocumentStore:
         def param(value) -> str:
             values.append(value)
             return f"${len(values)}"
-        vector = param(_vector(embedding))
+        vector = param(embedding)   # in pgvector's binary form: the pool registers its codec
         # Each ranking CANDIDATES deep, or as deep as the page reaches. Not deeper: past about 30
         # rows (near pgvector's ef_search, 40) Postgres prefers an exact scan of every vector to the
         # HNSW index (measured on the demo catalog). A literal, so a cached generic plan knows it.
