@@ -121,6 +121,9 @@ def _strip_identity_filter() -> dict:
     }
 
 
+JWT_CACHE_SIZE = 10_000   # tokens per worker thread
+
+
 def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
                 public_paths: tuple[str, ...], addressing: Addressing) -> dict:
     issuer = issuer_service(topo)
@@ -141,6 +144,9 @@ def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
             "async_fetch": {"fast_listener": True, "failed_refetch_duration": "1s"},
         },
         "forward": True,                  # services forward the token on east-west calls
+        # A token verified once is not verified again until its exp (which is still checked):
+        # a client sends the same token on every call, and the signature check is the costly part.
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
         "claim_to_headers": [{"header_name": h, "claim_name": c} for c, h in CLAIM_HEADERS.items()],
     }
     # First matching rule wins: public paths have no requirement, everything else needs a token.
