@@ -117,6 +117,17 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Slo:
+    """What one route promises: of its calls, the share `availability` is answered OK and not
+    from a fallback, and 99% within `p99_s` (the whole call; a stream's first message), while the
+    route gets up to `load_rps` calls a second in the load test's mix."""
+    route: str               # service.Method
+    availability: float      # 0.999 for "99.9%"
+    p99_s: float
+    load_rps: float
+
+
+@dataclass(frozen=True)
 class Infra:
     postgres_port: int
     nats_port: int
@@ -133,6 +144,7 @@ class Topology:
     services: dict[str, Service]
     retention: Retention
     identity: Identity
+    slos: dict[str, Slo]        # by route (service.Method)
 
     def workloads(self) -> list[str]:
         """Every name that gets a certificate: the gateway, each service, NATS, the operator."""
@@ -261,7 +273,38 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
     from services.kit.retention import Retention, seconds
     return Topology(gateway=gateway, infra=infra, services=services,
                     retention=Retention.parse(raw.get("retention") or {}),
-                    identity=_identity(raw.get("identity") or {}, services, seconds))
+                    identity=_identity(raw.get("identity") or {}, services, seconds),
+                    slos=_slos(raw.get("slos") or {}, services, methods, seconds))
+
+
+def _slos(raw: dict, services: dict[str, Service], methods: dict[str, dict[str, Method]],
+          seconds) -> dict[str, Slo]:
+    slos = {}
+    for route, promise in raw.items():
+        where = f"slos.{route}"
+        service, _, method = route.partition(".")
+        if service not in services:
+            raise ValueError(f"{where}: no service {service!r}")
+        if not any(method in methods.get(g, {}) for g in services[service].grpc_services):
+            raise ValueError(f"{where}: {service}'s contracts have no method {method!r}")
+        unknown = set(promise) - {"availability", "p99", "at"}
+        if unknown or len(promise) != 3:
+            raise ValueError(f"{where}: give availability, p99 and at (and nothing else)")
+        availability = _percent(promise["availability"], f"{where}.availability")
+        p99_s = seconds(promise["p99"])
+        load = str(promise["at"])
+        if not load.endswith("/s") or float(load[:-2]) <= 0 or p99_s <= 0:
+            raise ValueError(f"{where}: p99 is a duration and at a rate such as 20/s, not {promise}")
+        slos[route] = Slo(route, availability, p99_s, float(load[:-2]))
+    return slos
+
+
+def _percent(value: str | float, where: str) -> float:
+    text = str(value).strip()
+    share = float(text.rstrip("%")) / 100
+    if not text.endswith("%") or not 0 < share <= 1:
+        raise ValueError(f"{where}: a percentage such as 99.9%, not {value!r}")
+    return share
 
 
 def _identity(raw: dict, services: dict[str, Service], seconds) -> Identity:

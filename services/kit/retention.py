@@ -20,7 +20,7 @@ from .database import UNREACHABLE
 
 log = logging.getLogger("aimesh.retention")
 
-UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+UNITS_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 UNITS_B = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
 
 PRUNED = Counter("aimesh_rows_pruned_total", "Rows deleted by retention, by table", ["table"])
@@ -28,12 +28,12 @@ KEPT = Gauge("aimesh_rows_kept", "Rows in a pruned table after its last pruning 
 
 
 def seconds(text: str | int | float) -> float:
-    """'30d', '12h', '90s' -> seconds."""
+    """'30d', '12h', '90s', '300ms' -> seconds."""
     if isinstance(text, (int, float)):
         return float(text)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|[smhd])\s*", text)
     if not match:
-        raise ValueError(f"a duration is a number and one of s, m, h, d (e.g. 30d), not {text!r}")
+        raise ValueError(f"a duration is a number and one of ms, s, m, h, d (e.g. 30d), not {text!r}")
     return float(match[1]) * UNITS_S[match[2]]
 
 

@@ -89,3 +89,26 @@ def test_streaming_and_retries_come_from_the_contracts():
     assert set(topo.services["chat"].streams) == {"Chat", "Ask"}          # stream in chat.proto
     assert "DeleteDocument" in topo.services["search"].idempotent          # idempotency_level
     assert "SubmitIndexJob" not in topo.services["search"].idempotent      # none: not retried
+
+
+def test_slos_name_routes_of_the_contracts_and_read_as_shares_seconds_and_rates(tmp_path):
+    topo = topology.load(port_offset=0)
+    recommend = topo.slos["recommend.Recommend"]
+    assert (recommend.availability, recommend.p99_s, recommend.load_rps) == (0.99, 0.25, 10.0)
+    assert {"user.Login", "search.Search", "chat.Ask"} <= set(topo.slos)
+
+    def refused(route: str, promise: str) -> str:
+        path = tmp_path / "topology.yaml"
+        path.write_text(f"extends: {paths.ROOT / 'aimesh' / 'topology.yaml'}\n"
+                        f"slos:\n  {route}: {promise}\n")
+        with pytest.raises(ValueError) as error:
+            topology.load(path, port_offset=0)
+        return str(error.value)
+
+    good = "{availability: 99%, p99: 1s, at: 1/s}"
+    assert "no method 'Recomend'" in refused("recommend.Recomend", good)
+    assert "no service 'recomend'" in refused("recomend.Recommend", good)
+    assert "a percentage" in refused("user.Login", "{availability: 0.99, p99: 1s, at: 1/s}")
+    assert "p99 is a duration" in refused("user.Login", "{availability: 99%, p99: 0s, at: 1/s}")
+    assert "at a rate" in refused("user.Login", "{availability: 99%, p99: 1s, at: 5}")
+    assert "nothing else" in refused("user.UpdateProfile", "{availability: 99%, p99: 1s}")
