@@ -273,11 +273,17 @@ def cmd_test(args) -> int:
     return 1
 
 
+def cmd_load(args) -> int:
+    """The load test (and soak): bench/load.py."""
+    args.name = "load"
+    return cmd_bench(args)
+
+
 def cmd_bench(args) -> int:
     """A benchmark in this environment: bench/<name>.py, with the stubs on its path."""
     script = paths.ROOT / "bench" / f"{args.name}.py"
     if not script.exists():
-        names = sorted(p.stem for p in script.parent.glob("*.py") if p.stem not in ("common", "loadgen"))
+        names = sorted(p.stem for p in script.parent.glob("*.py"))
         print(f"aimesh: no benchmark {args.name!r}; there are {', '.join(names)}", file=sys.stderr)
         return 2
     env = {**os.environ, "PATH": f"{paths.venv_bin('')}:{os.environ.get('PATH', '')}",
@@ -382,8 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="run a benchmark, bench/NAME.py (arguments pass through)")
     bench.add_argument("name")
     bench.set_defaults(run=cmd_bench)
+    commands.add_parser("load", help="load test through the gateway, stepped up until an SLO "
+                        "breaks; --soak for a soak (arguments pass through: --help)"
+                        ).set_defaults(run=cmd_load)
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("test", "bench"):
+    if extra and args.command not in ("test", "bench", "load"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.pytest_args = extra
     if args.command != "gen":

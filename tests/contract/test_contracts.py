@@ -94,7 +94,7 @@ def test_streaming_and_retries_come_from_the_contracts():
 def test_slos_name_routes_of_the_contracts_and_read_as_shares_seconds_and_rates(tmp_path):
     topo = topology.load(port_offset=0)
     recommend = topo.slos["recommend.Recommend"]
-    assert (recommend.availability, recommend.p99_s, recommend.load_rps) == (0.99, 0.25, 10.0)
+    assert (recommend.availability, recommend.p99_s, recommend.load_rps) == (0.99, 0.25, 5.0)
     assert {"user.Login", "search.Search", "chat.Ask"} <= set(topo.slos)
 
     def refused(route: str, promise: str) -> str:
