@@ -19,7 +19,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -32,6 +32,7 @@ CRASHES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 PINNED = {"max_tokens": 1}    # chat: one token, so a fuzzed turn costs the model little
 TIMEOUT_S = 30
 MAX_DEPTH = 3
+SEED = 20261203       # the same requests every run (after the saved failing ones)
 
 HOSTILE = ["", " ", "\x00", "a\x00b", "' OR 1=1 --", "'; DROP TABLE users; --", "{{7*7}}",
            "${jndi:ldap://x}", "%s%s%s%n", "<script>alert(1)</script>", "\u202e\u0000\ud7ff",
@@ -108,7 +109,7 @@ def _assign(made: Message, field: FieldDescriptor, draw, value) -> None:
             else:
                 target[key] = item
         return
-    if field.label == FieldDescriptor.LABEL_REPEATED:
+    if field.is_repeated:
         size = draw(st.sampled_from([1, 3, 50, 5000]))
         items = draw(st.lists(value(field), max_size=size))
         target = getattr(made, field.name)
@@ -191,7 +192,8 @@ def fuzz(rpc: Rpc, channel: grpc.Channel, examples: int,
     call = caller(channel, rpc)
     who = identity()
 
-    @settings(max_examples=examples, derandomize=True, deadline=None, print_blob=True,
+    @seed(SEED)
+    @settings(max_examples=examples, deadline=None, print_blob=True,
               database=DirectoryBasedExampleDatabase(str(EXAMPLES_DIR)),
               suppress_health_check=list(HealthCheck))
     @given(messages(rpc.request))

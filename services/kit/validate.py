@@ -22,6 +22,19 @@ def text(request, field: str, *, min_len: int = 1, max_len: int = 4000, parent: 
     return value
 
 
+def storable(value: str, field: str) -> str:
+    """Text kept as given (a title, a body, a map's key or value) but for NUL, which Postgres
+    (text and jsonb) cannot store: refused, naming the field."""
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain NUL characters")
+    return value
+
+
+def storable_map(values: Mapping[str, str], field: str) -> dict[str, str]:
+    return {storable(key, f"{field} (a key)"): storable(value, f"{field}[{key}]")
+            for key, value in values.items()}
+
+
 def in_range(request, field: str, low: int, high: int, *, default: int | None = None,
              parent: str = "") -> int:
     """An integer field within [low, high]; 0 means `default` when one is given."""

@@ -31,8 +31,10 @@ def _document(request_document, index: int) -> Document:
         raise kit.InvalidArgument(f"{field}.document_id", "must be at most 200 characters")
     if not (request_document.title.strip() or request_document.text.strip()):
         raise kit.InvalidArgument(f"{field}.text", "a document needs a title or a text")
-    return Document(request_document.document_id.strip(), request_document.title,
-                    request_document.text, dict(request_document.metadata))
+    return Document(kit.validate.storable(request_document.document_id.strip(), f"{field}.document_id"),
+                    kit.validate.storable(request_document.title, f"{field}.title"),
+                    kit.validate.storable(request_document.text, f"{field}.text"),
+                    kit.validate.storable_map(request_document.metadata, f"{field}.metadata"))
 
 
 def job_proto(job: Job) -> search_pb2.Job:
@@ -64,7 +66,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         offset = kit.validate.page_offset(request)
         mode = kit.validate.choice(request, "mode", MODES) or "hybrid"
         [embedding] = await self.embedder.embed([query])
-        hits = await self.documents.search(embedding, query, mode=mode, filters=dict(request.filters),
+        filters = kit.validate.storable_map(request.filters, "filters")
+        hits = await self.documents.search(embedding, query, mode=mode, filters=filters,
                                            limit=page_size + 1, offset=offset)
         more = len(hits) > page_size
         return search_pb2.SearchResponse(

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from aimesh import topology
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2
 from services import kit
 from tests.integration.client import bearer, signing_key, token
@@ -34,6 +35,31 @@ def test_a_nul_in_a_display_name_is_invalid_argument_naming_it(mesh, users, alic
                             metadata=bearer(alice), timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert list(kit.field_violations(refused.value)) == ["display_name"]
+
+
+# Found by the fuzzer (tests/chaos/test_fuzz.py): NUL in a document's fields or in a search
+# filter came back INTERNAL (Postgres's text and jsonb hold no NUL).
+@pytest.mark.parametrize("document, field", [
+    (search_pb2.Document(document_id="\x00", text="x"), "documents[0].document_id"),
+    (search_pb2.Document(document_id="d", text="a\x00b"), "documents[0].text"),
+    (search_pb2.Document(document_id="d", title="\x00", text="x"), "documents[0].title"),
+    (search_pb2.Document(document_id="d", text="x", metadata={"\x00": "v"}), "documents[0].metadata (a key)"),
+])
+def test_a_nul_in_a_document_is_invalid_argument_naming_the_field(mesh, admin, document, field):
+    with mesh.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        search_pb2_grpc.SearchServiceStub(channel).IndexDocuments(
+            search_pb2.IndexDocumentsRequest(documents=[document]), metadata=bearer(admin), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(kit.field_violations(refused.value)) == [field]
+
+
+def test_a_nul_in_a_search_filter_is_invalid_argument_naming_it(mesh, alice):
+    with mesh.channel() as channel, pytest.raises(grpc.RpcError) as refused:
+        search_pb2_grpc.SearchServiceStub(channel).Search(
+            search_pb2.SearchRequest(query="film", filters={"genre": "a\x00"}),
+            metadata=bearer(alice), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(kit.field_violations(refused.value)) == ["filters[genre]"]
 
 
 def _token_needing_methods(mesh) -> list[str]:

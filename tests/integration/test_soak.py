@@ -8,6 +8,9 @@ import sys
 from aimesh import paths
 
 SLACK_FDS = 16           # a connection opened late (a pool growing to its size) is not a leak
+# Postgres's backends open a table's files the first time they touch it, up to its
+# max_files_per_process: its fds grow by design, and its connections are what must stay flat.
+FDS_GROW_BY_DESIGN = {"postgres"}
 
 
 def test_a_minute_of_the_mix_has_no_error_and_no_climbing_fds_or_connections(mesh, tmp_path):
@@ -26,5 +29,5 @@ def test_a_minute_of_the_mix_has_no_error_and_no_climbing_fds_or_connections(mes
     for component, (_, fds) in last.items():
         if component == "postgres connections":
             assert fds <= warm[component][1] + 2, f"Postgres connections {warm[component][1]} -> {fds}"
-        else:
+        elif component not in FDS_GROW_BY_DESIGN:
             assert fds <= warm[component][1] + SLACK_FDS, f"{component}: fds {warm[component][1]} -> {fds}"
