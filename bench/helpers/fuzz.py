@@ -31,6 +31,7 @@ EXAMPLES_DIR = paths.ROOT / "tests" / "chaos" / "fuzz-examples"   # failing exam
 CRASHES = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 PINNED = {"max_tokens": 1}    # chat: one token, so a fuzzed turn costs the model little
 TIMEOUT_S = 30
+LIVE_STREAM_S = 10    # a stream that only ends with its deadline (Subscribe) is cut here
 MAX_DEPTH = 3
 SEED = 20261203       # the same requests every run (after the saved failing ones)
 
@@ -166,7 +167,8 @@ def caller(channel: grpc.Channel, rpc: Rpc) -> Callable[[Message, list], grpc.St
     def call(request: Message, metadata: list) -> grpc.StatusCode:
         sent = iter([request]) if rpc.client_streaming else request
         try:
-            reply = method(sent, metadata=metadata, timeout=TIMEOUT_S)
+            reply = method(sent, metadata=metadata,
+                           timeout=LIVE_STREAM_S if rpc.server_streaming else TIMEOUT_S)
             if rpc.server_streaming:
                 for _ in reply:
                     pass

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from aimesh import topology
+from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2
 from services import kit
@@ -60,6 +61,21 @@ def test_a_nul_in_a_search_filter_is_invalid_argument_naming_it(mesh, alice):
             metadata=bearer(alice), timeout=10)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert list(kit.field_violations(refused.value)) == ["filters[genre]"]
+
+
+def test_a_page_token_no_response_gave_is_invalid_argument_naming_it(mesh, alice):
+    """Found by the fuzzer: a 40-digit page token overflowed Postgres's OFFSET (INTERNAL)."""
+    with mesh.channel() as channel:
+        calls = [lambda t: notify_pb2_grpc.NotificationServiceStub(channel).ListNotifications(
+                     notify_pb2.ListNotificationsRequest(page_token=t), metadata=bearer(alice), timeout=10),
+                 lambda t: search_pb2_grpc.SearchServiceStub(channel).Search(
+                     search_pb2.SearchRequest(query="film", page_token=t), metadata=bearer(alice), timeout=10)]
+        for call in calls:
+            for bad in ("9" * 40, "١٢", "-1"):      # huge, non-ASCII digits, signed
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(bad)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert list(kit.field_violations(refused.value)) == ["page_token"]
 
 
 def _token_needing_methods(mesh) -> list[str]:
