@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from aimesh.user.v1 import user_pb2
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -136,3 +137,37 @@ def next_of_kind(live, kind: str):
         if reply.notification.kind == kind:
             return reply.notification
     raise AssertionError(f"the stream ended before a {kind} notification")
+
+
+class Purchases:
+    """Purchases of items 1, 2, 3, ... recorded through the gateway every `pace_s` on a thread
+    of their own, while a test breaks something: which were acknowledged, which calls failed."""
+
+    def __init__(self, mesh, token: str, pace_s: float = 0.25):   # 4 a second: under the free tier
+        self.mesh, self.token, self.pace_s = mesh, token, pace_s
+        self.acknowledged: list[int] = []
+        self.failures: list[grpc.StatusCode] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._record)
+
+    def _record(self) -> None:
+        with self.mesh.channel() as channel:
+            stub = user_pb2_grpc.UserServiceStub(channel)
+            item = 0
+            while not self._stop.is_set():
+                item += 1
+                try:
+                    stub.RecordPurchase(user_pb2.RecordPurchaseRequest(item_id=item),
+                                        metadata=bearer(self.token), timeout=5)
+                    self.acknowledged.append(item)
+                except grpc.RpcError as failed:
+                    self.failures.append(failed.code())
+                time.sleep(self.pace_s)
+
+    def __enter__(self) -> Purchases:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
