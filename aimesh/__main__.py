@@ -76,11 +76,42 @@ def cmd_apply(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from . import overrides
     from .mesh import Mesh
     status = Mesh(topology.load(), paths.state_dir()).status()
     for name, state in status.items():
         print(f"  {name:<14} {state}")
+    for line in overrides.load(paths.state_dir()).lines():   # set at run time, on top of the topology
+        print(f"  {line}")
     return 0 if all(s.startswith("running") for s in status.values()) else 3
+
+
+def cmd_fault(args) -> int:
+    from services.kit.retention import seconds
+
+    from . import overrides
+    from .mesh import Refused
+    topo = topology.load()
+    if args.target == "clear":
+        def edit(current):
+            return current.without_faults(args.only or "")
+    else:
+        if args.only:
+            raise Refused(f"unexpected {args.only!r}: `aimesh fault clear [TARGET]` names a target")
+        try:
+            fault = overrides.fault(topo, args.target, delay_s=seconds(args.delay) if args.delay else 0.0,
+                                    abort=args.abort or "", percent=args.percent, listener=args.listener or "",
+                                    caller=args.caller or "", version=args.version or "",
+                                    model=args.model or "")
+        except ValueError as mistake:
+            raise Refused(str(mistake)) from None
+
+        def edit(current):
+            return current.with_fault(fault)
+    now = overrides.change(paths.state_dir(), topo, edit)
+    print("\n".join(f"  {line}" for line in now.lines() if line.startswith("fault"))
+          or "  no faults", flush=True)
+    return 0
 
 
 def cmd_start(args) -> int:
@@ -303,6 +334,35 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("status", help="which components run").set_defaults(run=cmd_status)
     commands.add_parser("apply", help="apply the topology's routes (canary weights) live").set_defaults(
         run=cmd_apply)
+    fault = commands.add_parser(
+        "fault", help="inject a fault on a service's (or Triton's) routes, live; `fault clear` removes",
+        description="Envoy delays and/or aborts a share of the calls on every route of TARGET. "
+                    "One fault per target: a new one replaces it. Kept across `down`/`up` until cleared.")
+    fault.add_argument("target", help="a service, triton, or `clear` (every fault, or only ONLY's)")
+    fault.add_argument("only", nargs="?", help="with clear: only this target's fault")
+    fault.add_argument("--delay", help="e.g. 200ms, 6s")
+    fault.add_argument("--abort", help="a gRPC status name, e.g. UNAVAILABLE")
+    fault.add_argument("--percent", type=float, default=100.0, help="share of calls (default 100)")
+    fault.add_argument("--listener", choices=("edge", "mesh"), help="only on one listener (default both)")
+    fault.add_argument("--caller", help="only east-west calls from this workload (e.g. chat)")
+    fault.add_argument("--version", help="only calls bound for this version (e.g. v2)")
+    fault.add_argument("--model", help="triton: only calls for this model (e.g. recommender)")
+    fault.set_defaults(run=cmd_fault)
+    canary = commands.add_parser(
+        "canary", help="roll a version out step by step, rolled back on its own when it hurts",
+        description="aimesh canary SERVICE --to VERSION [...]: at each step the version gets that "
+                    "share of the calls; its errors and fallbacks (and p99, at the step's end) are "
+                    "compared with the stable version's and the topology's SLOs: promoted, or "
+                    "rolled back to 0%% at once. aimesh canary status [SERVICE] shows the decisions; "
+                    "aimesh canary abort SERVICE gives the topology's weights back.")
+    canary.add_argument("action", help="a canary service (e.g. recommend), status, or abort")
+    canary.add_argument("service", nargs="?", help="with status or abort: the service")
+    canary.add_argument("--to", default="v2", help="the version rolled out (default v2)")
+    canary.add_argument("--steps", default="10,25,50,100", help="percent at each step")
+    canary.add_argument("--interval", default="30s", help="how long each step lasts (e.g. 30s)")
+    canary.add_argument("--min-calls", type=int, default=50,
+                        help="calls the version must get in a step before it is judged")
+    canary.set_defaults(run=_lazy("canary", "cmd_canary"))
     start = commands.add_parser("start", help="start one stopped component of a running mesh")
     start.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
     start.set_defaults(run=cmd_start)

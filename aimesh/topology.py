@@ -128,6 +128,29 @@ class Slo:
 
 
 @dataclass(frozen=True)
+class Fault:
+    """A fault injected at run time (`aimesh fault`, kept in the state dir's overrides): Envoy
+    delays and/or aborts `percent` of the calls on every route of `target` (a service, or
+    triton), optionally only on one listener, from one caller workload (east-west), to one
+    version's instances (a canary service) or for one model (triton)."""
+    target: str
+    delay_s: float = 0.0
+    abort: str = ""           # a gRPC status name (UNAVAILABLE, ...); "" delays only
+    percent: float = 100.0
+    listener: str = ""        # "edge", "mesh", or "" for both
+    caller: str = ""          # a workload (identity.calls' names): east-west calls from it only
+    version: str = ""         # a canary service's version: calls bound for its instances only
+    model: str = ""           # triton: calls for this model only
+
+    def describe(self) -> str:
+        what = [f"delay {self.delay_s:g}s" if self.delay_s else "", f"abort {self.abort}" if self.abort else ""]
+        scope = [f"{name} {value}" for name, value in (("listener", self.listener), ("caller", self.caller),
+                 ("version", self.version), ("model", self.model)) if value]
+        return f"{self.target}: {' + '.join(w for w in what if w)} on {self.percent:g}% of calls" + (
+            f" ({', '.join(scope)})" if scope else "")
+
+
+@dataclass(frozen=True)
 class Infra:
     postgres_port: int
     nats_port: int
@@ -145,6 +168,7 @@ class Topology:
     retention: Retention
     identity: Identity
     slos: dict[str, Slo]        # by route (service.Method)
+    faults: tuple[Fault, ...] = ()   # injected at run time (aimesh/overrides.py), never in the file
 
     def workloads(self) -> list[str]:
         """Every name that gets a certificate: the gateway, each service, NATS, the operator."""

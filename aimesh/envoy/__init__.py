@@ -8,7 +8,8 @@ edge limits rates (per user, per client address) and speaks grpc-web and JSON.
 
 `render` gives the whole config with routes inline (what the tests and the golden file read);
 `write` puts each listener's routes in a file of their own that Envoy watches (RDS from the
-filesystem), so `apply_routes` changes canary weights live, without a restart or a dropped call.
+filesystem), so `apply_routes` changes canary weights and faults live, without a restart or a
+dropped call. Both apply the state dir's run-time overrides (aimesh/overrides.py) on top.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from aimesh import paths
+from aimesh import overrides, paths
 from aimesh.topology import Topology
 
 from .clusters import all_clusters
@@ -132,6 +133,7 @@ def _render_for(topo: Topology, state_dir: Path) -> dict:
     logs = Path(state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    topo = overrides.load(state_dir).on(topo)    # faults and canary weights set at run time
     return render(topo, access_log_path=str(logs / "envoy-access.log"),
                   descriptor_set=str(paths.DESCRIPTOR_SET), web_dir=str(paths.WEB_DIST),
                   otlp_endpoint=endpoint.removeprefix("http://").removeprefix("https://"),

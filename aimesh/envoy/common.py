@@ -69,6 +69,12 @@ RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 CORS_FILTER = "envoy.filters.http.cors"
 
 
+FAULT_FILTER = "envoy.filters.http.fault"   # inert on the listener; `aimesh fault` sets it per route
+
+
+GRPC_STATS_FILTER = "envoy.filters.http.grpc_stats"
+
+
 MAX_USERS_TRACKED = 10000                  # per-user buckets kept per route (least recently used go)
 
 

@@ -9,6 +9,8 @@ from services.kit.tls import spiffe_id
 
 from .common import (
     CORS_FILTER,
+    FAULT_FILTER,
+    GRPC_STATS_FILTER,
     GRPC_WEB_HEADERS,
     JWKS_CLUSTER,
     JWT_PROVIDER,
@@ -102,9 +104,11 @@ def cors_policy(topo: Topology) -> dict:
 def http_filters(topo: Topology, public_prefixes: tuple[str, ...],
                  public_paths: tuple[str, ...], addressing: Addressing) -> list[dict]:
     # Order matters: strip forged identity, then verify the token and write the real identity,
-    # then count the call against the user's limit (it reads that identity), then route.
+    # then count the call against the user's limit (it reads that identity), then count its gRPC
+    # status per cluster (injected faults included, so a faulty canary shows in its version's
+    # stats), then inject faults, then route.
     return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes, public_paths, addressing),
-            _rate_limit_filter(),
+            _rate_limit_filter(), _grpc_stats_filter(), _fault_filter(),
             _router_filter()]
 
 
@@ -180,6 +184,20 @@ def _rate_limit_filter() -> dict:
     return {"name": RATE_LIMIT_FILTER, "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
         "stat_prefix": "rate_limit"}}
+
+
+def _grpc_stats_filter() -> dict:
+    """Per cluster and method: calls by gRPC status (cluster.<c>.grpc.<service>.<method>.<code>)
+    and the upstream time histogram (...upstream_rq_time), read by `aimesh canary` and `top`."""
+    return {"name": GRPC_STATS_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
+        "stats_for_all_methods": True, "enable_upstream_stats": True}}
+
+
+def _fault_filter() -> dict:
+    # Injects nothing itself: each faulty route carries its own config (aimesh/overrides.py).
+    return {"name": FAULT_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}
 
 
 def _router_filter() -> dict:

@@ -51,6 +51,9 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
                 "filter_chains": [chain]}
     if tls:
         chain["transport_socket"] = tls.downstream()
+        # The caller's SPIFFE id in x-forwarded-client-cert, for faults scoped to one caller.
+        hcm["forward_client_cert_details"] = "SANITIZE_SET"
+        hcm["set_current_client_cert_details"] = {"uri": True}
         # One line per refused connection (no certificate, unknown CA, expired), naming the peer.
         listener["access_log"] = [_handshake_log(name, access_log_path)]
     return listener

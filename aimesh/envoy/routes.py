@@ -1,12 +1,17 @@
 """Routes: the page's files, and per service and method its timeout, retries and rate limits."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from aimesh.topology import RateLimit, Service, Topology
+from aimesh.overrides import grpc_status_code
+from aimesh.topology import Fault, RateLimit, Service, Topology
 from services.kit.identity import CLAIM_HEADERS
+from services.kit.inference import MODEL_HEADER
+from services.kit.tls import spiffe_id
 
 from .common import (
+    FAULT_FILTER,
     MAX_USERS_TRACKED,
     PIN_HEADER,
     RATE_LIMIT_FILTER,
@@ -14,8 +19,11 @@ from .common import (
     WEB_FILES,
     route_target,
     seconds,
+    version_cluster,
     version_pins,
 )
+
+WHOLE_CALL_MARGIN_S = 0.5
 
 
 def web_routes(web_dir: str) -> list[dict]:
@@ -70,15 +78,47 @@ def _policy(service: Service, method: str, target: dict, topo: Topology, *,
         action: dict[str, Any] = {**target, "timeout": "0s",
                   "idle_timeout": seconds(topo.gateway.stream_idle_timeout_s)}
     else:
-        action = {**target, "timeout": seconds(service.timeout_s)}
+        # The router's timeout starts when the call reaches it, after an injected delay; the
+        # whole call is bounded too, a moment later, so a delay fault past the timeout times out
+        # while a slow upstream still meets the router's own (counted per cluster).
+        action = {**target, "timeout": seconds(service.timeout_s), "max_stream_duration": {
+            "max_stream_duration": seconds(service.timeout_s + WHOLE_CALL_MARGIN_S)}}
         if idempotent:
             action["retry_policy"] = _retry_policy(topo)
-    if not edge or not (public or service.rate_limit):
-        return action, {}
-    limit, descriptors = (_per_address(topo) if public or service.rate_limit is None
-                          else _per_user(service.rate_limit))
-    action["rate_limits"] = [{"actions": descriptors}]
-    return action, {RATE_LIMIT_FILTER: limit}
+    filters = {}
+    if edge and (public or service.rate_limit):
+        limit, descriptors = (_per_address(topo) if public or service.rate_limit is None
+                              else _per_user(service.rate_limit))
+        action["rate_limits"] = [{"actions": descriptors}]
+        filters[RATE_LIMIT_FILTER] = limit
+    for fault in topo.faults:
+        if fault.target == service.name and fault.listener in ("", "edge" if edge else "mesh"):
+            filters[FAULT_FILTER] = _fault(fault, service)
+    return action, filters
+
+
+def _fault(fault: Fault, service: Service) -> dict:
+    """Envoy's fault filter, for this route only (the listener's own config injects nothing).
+    Percent in millionths, so 0.5% is exact."""
+    def share(percent: float) -> dict:
+        return {"numerator": round(percent * 10_000), "denominator": "MILLION"}
+    config: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}
+    if fault.delay_s:
+        config["delay"] = {"fixed_delay": seconds(fault.delay_s), "percentage": share(fault.percent)}
+    if fault.abort:
+        config["abort"] = {"grpc_status": grpc_status_code(fault.abort), "percentage": share(fault.percent)}
+    if fault.version:
+        config["upstream_cluster"] = version_cluster(service, fault.version)
+    headers = []
+    if fault.model:       # the kit's Triton client names the model in a header
+        headers.append({"name": MODEL_HEADER, "string_match": {"exact": fault.model}})
+    if fault.caller:      # the east-west listener writes the caller's SPIFFE id into XFCC
+        headers.append({"name": "x-forwarded-client-cert", "string_match": {"safe_regex": {
+            "regex": f".*URI={re.escape(spiffe_id(fault.caller))}(;.*)?"}}})
+    if headers:
+        config["headers"] = headers
+    return config
 
 
 def _retry_policy(topo: Topology) -> dict:

@@ -20,6 +20,7 @@ from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
 from services.kit.audit import Audit
 from services.kit.inference import Triton
+from services.kit.telemetry import FALLBACKS
 
 from .grounding import invented, names
 from .model import BUSY, MODEL, ChatModel, ModelBusy, lead, messages
@@ -160,7 +161,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 usage.completion_tokens = len(sent) - bool(opening)
             else:
                 source = common_pb2.SOURCE_FALLBACK
-                reason = BUSY if isinstance(why, ModelBusy) else f"chat model unavailable: {why}"
+                busy = isinstance(why, ModelBusy)
+                FALLBACKS.labels("chat_turn", "model_busy" if busy else "model_unavailable").inc()
+                reason = BUSY if busy else f"chat model unavailable: {why}"
                 if search_failure:
                     reason += f"; search unavailable: {search_failure}"
                 fallback, finish = retrieval_only(hits, max_tokens, searched=not search_failure)
@@ -194,7 +197,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             common_pb2.Source.Name(source), audit)
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
             conversation_id=conversation, turn_id=turn_id, finish_reason=finish, usage=usage,
-            source=source, fallback_reason=reason, grounding=grounding))
+            source=source, fallback_reason=reason, grounding=grounding,
+            retrieval_failure=search_failure))
 
 
 async def setup(app: kit.App) -> list[kit.Binding]:

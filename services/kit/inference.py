@@ -17,6 +17,10 @@ from tritonclient.utils import (
 
 from .errors import Unavailable
 
+# Names the model on every call, so the gateway can tell one model's calls from another's
+# (`aimesh fault triton --model recommender`): the model is otherwise only inside the body.
+MODEL_HEADER = "x-aimesh-model"
+
 
 def _raw(array: np.ndarray) -> bytes:
     if array.dtype == np.object_:
@@ -51,7 +55,8 @@ class Triton:
     async def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str = "",
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
         try:
-            reply = await self.stub.ModelInfer(_request(model, inputs, version), timeout=timeout_s)
+            reply = await self.stub.ModelInfer(_request(model, inputs, version), timeout=timeout_s,
+                                               metadata=((MODEL_HEADER, model),))
         except grpc.aio.AioRpcError as failure:
             raise Unavailable(f"model {model}: {failure.code().name} {failure.details()}") from failure
         return _outputs(reply)
@@ -61,7 +66,7 @@ class Triton:
         """A decoupled model's responses as they come, up to the one carrying `last_output`.
         Leaving the loop early (or being cancelled) cancels the call, and Triton tells the
         model, which stops generating."""
-        call = self.stub.ModelStreamInfer(timeout=timeout_s)
+        call = self.stub.ModelStreamInfer(timeout=timeout_s, metadata=((MODEL_HEADER, model),))
         try:
             await call.write(_request(model, inputs))
             await call.done_writing()

@@ -19,6 +19,13 @@ LATENCY = prometheus_client.Histogram(
     ["service", "method"],
     buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 
+# A service that answers without its model (Recommend's popular items, chat's retrieval-only
+# answer) succeeds at the gRPC level: this counts those answers, per cause, so a version's
+# fallbacks can be held against it (`aimesh canary`) and shown (`aimesh top`).
+FALLBACKS = prometheus_client.Counter(
+    "aimesh_fallbacks_total", "Answers given without the model, by answer (recommend, chat_turn) and cause.",
+    ["answer", "cause"])
+
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     if port:

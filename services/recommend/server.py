@@ -15,12 +15,14 @@ from services.kit.audit import Audit
 from services.kit.breaker import Breaker
 from services.kit.events import Progress
 from services.kit.inference import Triton
+from services.kit.telemetry import FALLBACKS
 
 from .cache import RecentAnswers
 from .history import Histories
 from .model import MODEL, RecommenderModel
 from .store import MIGRATIONS, Item, Purchase, RecommendStore
 
+COLD_START, MODEL_UNAVAILABLE = "cold_start", "model_unavailable"   # why an answer is a fallback
 HISTORY_CONSUMER = "recommend-history"   # + the instance's name: one consumer per instance
 HISTORY_CONSUMER_INACTIVE_S = 24 * 3600   # JetStream drops the consumer of an instance gone this long
 
@@ -57,16 +59,18 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
 
     async def _answer(self, history: list[int], limit: int, exclude: list[int]):
         if not history:
-            return await self._fallback(limit, exclude, "cold start: no history yet")
+            return await self._fallback(limit, exclude, COLD_START, "cold start: no history yet")
         try:
             scored = await self.model.top_k(history, limit, exclude)
         except kit.Unavailable as why:
-            return await self._fallback(limit, exclude + history, f"model unavailable: {why}")
+            return await self._fallback(limit, exclude + history, MODEL_UNAVAILABLE,
+                                        f"model unavailable: {why}")
         titles = await self.store.titles([item_id for item_id, _ in scored])
         items = [Item(item_id, titles.get(item_id, ""), score) for item_id, score in scored]
         return self._response(items, source=common_pb2.SOURCE_MODEL, version=self.version)
 
-    async def _fallback(self, limit: int, exclude: list[int], reason: str):
+    async def _fallback(self, limit: int, exclude: list[int], cause: str, reason: str):
+        FALLBACKS.labels("recommend", cause).inc()
         return self._response(await self.store.popular(limit, exclude),
                               source=common_pb2.SOURCE_FALLBACK, reason=reason)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aimesh import certs, envoy, topology, web
+from aimesh import certs, envoy, overrides, topology, web
 
 GOLDEN = Path(__file__).parent / "golden" / "envoy.yaml"
 
@@ -141,7 +141,7 @@ def test_identity_headers_are_stripped_before_the_token_check(config):
         "envoy.filters.http.cors", "envoy.filters.http.grpc_web",
         "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.header_mutation",
         "envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit",
-        "envoy.filters.http.router"]
+        "envoy.filters.http.grpc_stats", "envoy.filters.http.fault", "envoy.filters.http.router"]
     removed = filters[3]["typed_config"]["mutations"]
     assert {m["remove"] for m in removed["request_mutations"]} == {
         "x-aimesh-user-id", "x-aimesh-tier", "x-aimesh-role"}
@@ -225,3 +225,64 @@ def test_written_routes_are_watched_files_that_apply_replaces(topo, tmp_path):
     assert envoy.apply_routes(topo, tmp_path)
     moved = topology.load(topology.DEFAULT_FILE, port_offset=1)
     assert not envoy.apply_routes(moved, tmp_path)          # ports moved: needs a restart
+
+
+# --- run-time faults (aimesh fault): on the target's routes only ------------------------------
+
+FAULT = "envoy.filters.http.fault"
+
+
+def _faults_on(config: dict, listener: str) -> dict[str, dict]:
+    routes = _listener(config, listener)["route_config"]["virtual_hosts"][0]["routes"]
+    return {r["name"]: r["typed_per_filter_config"][FAULT] for r in routes
+            if FAULT in r.get("typed_per_filter_config", {})}
+
+
+def test_no_fault_is_rendered_unless_one_is_set(config):
+    assert _faults_on(config, "edge") == _faults_on(config, "mesh") == {}
+    listener_level = next(f for f in _listener(config, "edge")["http_filters"] if f["name"] == FAULT)
+    assert set(listener_level["typed_config"]) == {"@type"}     # inert: injects nothing itself
+
+
+def test_a_version_fault_aborts_calls_bound_for_that_version_on_both_listeners(topo):
+    fault = overrides.fault(topo, "recommend", abort="UNAVAILABLE", percent=50, version="v2")
+    config = envoy.render(overrides.Overrides().with_fault(fault).on(topo))
+    for listener in ("edge", "mesh"):
+        faults = _faults_on(config, listener)
+        assert faults and all(name.startswith("recommend") for name in faults)
+        assert {f["upstream_cluster"] for f in faults.values()} == {"recommend-v2"}
+        assert {f["abort"]["grpc_status"] for f in faults.values()} == {14}
+        assert {f["abort"]["percentage"]["numerator"] for f in faults.values()} == {500_000}
+    split = _route_for(_listener(config, "edge"), "/aimesh.recommend.v1.RecommendService/Recommend")
+    assert FAULT in split["typed_per_filter_config"]
+
+
+def test_a_triton_model_fault_matches_the_model_header_east_west_only(topo):
+    fault = overrides.fault(topo, "triton", delay_s=0.2, model="recommender")
+    config = envoy.render(overrides.Overrides().with_fault(fault).on(topo))
+    assert _faults_on(config, "edge") == {}
+    faults = _faults_on(config, "mesh")
+    assert faults and all(name.startswith("triton") for name in faults)
+    for rendered in faults.values():
+        assert rendered["delay"]["fixed_delay"] == "0.2s" and "abort" not in rendered
+        assert rendered["headers"] == [{"name": "x-aimesh-model", "string_match": {"exact": "recommender"}}]
+
+
+def test_a_caller_fault_matches_the_callers_certificate(topo):
+    fault = overrides.fault(topo, "search", abort="UNAVAILABLE", caller="chat")
+    config = envoy.render(overrides.Overrides().with_fault(fault).on(topo))
+    assert _faults_on(config, "edge") == {}
+    header = next(iter(_faults_on(config, "mesh").values()))["headers"][0]
+    assert header["name"] == "x-forwarded-client-cert"
+    assert "spiffe://aimesh\\.local/chat(;" in header["string_match"]["safe_regex"]["regex"]
+    mesh = _listener(config, "mesh")
+    assert mesh["forward_client_cert_details"] == "SANITIZE_SET"   # a client's own XFCC is dropped
+
+
+def test_unary_routes_bound_the_whole_call_so_an_injected_delay_times_out(config, topo):
+    edge = _listener(config, "edge")
+    unary = _route_for(edge, "/aimesh.user.v1.UserService/GetProfile")["route"]
+    whole = float(unary["max_stream_duration"]["max_stream_duration"].rstrip("s"))
+    assert topo.services["user"].timeout_s < whole <= topo.services["user"].timeout_s + 1
+    stream = _route_for(edge, "/aimesh.chat.v1.ChatService/Chat")["route"]
+    assert "max_stream_duration" not in stream

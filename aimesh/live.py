@@ -1,0 +1,133 @@
+"""The running mesh's numbers, read where they are kept: Envoy's admin stats (calls and gRPC
+statuses per cluster and method, from its grpc_stats filter), every instance's Prometheus metrics
+(latency, fallbacks, breakers) and Triton's (queue and batch sizes). `aimesh canary` judges a
+version by them, `aimesh top` shows them."""
+from __future__ import annotations
+
+import math
+import urllib.request
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .topology import Service, Topology
+
+TIMEOUT_S = 2
+# Statuses that say the server failed, not the caller: a bad argument, a missing token or a
+# spent rate limit is the client's, and never held against a version.
+SERVER_FAULTS = {"2": "UNKNOWN", "4": "DEADLINE_EXCEEDED", "12": "UNIMPLEMENTED", "13": "INTERNAL",
+                 "14": "UNAVAILABLE", "15": "DATA_LOSS"}
+NOT_THE_VERSIONS_FAULT = {"cold_start"}    # a fallback cause any version would share
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        return response.read().decode()
+
+
+def envoy_stats(topo: Topology, prefix: str = "") -> dict[str, float]:
+    """Envoy's counters and gauges (name -> value), those starting with `prefix` if given."""
+    text = _get(f"http://127.0.0.1:{topo.gateway.admin_port}/stats"
+                + (f"?filter=^{prefix.replace('.', '[.]')}" if prefix else ""))
+    stats = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        try:
+            stats[name] = float(value)
+        except ValueError:    # a histogram's summary line
+            continue
+    return stats
+
+
+def metrics(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A Prometheus endpoint on loopback: sample name -> [(labels, value)]."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(_get(f"http://127.0.0.1:{port}/metrics")):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+@dataclass(frozen=True)
+class Counts:
+    """One version's calls since its instance started (cumulative); subtract two to get a window."""
+    calls: int = 0            # at the gateway, any status
+    errors: int = 0           # of them, server faults (SERVER_FAULTS), injected ones included
+    fallbacks: int = 0        # answered OK without the model (the instance's own count)
+    buckets: tuple[tuple[float, float], ...] = ()   # handling time: (le seconds, calls <= le)
+
+    def __sub__(self, earlier: Counts) -> Counts:
+        before = dict(earlier.buckets)
+        return Counts(self.calls - earlier.calls, self.errors - earlier.errors,
+                      self.fallbacks - earlier.fallbacks,
+                      tuple((le, n - before.get(le, 0)) for le, n in self.buckets))
+
+    @property
+    def bad(self) -> int:
+        return self.errors + self.fallbacks
+
+    @property
+    def bad_share(self) -> float:
+        return self.bad / self.calls if self.calls else 0.0
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding the q-th call (None without calls)."""
+        total = self.buckets[-1][1] if self.buckets else 0
+        if not total:
+            return None
+        return next(le for le, n in self.buckets if n >= q * total)
+
+    def as_dict(self) -> dict:
+        p99 = self.quantile(0.99)
+        return {"calls": self.calls, "errors": self.errors, "fallbacks": self.fallbacks,
+                "bad_share": round(self.bad_share, 4),
+                "p99_ms": None if p99 is None else (math.inf if p99 == math.inf else round(p99 * 1000, 1))}
+
+
+def _gateway_counts(stats: dict[str, float], cluster: str, service: Service) -> tuple[int, int]:
+    calls = errors = 0
+    for grpc_service in service.grpc_services:
+        prefix = f"cluster.{cluster}.grpc.{grpc_service}."
+        for name, value in stats.items():
+            if name.startswith(prefix):
+                counter = name.rsplit(".", 1)[1]
+                calls += int(value) if counter == "total" else 0
+                errors += int(value) if counter in SERVER_FAULTS else 0
+    return calls, errors
+
+
+def _instance_counts(port: int, service: Service) -> tuple[int, tuple[tuple[float, float], ...]]:
+    try:
+        samples = metrics(port)
+    except OSError:       # the instance is down: the gateway counts its calls' failures
+        return 0, ()
+    fallbacks = sum(int(v) for labels, v in samples.get("aimesh_fallbacks_total", ())
+                    if labels["cause"] not in NOT_THE_VERSIONS_FAULT)
+    buckets: dict[float, float] = {}
+    for labels, value in samples.get("aimesh_grpc_server_handling_seconds_bucket", ()):
+        if any(labels["method"].startswith(f"/{g}/") for g in service.grpc_services):
+            le = float(labels["le"])
+            buckets[le] = buckets.get(le, 0) + value
+    return fallbacks, tuple(sorted(buckets.items()))
+
+
+def version_counts(topo: Topology, service_name: str) -> dict[str, Counts]:
+    """Each version of a canary service: the gateway's count of its calls and server faults, and
+    its instances' fallbacks and handling times."""
+    from .envoy.common import version_cluster
+    service = topo.services[service_name]
+    stats = envoy_stats(topo, f"cluster.{service.name}-")
+    counts = {}
+    for version in dict.fromkeys(i.version for i in service.instances if i.version):
+        calls, errors = _gateway_counts(stats, version_cluster(service, version), service)
+        fallbacks, buckets = 0, dict[float, float]()
+        for instance in (i for i in service.instances if i.version == version):
+            more, histogram = _instance_counts(instance.metrics_port, service)
+            fallbacks += more
+            for le, n in histogram:
+                buckets[le] = buckets.get(le, 0) + n
+        counts[version] = Counts(calls, errors, fallbacks, tuple(sorted(buckets.items())))
+    return counts
+
+
+__all__ = ["Counts", "envoy_stats", "metrics", "version_counts"]
