@@ -23,8 +23,6 @@ from .common import (
     version_pins,
 )
 
-WHOLE_CALL_MARGIN_S = 0.5
-
 
 def web_routes(web_dir: str) -> list[dict]:
     """The page and its two files, read by Envoy when it loads the routes (so a rebuilt page is
@@ -78,11 +76,10 @@ def _policy(service: Service, method: str, target: dict, topo: Topology, *,
         action: dict[str, Any] = {**target, "timeout": "0s",
                   "idle_timeout": seconds(topo.gateway.stream_idle_timeout_s)}
     else:
-        # The router's timeout starts when the call reaches it, after an injected delay; the
-        # whole call is bounded too, a moment later, so a delay fault past the timeout times out
-        # while a slow upstream still meets the router's own (counted per cluster).
-        action = {**target, "timeout": seconds(service.timeout_s), "max_stream_duration": {
-            "max_stream_duration": seconds(service.timeout_s + WHOLE_CALL_MARGIN_S)}}
+        # The whole call, from when the gateway has it: an injected delay counts (the router's
+        # own timeout would start after it). Envoy then answers DEADLINE_EXCEEDED itself and
+        # resets the upstream call; retries stay within it.
+        action = {**target, "max_stream_duration": {"max_stream_duration": seconds(service.timeout_s)}}
         if idempotent:
             action["retry_policy"] = _retry_policy(topo)
     filters = {}

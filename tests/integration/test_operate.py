@@ -1,0 +1,150 @@
+"""Operating the running mesh from the CLI, as an operator would: faults injected live through the
+gateway's routes, an automated canary that promotes a healthy version and rolls a failing one
+back, and what `status` shows. Every test leaves no fault and the topology's weights behind."""
+from __future__ import annotations
+
+import collections
+import json
+import random
+import threading
+import uuid
+
+import grpc
+import pytest
+
+from aimesh import canary, overrides
+from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from aimesh.common.v1 import common_pb2
+from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
+from tests.integration.client import bearer, token, wait_for
+
+CANARY_ARGS = ("--to", "v2", "--steps", "50,100", "--interval", "3s", "--min-calls", "15")
+
+
+@pytest.fixture
+def cli(mesh):
+    """The CLI on the session mesh; whatever a test set is removed afterwards."""
+    def run(*args: str):
+        return mesh.cli(*args, timeout=120)
+    yield run
+    assert mesh.cli("fault", "clear").returncode == 0
+    assert mesh.cli("canary", "abort", "recommend").returncode == 0
+    assert overrides.load(mesh.state) == overrides.Overrides()
+
+
+def recommend(mesh, who: str) -> recommend_pb2.RecommendResponse:
+    """A Recommend no cached answer can serve (the exclude list is new each time)."""
+    with mesh.channel() as channel:
+        return recommend_pb2_grpc.RecommendServiceStub(channel).Recommend(
+            recommend_pb2.RecommendRequest(limit=3, exclude_item_ids=[random.randint(100_000, 10**9)]),
+            metadata=bearer(who), timeout=10)
+
+
+def test_a_triton_abort_makes_recommend_fall_back_and_clearing_it_brings_the_model_back(mesh, cli, bob):
+    assert recommend(mesh, bob).source == common_pb2.SOURCE_MODEL
+    injected = cli("fault", "triton", "--model", "recommender", "--abort", "UNAVAILABLE")
+    assert injected.returncode == 0, injected.stderr
+    answer = recommend(mesh, bob)
+    assert answer.source == common_pb2.SOURCE_FALLBACK
+    assert "UNAVAILABLE" in answer.fallback_reason and "fault filter abort" in answer.fallback_reason
+    status = cli("status")
+    assert "fault   triton: abort UNAVAILABLE on 100% of calls (listener mesh, model recommender)" in status.stdout
+    assert cli("fault", "clear").returncode == 0
+    # The breaker opened on the failures; its probe after the reset time finds the model again.
+    wait_for(lambda: recommend(mesh, bob).source == common_pb2.SOURCE_MODEL, timeout_s=30,
+             what="Recommend to answer from the model again")
+
+
+def test_a_delay_past_the_route_timeout_gives_the_timeout(mesh, cli, bob):
+    timeout_s = mesh.topo.services["user"].timeout_s
+    assert cli("fault", "user", "--delay", f"{timeout_s + 2:g}s", "--listener", "edge").returncode == 0
+    with mesh.channel() as channel, pytest.raises(grpc.RpcError) as timed_out:
+        user_pb2_grpc.UserServiceStub(channel).GetProfile(
+            user_pb2.GetProfileRequest(), metadata=bearer(bob), timeout=timeout_s * 10)
+    assert timed_out.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert timed_out.value.details() == "downstream duration timeout"
+
+
+def test_chat_says_when_it_answered_without_retrieval(mesh, cli, bob):
+    """Only chat's calls to search fail (the fault names the caller): search itself is up."""
+    assert cli("fault", "search", "--caller", "chat", "--abort", "UNAVAILABLE").returncode == 0
+    with mesh.channel() as channel:
+        replies = list(chat_pb2_grpc.ChatServiceStub(channel).Ask(
+            chat_pb2.AskRequest(message=chat_pb2.UserMessage(text="a film about space", max_tokens=8)),
+            metadata=bearer(bob), timeout=60))
+    end = replies[-1].end
+    assert end.retrieval_failure.startswith("UNAVAILABLE") and "fault filter abort" in end.retrieval_failure
+    assert end.grounding == chat_pb2.GROUNDING_NONE
+    assert not any(r.HasField("citations") and r.citations.citations for r in replies)
+
+
+def test_a_fault_the_topology_cannot_have_is_one_line_and_exit_2(cli):
+    refused = cli("fault", "recommend", "--abort", "UNAVAILABLE", "--version", "v9")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "aimesh: recommend has no version 'v9' (its versions: v1, v2)"
+
+
+class Traffic:
+    """Recommend calls from a few threads (a fresh pro user, under its rate limit) while a
+    canary runs: every call's outcome, by the version that answered or the status."""
+
+    def __init__(self, mesh, threads: int = 3):
+        self.who = token(mesh, sub=str(uuid.uuid4()), tier="pro")
+        self.mesh, self.stop = mesh, threading.Event()
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.threads = [threading.Thread(target=self._call) for _ in range(threads)]
+
+    def _call(self) -> None:
+        with self.mesh.channel() as channel:
+            stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+            while not self.stop.wait(0.04):
+                try:
+                    stub.Recommend(recommend_pb2.RecommendRequest(limit=3), metadata=bearer(self.who), timeout=10)
+                    self.outcomes["ok"] += 1
+                except grpc.RpcError as failed:
+                    self.outcomes[failed.code().name] += 1
+
+    def __enter__(self) -> Traffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()
+
+
+def decisions(mesh) -> list[dict]:
+    return canary.last_run(mesh.state, "recommend")
+
+
+def test_a_healthy_canary_is_promoted_to_100_percent(mesh, cli):
+    with Traffic(mesh) as traffic:
+        rollout = cli("canary", "recommend", *CANARY_ARGS)
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+    assert [(d["decision"], d["step"]) for d in decisions(mesh)] == [
+        ("start", None), ("promote", 50), ("promote", 100), ("done", 100)]
+    assert overrides.load(mesh.state).weights == {"recommend": {"v1": 0, "v2": 100}}
+    assert set(traffic.outcomes) == {"ok"}
+    assert "weights recommend: v1 0%, v2 100%" in cli("status").stdout
+
+
+def test_a_failing_canary_is_rolled_back_to_0_percent_with_the_reason_logged(mesh, cli):
+    assert cli("fault", "recommend", "--version", "v2", "--abort", "UNAVAILABLE", "--percent", "50").returncode == 0
+    with Traffic(mesh):
+        rollout = cli("canary", "recommend", *CANARY_ARGS)
+    assert rollout.returncode == 1
+    start, rollback = decisions(mesh)
+    assert (rollback["decision"], rollback["step"]) == ("rollback", 50)
+    assert "errors" in rollback["reason"] and rollback["canary_window"]["errors"] > 0
+    assert rollback["stable_window"]["errors"] == 0
+    assert rollback["weights"] == {"v1": 100, "v2": 0}
+    status = cli("canary", "status", "recommend")
+    assert "recommend v2 at 50%: rollback - bad share" in status.stdout
+    # No call reaches v2 any more: a hundred calls all answered by v1.
+    with Traffic(mesh) as traffic:
+        wait_for(lambda: sum(traffic.outcomes.values()) >= 100, timeout_s=60, what="100 calls")
+    assert set(traffic.outcomes) == {"ok"}
+    assert json.loads(canary.log_path(mesh.state, "recommend").read_text().splitlines()[-1])["decision"] == "rollback"
