@@ -434,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="rebuild the named ones even if current")
     build.set_defaults(run=cmd_models_build)
     models.add_parser("list", help="artifacts, keys, built or not").set_defaults(run=cmd_models_list)
+    swap = models.add_parser("swap", help="serve another version in a version's place, live: load, "
+                             "warm up, move the callers, unload the old (aimesh/hotswap.py)")
+    swap.add_argument("model", help="e.g. recommender")
+    swap.add_argument("--from", dest="old", required=True, help="the served version to replace")
+    swap.add_argument("--to", dest="new", required=True, help="the version to serve in its place")
+    swap.set_defaults(run=_lazy("hotswap", "cmd_models_swap"))
     deploy = commands.add_parser("deploy", help="compose and Kubernetes files").add_subparsers(
         dest="deploy_command", required=True)
     deploy.add_parser("render", help="write docker-compose.yml and deploy/ from the topology"

@@ -7,7 +7,7 @@ from pathlib import Path
 from services.kit.config import Config
 from services.kit.probe import serving
 
-from . import certs
+from . import certs, hotswap
 from .component import Component
 from .infra import postgres_dsn
 from .paths import DESCRIPTOR_SET, ROOT
@@ -27,6 +27,7 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         postgres_dsn=postgres_dsn(infra, state_dir, service.name),
         nats_url=f"{'tls' if mtls else 'nats'}://127.0.0.1:{infra.nats_port}",
         mesh_address=f"127.0.0.1:{g.mesh_port}", triton_address=f"127.0.0.1:{g.mesh_port}",
+        model_versions=str(hotswap.path(state_dir)),
         descriptor_set=str(DESCRIPTOR_SET), jwks_port=service.jwks_port,
         audience=g.audience, issuer=g.issuer, jwks_cache_s=g.jwks_cache_s, demo=demo,
         generations_per_user=service.generations_per_user, temperature=service.temperature,

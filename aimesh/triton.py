@@ -122,7 +122,8 @@ def folders(models: tuple[str, ...] = MODELS, *, image: bool = False) -> dict[st
 
 
 def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
-             sources: Path = aimesh.paths.TRITON_MODELS, *, image: bool = False) -> Path:
+             sources: Path = aimesh.paths.TRITON_MODELS, *, image: bool = False,
+             swaps: dict[str, dict[str, str]] | None = None) -> Path:
     """Triton's model repository, put together in work_dir/models from the sources and the builds.
 
     Each folder (see `folders`: for the image, text_embedding's ensemble) gets its config and one
@@ -131,7 +132,9 @@ def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
     version folder a link `artifact` to the model's built files in the cache (aimesh.models),
     which stay outside the clone; an onnxruntime model gets a link `model.onnx` to the built graph
     (where that backend looks); an ensemble, empty version folders. Raises if one is not built.
+    `swaps` (aimesh/hotswap.py): versions swapped in at run time are served in place of the old.
     """
+    from aimesh.hotswap import served_policy
     missing = [m for m in models if aimesh.models.artifact(m) and not aimesh.models.is_current(m)]
     if missing:
         raise RuntimeError(f"model artifacts not built: {', '.join(missing)}; "
@@ -141,7 +144,7 @@ def assemble(work_dir: Path, models: tuple[str, ...] = MODELS,
     shutil.rmtree(fresh, ignore_errors=True)
     for folder, (model, config_file) in folders(models, image=image).items():
         source, target = sources / model, fresh / folder
-        config = (source / config_file).read_text()
+        config = served_policy((source / config_file).read_text(), (swaps or {}).get(folder, {}))
         declared = re.search(r'^(?:backend|platform):\s*"(\w+)"', config, re.MULTILINE)
         if declared is None:
             raise ValueError(f"{source / config_file} names no backend or platform")
@@ -188,13 +191,14 @@ def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
               repository: Path | None = None) -> Component:
     """Triton serving `models` from the project's repository (assembled here), or from
     `repository`, one already put together (a benchmark's own)."""
+    from aimesh import hotswap
     server = server_dir()
     install_stub(server)
     work_dir = Path(state_dir) / "triton"
     work_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(server / "bin" / "tritonserver"),
-        f"--model-repository={repository or assemble(work_dir, models)}",
+        f"--model-repository={repository or assemble(work_dir, models, swaps=hotswap.swaps(state_dir))}",
         f"--backend-directory={server / 'backends'}",
         # Explicit control loads only the named models, so a half-written model folder in the
         # repository cannot stop the server, and readiness is a per-model question.

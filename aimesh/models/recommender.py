@@ -1,4 +1,4 @@
-"""The recommender artifact: versions 1 and 2 of one Triton model, trained on MovieLens 100k.
+"""The recommender artifact: versions 1, 2 and 3 of one Triton model, trained on MovieLens 100k.
 
 Protocol. Each user's ratings are ordered by time (ties by item id); the latest 10% of each user's
 ratings (at least one) are held out as the test split, the rest are the training split. A rating
@@ -9,6 +9,8 @@ against the held-out items: Recall@10 = hits / held-out items, NDCG@10 with bina
     popularity  training interactions per item (the baseline, and recommend-svc's fallback)
     v1          collaborative: implicit-feedback matrix factorisation (ALS, Hu/Koren/Volinsky),
                 only items seen in training can be recommended
+    v3          v1 retrained with FACTORS_V3 factors: not loaded at start; `aimesh models swap
+                recommender --from 1 --to 3` puts it in version 1's place while the mesh runs
     v2          hybrid: v1's factors plus each item's text embedding (title, year, genres, by
                 all-MiniLM-L6-v2: the text_embedding artifact). Items nobody rated in training
                 get factors mapped from their text (ridge regression fitted on the rated items),
@@ -20,7 +22,7 @@ history at request time, and this build evaluates with that same code. The hyper
 were chosen on a validation split carved the same way out of the training split (never on the
 test split). Deterministic: fixed seed, float64 linear algebra.
 
-Writes: 1/recommender.npz, 2/recommender.npz (the arrays ranking.py reads), metrics.json, and
+Writes: 1/, 2/ and 3/recommender.npz (the arrays ranking.py reads), metrics.json, and
 samples.json (a few users' histories and each version's top 10, for checking what Triton serves).
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ HELD_OUT_FRACTION = 0.1
 CUTOFF = 10
 SEED = 7
 FACTORS = 64
+FACTORS_V3 = 32          # v3: the same model with fewer factors, a smaller artifact to swap in
 ALPHA = 5.0              # confidence of an observed interaction is 1 + ALPHA
 REGULARIZATION = 10.0
 ITERATIONS = 15
@@ -228,13 +231,15 @@ def build(out: Path, progress: Callable[[str], None]) -> None:
     item_factors = train_als(interactions)
     content = embed_texts([item_text(m) for m in movies], progress)
 
+    progress(f"training v3: implicit ALS, {FACTORS_V3} factors")
     versions = {"1": version_arrays(split, item_factors, popularity),
-                "2": version_arrays(split, item_factors, popularity, content)}
+                "2": version_arrays(split, item_factors, popularity, content),
+                "3": version_arrays(split, train_als(interactions, factors=FACTORS_V3), popularity)}
     for version, arrays in versions.items():
         (out / version).mkdir(parents=True, exist_ok=True)
         np.savez(out / version / "recommender.npz", **arrays)
 
-    progress("evaluating popularity, v1 and v2 on the held-out split")
+    progress("evaluating popularity, v1, v2 and v3 on the held-out split")
     metrics: dict[str, Any] = {"protocol": (__doc__ or "").split("\n\n")[1].replace("\n", " "),
                "users": len(split.train),
                "held_out_interactions": sum(len(t) for t in split.test.values()),

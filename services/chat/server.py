@@ -19,7 +19,6 @@ from aimesh.common.v1 import common_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
 from services.kit.audit import Audit
-from services.kit.inference import Triton
 from services.kit.telemetry import FALLBACKS
 
 from .grounding import invented, names
@@ -206,7 +205,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     app.prune(pool, "conversations", delete=PRUNE, count=COUNT)
     conversations = ConversationStore(pool)
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
-    model = ChatModel(Triton(app.channel(app.config.triton_address)), app.config.temperature)
+    model = ChatModel(app.triton(), app.config.temperature)
     audit = Audit(app.outbox(pool, await app.events()), "chat")
     in_progress = AnswersInProgress(app.config.generations_per_user)
     return [kit.Binding(chat_pb2_grpc.add_ChatServiceServicer_to_server,

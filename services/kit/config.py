@@ -26,6 +26,7 @@ class Config:
     nats_url: str = ""
     mesh_address: str = ""            # Envoy's east-west listener: every outbound call goes there
     triton_address: str = ""          # Triton gRPC (through the mesh once it routes Triton)
+    model_versions: str = ""          # a file of model version swaps, read live (kit.inference); "" = none
     call_timeout_s: float = 5.0       # default deadline of an outbound call
     descriptor_set: str = ""          # the full descriptor set, for the catalog
     jwks_port: int = 0

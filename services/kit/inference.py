@@ -3,10 +3,13 @@ through the east-west listener. Any failure is kit.Unavailable, so callers with 
 catch one error type."""
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
+from pathlib import Path
 
 import grpc
 import numpy as np
+import yaml
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import (
     deserialize_bytes_tensor,
@@ -48,12 +51,48 @@ def _outputs(reply: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
             for output, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
 
 
+class ModelVersions:
+    """Which model version answers when a caller asks for one: the operator's swaps (`aimesh models
+    swap recommender --from 1 --to 3` writes {recommender: {"1": "3"}} to this file), read again
+    when it changes, checked at most every CHECK_EVERY_S on use. So a call made that long after
+    the file changed asks for the new version: the swap waits that long before unloading the old."""
+    CHECK_EVERY_S = 0.5
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.swaps: dict[str, dict[str, str]] = {}
+        self._checked = -self.CHECK_EVERY_S
+        self._stamp: tuple[int, int, int] | None = None
+
+    def served(self, model: str, version: str) -> str:
+        if self.path is not None and time.monotonic() - self._checked >= self.CHECK_EVERY_S:
+            self._reload()
+        return self.swaps.get(model, {}).get(version, version)
+
+    def _reload(self) -> None:
+        assert self.path is not None
+        self._checked = time.monotonic()
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self.swaps, self._stamp = {}, None
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)   # written by rename: a new inode
+        if stamp != self._stamp:
+            raw = yaml.safe_load(self.path.read_text()) or {}
+            self.swaps = {str(m): {str(a): str(b) for a, b in v.items()} for m, v in raw.items()}
+            self._stamp = stamp
+
+
 class Triton:
-    def __init__(self, channel: grpc.aio.Channel):
+    def __init__(self, channel: grpc.aio.Channel, versions: ModelVersions | None = None):
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self.versions = versions or ModelVersions(None)
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], *, version: str = "",
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        if version:
+            version = self.versions.served(model, version)
         try:
             reply = await self.stub.ModelInfer(_request(model, inputs, version), timeout=timeout_s,
                                                metadata=((MODEL_HEADER, model),))

@@ -10,7 +10,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +21,9 @@ from . import clients, database, events, logs, outbox, retention, telemetry, tls
 from .config import Config
 from .events import Events
 from .interceptors import Observe
+
+if TYPE_CHECKING:
+    from . import inference
 
 log = logging.getLogger("aimesh.server")
 
@@ -113,6 +116,11 @@ class App:
                                identity=self.identity)
         self._resources.push_async_callback(chan.close)
         return cast(grpc.aio.Channel, chan)   # a clients.Renewing takes stubs as a channel does
+
+    def triton(self) -> inference.Triton:
+        """Triton through the mesh, asking for the versions the operator's swaps name."""
+        from .inference import ModelVersions, Triton  # numpy and tritonclient: only where used
+        return Triton(self.channel(self.config.triton_address), ModelVersions(self.config.model_versions))
 
     def server_tls(self):
         """A TLS context for a plain (non-gRPC) endpoint the service serves, requiring a mesh

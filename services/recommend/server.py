@@ -14,7 +14,6 @@ from services import kit
 from services.kit.audit import Audit
 from services.kit.breaker import Breaker
 from services.kit.events import Progress
-from services.kit.inference import Triton
 from services.kit.telemetry import FALLBACKS
 
 from .cache import RecentAnswers
@@ -103,7 +102,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
                              inactive_s=HISTORY_CONSUMER_INACTIVE_S, progress=progress,
                              stop=app.stopping), name=consumer)
     version = config.version or "v1"
-    model = RecommenderModel(Triton(app.channel(config.triton_address)),
+    model = RecommenderModel(app.triton(),
                              version.removeprefix("v"), Breaker(f"{MODEL}-{version}"))
     audit = Audit(app.outbox(pool, events), "recommend")
     servicer = RecommendServicer(store, histories, model, audit, RecentAnswers(), version)

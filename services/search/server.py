@@ -7,7 +7,6 @@ from pgvector.asyncpg import register_vector
 from aimesh.events.v1 import events_pb2
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
-from services.kit.inference import Triton
 from services.kit.outbox import Outbox
 
 from .embedder import Embedder
@@ -108,7 +107,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 async def setup(app: kit.App) -> list[kit.Binding]:
     pool = await app.database(MIGRATIONS, init=register_vector)
     documents, jobs = DocumentStore(pool), JobStore(pool)
-    embedder = Embedder(Triton(app.channel(app.config.triton_address)))
+    embedder = Embedder(app.triton())
     events = await app.events()
     outbox = app.outbox(pool, events)
     indexer = Indexer(jobs, documents, embedder, outbox)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import collections
 import json
 import random
+import re
 import threading
+import urllib.request
 import uuid
 
 import grpc
 import pytest
 
-from aimesh import canary, overrides
+from aimesh import canary, hotswap, overrides
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
@@ -86,24 +88,30 @@ def test_a_fault_the_topology_cannot_have_is_one_line_and_exit_2(cli):
 
 
 class Traffic:
-    """Recommend calls from a few threads (a fresh pro user, under its rate limit) while a
-    canary runs: every call's outcome, by the version that answered or the status."""
+    """Recommend calls from a few threads while something changes (a fresh exclude list each, so
+    no cached answer hides the model): how many the model answered, how many fell back, and
+    every error by status."""
 
-    def __init__(self, mesh, threads: int = 3):
-        self.who = token(mesh, sub=str(uuid.uuid4()), tier="pro")
-        self.mesh, self.stop = mesh, threading.Event()
+    def __init__(self, mesh, who: str, threads: int = 3, pace_s: float = 0.05):
+        self.mesh, self.who, self.pace_s, self.stop = mesh, who, pace_s, threading.Event()
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.threads = [threading.Thread(target=self._call) for _ in range(threads)]
 
     def _call(self) -> None:
         with self.mesh.channel() as channel:
             stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-            while not self.stop.wait(0.04):
+            while not self.stop.wait(self.pace_s):
+                request = recommend_pb2.RecommendRequest(
+                    limit=3, exclude_item_ids=[random.randint(100_000, 10**9)])
                 try:
-                    stub.Recommend(recommend_pb2.RecommendRequest(limit=3), metadata=bearer(self.who), timeout=10)
-                    self.outcomes["ok"] += 1
+                    reply = stub.Recommend(request, metadata=bearer(self.who), timeout=10)
+                    self.outcomes["model" if reply.source == common_pb2.SOURCE_MODEL else "fallback"] += 1
                 except grpc.RpcError as failed:
                     self.outcomes[failed.code().name] += 1
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {k: n for k, n in self.outcomes.items() if k not in ("model", "fallback")}
 
     def __enter__(self) -> Traffic:
         for thread in self.threads:
@@ -116,24 +124,29 @@ class Traffic:
             thread.join()
 
 
+def fresh_pro(mesh) -> str:
+    """A new pro user: a rate-limit bucket of its own (and no history: answers are fallbacks)."""
+    return token(mesh, sub=str(uuid.uuid4()), tier="pro")
+
+
 def decisions(mesh) -> list[dict]:
     return canary.last_run(mesh.state, "recommend")
 
 
 def test_a_healthy_canary_is_promoted_to_100_percent(mesh, cli):
-    with Traffic(mesh) as traffic:
+    with Traffic(mesh, fresh_pro(mesh)) as traffic:
         rollout = cli("canary", "recommend", *CANARY_ARGS)
     assert rollout.returncode == 0, rollout.stdout + rollout.stderr
     assert [(d["decision"], d["step"]) for d in decisions(mesh)] == [
         ("start", None), ("promote", 50), ("promote", 100), ("done", 100)]
     assert overrides.load(mesh.state).weights == {"recommend": {"v1": 0, "v2": 100}}
-    assert set(traffic.outcomes) == {"ok"}
+    assert traffic.errors == {} and sum(traffic.outcomes.values()) > 30
     assert "weights recommend: v1 0%, v2 100%" in cli("status").stdout
 
 
 def test_a_failing_canary_is_rolled_back_to_0_percent_with_the_reason_logged(mesh, cli):
     assert cli("fault", "recommend", "--version", "v2", "--abort", "UNAVAILABLE", "--percent", "50").returncode == 0
-    with Traffic(mesh):
+    with Traffic(mesh, fresh_pro(mesh)):
         rollout = cli("canary", "recommend", *CANARY_ARGS)
     assert rollout.returncode == 1
     start, rollback = decisions(mesh)
@@ -144,7 +157,50 @@ def test_a_failing_canary_is_rolled_back_to_0_percent_with_the_reason_logged(mes
     status = cli("canary", "status", "recommend")
     assert "recommend v2 at 50%: rollback - bad share" in status.stdout
     # No call reaches v2 any more: a hundred calls all answered by v1.
-    with Traffic(mesh) as traffic:
+    with Traffic(mesh, fresh_pro(mesh)) as traffic:
         wait_for(lambda: sum(traffic.outcomes.values()) >= 100, timeout_s=60, what="100 calls")
-    assert set(traffic.outcomes) == {"ok"}
+    assert traffic.errors == {}
     assert json.loads(canary.log_path(mesh.state, "recommend").read_text().splitlines()[-1])["decision"] == "rollback"
+
+
+# --- model hot-swap (aimesh models swap) -------------------------------------------------------
+
+def inferences(mesh, version: str) -> float:
+    """Triton's count of recommender inferences on a version."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{mesh.topo.infra.triton_metrics_port}/metrics",
+                                  timeout=5).read().decode()
+    found = re.search(rf'^nv_inference_count\{{model="recommender",version="{version}"\}} (\S+)$',
+                      text, re.MULTILINE)
+    return float(found[1]) if found else 0.0
+
+
+@pytest.fixture
+def served(mesh, cli):
+    """The recommender versions Triton serves now; 1 and 2 again after the test, whatever it did."""
+    admin = hotswap.Admin(mesh.topo, mesh.state)
+    yield lambda: admin.served("recommender")
+    if "3" in admin.served("recommender"):
+        assert cli("models", "swap", "recommender", "--from", "3", "--to", "1").returncode == 0
+    assert admin.served("recommender") == {"1", "2"}
+
+
+def test_a_hot_swap_under_load_loses_no_call_and_no_answer_falls_back(mesh, cli, bob, served):
+    with Traffic(mesh, bob, threads=4, pace_s=0.1) as traffic:
+        wait_for(lambda: traffic.outcomes["model"] >= 20, timeout_s=30, what="the model answering")
+        swapped = cli("models", "swap", "recommender", "--from", "1", "--to", "3")
+        assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+        assert served() == {"2", "3"}
+        wait_for(lambda: inferences(mesh, "3") >= 20, timeout_s=30, what="calls answered by version 3")
+        back = cli("models", "swap", "recommender", "--from", "3", "--to", "1")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert served() == {"1", "2"}
+    assert traffic.errors == {} and traffic.outcomes["fallback"] == 0, traffic.outcomes
+    assert "unloaded recommender version 1; serving 2, 3" in swapped.stdout
+
+
+def test_a_swap_to_a_version_that_is_not_there_changes_nothing(mesh, cli, served):
+    refused = cli("models", "swap", "recommender", "--from", "1", "--to", "9")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == ("aimesh: recommender has no version 9 in Triton's repository "
+                                      "(triton_models/recommender/9)")
+    assert served() == {"1", "2"}
