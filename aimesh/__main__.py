@@ -363,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     canary.add_argument("--min-calls", type=int, default=50,
                         help="calls the version must get in a step before it is judged")
     canary.set_defaults(run=_lazy("canary", "cmd_canary"))
+    top = commands.add_parser("top", help="a live view of the running mesh (Ctrl-C leaves)")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.set_defaults(run=_lazy("top", "cmd_top"))
     start = commands.add_parser("start", help="start one stopped component of a running mesh")
     start.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
     start.set_defaults(run=cmd_start)

@@ -75,7 +75,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def Ask(self, request: chat_pb2.AskRequest,
                  context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.AskResponse]:
-        async for piece in self._turn(context, request.message, asyncio.Event()):
+        async for piece in self._turn(context, request.message, asyncio.Event(), "chat.Ask"):
             # AskResponse is ChatResponse field for field, so the wire bytes carry over
             yield chat_pb2.AskResponse.FromString(piece.SerializeToString())
 
@@ -97,7 +97,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             while (message := await incoming.get()) is not None:
                 cancel.clear()
-                async for piece in self._turn(context, message, cancel):
+                async for piece in self._turn(context, message, cancel, "chat.Chat"):
                     yield piece
         finally:
             reader.cancel()
@@ -113,17 +113,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             return [], f"{failure.code().name} {failure.details()}"
         return list(found.results), ""
 
-    async def _turn(self, context, message: chat_pb2.UserMessage, cancel: asyncio.Event):
+    async def _turn(self, context, message: chat_pb2.UserMessage, cancel: asyncio.Event, route: str):
         who = kit.caller(context)
         text = kit.validate.text(message, "text", max_len=4000, parent="message")
         max_tokens = kit.validate.in_range(message, "max_tokens", 1, 512, default=256,
                                            parent="message")
         with self.in_progress.hold(who.user_id):
-            async for reply in self._answer(who, text, max_tokens, message.conversation_id, cancel):
+            async for reply in self._answer(who, text, max_tokens, message.conversation_id, cancel, route):
                 yield reply
 
     async def _answer(self, who: kit.Caller, text: str, max_tokens: int, conversation_id: str,
-                      cancel: asyncio.Event):
+                      cancel: asyncio.Event, route: str):
         started = time.perf_counter()
         conversation = await self.conversations.open(who.user_id, conversation_id)
         if conversation is None:
@@ -161,7 +161,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             else:
                 source = common_pb2.SOURCE_FALLBACK
                 busy = isinstance(why, ModelBusy)
-                FALLBACKS.labels("chat_turn", "model_busy" if busy else "model_unavailable").inc()
+                FALLBACKS.labels(route, "model_busy" if busy else "model_unavailable").inc()
                 reason = BUSY if busy else f"chat model unavailable: {why}"
                 if search_failure:
                     reason += f"; search unavailable: {search_failure}"

@@ -23,8 +23,8 @@ LATENCY = prometheus_client.Histogram(
 # answer) succeeds at the gRPC level: this counts those answers, per cause, so a version's
 # fallbacks can be held against it (`aimesh canary`) and shown (`aimesh top`).
 FALLBACKS = prometheus_client.Counter(
-    "aimesh_fallbacks_total", "Answers given without the model, by answer (recommend, chat_turn) and cause.",
-    ["answer", "cause"])
+    "aimesh_fallbacks_total", "Answers given without the model, by route (service.Method) and cause.",
+    ["route", "cause"])
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

@@ -69,7 +69,7 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
         return self._response(items, source=common_pb2.SOURCE_MODEL, version=self.version)
 
     async def _fallback(self, limit: int, exclude: list[int], cause: str, reason: str):
-        FALLBACKS.labels("recommend", cause).inc()
+        FALLBACKS.labels("recommend.Recommend", cause).inc()
         return self._response(await self.store.popular(limit, exclude),
                               source=common_pb2.SOURCE_FALLBACK, reason=reason)
 

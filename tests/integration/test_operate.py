@@ -7,6 +7,8 @@ import collections
 import json
 import random
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
 import uuid
@@ -204,3 +206,21 @@ def test_a_swap_to_a_version_that_is_not_there_changes_nothing(mesh, cli, served
     assert refused.stderr.strip() == ("aimesh: recommender has no version 9 in Triton's repository "
                                       "(triton_models/recommender/9)")
     assert served() == {"1", "2"}
+
+
+# --- the live view (aimesh top) ----------------------------------------------------------------
+
+def test_top_renders_a_frame_of_the_running_mesh(mesh, cli, bob):
+    recommend(mesh, bob)
+    assert cli("fault", "search", "--caller", "chat", "--delay", "10ms").returncode == 0
+    shown = subprocess.run([sys.executable, "-m", "aimesh", "top", "--once", "--interval", "0.5"],
+                           env={**mesh.env, "COLUMNS": "160"}, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].startswith("aimesh top - ") and "unreachable" not in lines[0]
+    for title in ("Routes (last", "Canary weights", "Injected faults", "Breakers", "Models (Triton)"):
+        assert any(line.startswith(title) for line in lines), title
+    for label in ("calls/s", "p50 ms", "p99 ms", "fallbacks", "SLO", "avg batch", "avg queue ms",
+                  "recommend.Recommend", "99.00%, p99 250 ms", "recommend-v1 90%, recommend-v2 10%",
+                  "search (mesh): delay 0.01s on 100%, from chat", "recommender-v1", "text_embedding"):
+        assert label in shown.stdout, label

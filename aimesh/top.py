@@ -1,0 +1,88 @@
+"""`aimesh top`: the running mesh on one terminal screen, refreshed each second (rich): per route
+calls a second, p50/p99, error and fallback shares against the SLOs; canary weights and injected
+faults as the gateway runs them; breakers; Triton's models, queues and batches.
+The numbers are services/ops/overview.py's, the same the page's Operations view shows."""
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from services.ops.overview import Overview, Targets, Watch
+
+from . import topology
+from .topology import Topology
+
+
+def targets(topo: Topology) -> Targets:
+    """Where the overview reads, on this machine (loopback)."""
+    return Targets(
+        envoy_admin=f"http://127.0.0.1:{topo.gateway.admin_port}",
+        triton_http=f"http://127.0.0.1:{topo.infra.triton_http_port}",
+        triton_metrics=f"http://127.0.0.1:{topo.infra.triton_metrics_port}",
+        instances={i.name: f"http://127.0.0.1:{i.metrics_port}/metrics" for _, i in topo.instances()},
+        services={g: s.name for s in topo.services.values() for g in s.grpc_services},
+        slos={route: (slo.availability, slo.p99_s) for route, slo in topo.slos.items()})
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else ("inf" if value == float("inf") else f"{value:g}")
+
+
+def frame(overview: Overview) -> Group:
+    """One screen: the tables, each titled."""
+    routes = Table(title=f"Routes (last {overview.window_s:.0f} s)", title_justify="left", expand=True)
+    for column in ("route", "calls/s", "p50 ms", "p99 ms", "errors", "fallbacks", "SLO", "status"):
+        routes.add_column(column, justify="left" if column in ("route", "SLO", "status") else "right")
+    for r in overview.routes:
+        slo = "-" if r.slo_availability is None else f"{r.slo_availability:.2%}, p99 {r.slo_p99_ms:g} ms"
+        meets = r.meets_slo
+        status = Text("idle" if meets is None else ("ok" if meets else "BREACH"),
+                      style="dim" if meets is None else ("green" if meets else "bold red"))
+        routes.add_row(r.route, f"{r.rps:.1f}", _ms(r.p50_ms), _ms(r.p99_ms), f"{r.error_share:.1%}",
+                       f"{r.fallback_share:.1%}", slo, status)
+    canary = Table(title="Canary weights", title_justify="left", expand=True)
+    canary.add_column("service")
+    canary.add_column("split")
+    for service, split in overview.weights.items():
+        canary.add_row(service, ", ".join(f"{cluster} {weight}%" for cluster, weight in split.items()))
+    faults = Table(title="Injected faults", title_justify="left", expand=True)
+    faults.add_column("fault")
+    for line in overview.faults or ["none"]:
+        faults.add_row(line)
+    breakers = Table(title="Breakers", title_justify="left", expand=True)
+    for column in ("where", "what", "state"):
+        breakers.add_column(column)
+    for where, what, state in overview.breakers:
+        breakers.add_row(where, what, Text(state, style="green" if state == "closed" else "bold red"))
+    models = Table(title="Models (Triton)", title_justify="left", expand=True)
+    for column in ("model", "versions", "requests/s", "avg batch", "avg queue ms", "pending"):
+        models.add_column(column, justify="left" if column in ("model", "versions") else "right")
+    for m in overview.models:
+        models.add_row(m.model, ", ".join(m.versions) or "-", f"{m.rps:.1f}",
+                       "-" if m.avg_batch is None else f"{m.avg_batch:.2f}", _ms(
+                           None if m.avg_queue_ms is None else round(m.avg_queue_ms, 2)), str(m.pending))
+    stamp = time.strftime("%H:%M:%S", time.localtime(overview.at))
+    header = Text(f"aimesh top - {stamp}" + (f"  (unreachable: {', '.join(overview.unreachable)})"
+                                             if overview.unreachable else ""), style="bold")
+    return Group(header, routes, canary, faults, breakers, models)
+
+
+def cmd_top(args) -> int:
+    watch = Watch(targets(topology.load()))
+    console = Console()
+    if args.once:    # one frame over a short window, e.g. for a script or a test
+        watch.read()
+        time.sleep(args.interval)
+        console.print(frame(watch.read()))
+        return 0
+    try:
+        with Live(frame(watch.read()), console=console, screen=True, auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)   # the refresh period itself, not a wait for something
+                live.update(frame(watch.read()), refresh=True)
+    except KeyboardInterrupt:
+        return 0
