@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.ops.overview import Targets
+
 from .topology import Service, Topology
 
 TIMEOUT_S = 2
@@ -18,6 +20,18 @@ TIMEOUT_S = 2
 SERVER_FAULTS = {"2": "UNKNOWN", "4": "DEADLINE_EXCEEDED", "12": "UNIMPLEMENTED", "13": "INTERNAL",
                  "14": "UNAVAILABLE", "15": "DATA_LOSS"}
 NOT_THE_VERSIONS_FAULT = {"cold_start"}    # a fallback cause any version would share
+
+
+def targets(topo: Topology, host=lambda component: "127.0.0.1") -> Targets:
+    """Where the overview (`aimesh top`, the ops service) reads: `host(name)` names the host of
+    envoy, triton and each instance (loopback here; in containers, by name)."""
+    return Targets(
+        envoy_admin=f"http://{host('envoy')}:{topo.gateway.admin_port}",
+        triton_http=f"http://{host('triton')}:{topo.infra.triton_http_port}",
+        triton_metrics=f"http://{host('triton')}:{topo.infra.triton_metrics_port}",
+        instances={i.name: f"http://{host(i.name)}:{i.metrics_port}/metrics" for _, i in topo.instances()},
+        services={g: s.name for s in topo.services.values() for g in s.grpc_services},
+        slos={route: (slo.availability, slo.p99_s) for route, slo in topo.slos.items()})
 
 
 def _get(url: str) -> str:
@@ -130,4 +144,4 @@ def version_counts(topo: Topology, service_name: str) -> dict[str, Counts]:
     return counts
 
 
-__all__ = ["Counts", "envoy_stats", "metrics", "version_counts"]
+__all__ = ["Counts", "envoy_stats", "metrics", "targets", "version_counts"]

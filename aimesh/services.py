@@ -7,11 +7,13 @@ from pathlib import Path
 from services.kit.config import Config
 from services.kit.probe import serving
 
-from . import certs, hotswap
+from . import certs, hotswap, live
 from .component import Component
 from .infra import postgres_dsn
 from .paths import DESCRIPTOR_SET, ROOT
 from .topology import Instance, Service, Topology
+
+OPS = "ops"     # the service that reads the whole mesh's numbers (services/ops)
 
 
 def config(topo: Topology, service: Service, instance: Instance, state_dir: Path, *,
@@ -32,6 +34,7 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         audience=g.audience, issuer=g.issuer, jwks_cache_s=g.jwks_cache_s, demo=demo,
         generations_per_user=service.generations_per_user, temperature=service.temperature,
         retention=topo.retention.to_json(),
+        ops_targets=live.targets(topo).to_json() if service.name == OPS else "",
     )
 
 

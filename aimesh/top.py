@@ -11,21 +11,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from services.ops.overview import Overview, Targets, Watch
+from services.ops.overview import Overview, Watch
 
 from . import topology
-from .topology import Topology
-
-
-def targets(topo: Topology) -> Targets:
-    """Where the overview reads, on this machine (loopback)."""
-    return Targets(
-        envoy_admin=f"http://127.0.0.1:{topo.gateway.admin_port}",
-        triton_http=f"http://127.0.0.1:{topo.infra.triton_http_port}",
-        triton_metrics=f"http://127.0.0.1:{topo.infra.triton_metrics_port}",
-        instances={i.name: f"http://127.0.0.1:{i.metrics_port}/metrics" for _, i in topo.instances()},
-        services={g: s.name for s in topo.services.values() for g in s.grpc_services},
-        slos={route: (slo.availability, slo.p99_s) for route, slo in topo.slos.items()})
+from .live import targets
 
 
 def _ms(value: float | None) -> str:

@@ -1,13 +1,16 @@
 """Kubernetes: the kustomize base (services, gateway, infra) and its components."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from services.kit.tls import GATEWAY, dns_name, spiffe_id
+from services.ops.overview import Targets
 
-from .. import certs, envoy
+from .. import certs, envoy, live
 from ..infra import DATABASE
+from ..services import OPS
 from ..topology import Topology
 from .workloads import (
     CERTS_MOUNT,
@@ -101,7 +104,7 @@ def k8s_services(topo: Topology) -> list[dict]:
     for workload in workloads(topo):
         service, port = workload.service, workload.instance.port
         env = container_env(topo, service, workload.instance,
-                            db_password="$(DB_PASSWORD)", otlp=False)
+                            db_password="$(DB_PASSWORD)", otlp=False, targets=ops_targets(topo))
         del env["AIMESH_INSTANCE"]             # the pod's own name, below
         metrics_port = int(env["AIMESH_METRICS_PORT"])
         probe_port = workload.instance.probe_port
@@ -235,13 +238,26 @@ def k8s_infra(topo: Topology) -> list[dict]:
 
 
 def _triton_policy(topo: Topology) -> dict:
-    """Triton speaks plaintext gRPC: only Envoy's pods may reach it (its HTTP and metrics ports:
-    nobody in the cluster; the operator uses `kubectl port-forward`, Prometheus the pod's IP
-    through its own policy)."""
+    """Triton speaks plaintext gRPC: only Envoy's pods may reach it; its HTTP and metrics ports
+    only the ops service's (models loaded, queues), nobody else in the cluster (the operator uses
+    `kubectl port-forward`, Prometheus the pod's IP through its own policy)."""
+    i = topo.infra
+    ingress = [{"from": [{"podSelector": {"matchLabels": _labels("envoy")}}],
+                "ports": [{"port": i.triton_grpc_port}]}]
+    if OPS in topo.services:
+        ingress.append({"from": [{"podSelector": {"matchLabels": _labels(OPS)}}],
+                        "ports": [{"port": i.triton_http_port}, {"port": i.triton_metrics_port}]})
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": _meta("triton"),
             "spec": {"podSelector": {"matchLabels": _labels("triton")}, "policyTypes": ["Ingress"],
-                     "ingress": [{"from": [{"podSelector": {"matchLabels": _labels("envoy")}}],
-                                  "ports": [{"port": topo.infra.triton_grpc_port}]}]}}
+                     "ingress": ingress}}
+
+
+def ops_targets(topo: Topology) -> Targets:
+    """In a cluster the ops service reads each workload through its Service: one pod of a
+    replicated workload per reading (a shortcut: per-pod numbers need Prometheus)."""
+    overview = live.targets(topo, host=lambda name: name)
+    per_workload = {w.name: f"http://{w.name}:{w.instance.metrics_port}/metrics" for w in workloads(topo)}
+    return dataclasses.replace(overview, instances=per_workload)
 
 
 def _stateful_set(name: str, container: dict, *, extra_volumes: Sequence[dict] = ()) -> dict:

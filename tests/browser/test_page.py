@@ -8,6 +8,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
+from services.user import demo
 from tests.integration.client import PASSWORD, bearer, forged_key, new_user, token, wait_for
 
 from .conftest import screenshot
@@ -21,8 +22,9 @@ def visible(driver: WebDriver, element_id: str) -> bool:
 
 def log_in(driver: WebDriver, email: str, password: str = PASSWORD) -> None:
     wait_for(lambda: visible(driver, "login"), what="the login form")
-    driver.find_element(By.ID, "email").send_keys(email)
-    driver.find_element(By.ID, "password").send_keys(password)
+    for field, value in (("email", email), ("password", password)):
+        driver.find_element(By.ID, field).clear()       # a sign-out leaves the last ones typed
+        driver.find_element(By.ID, field).send_keys(value)
     driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
 
 
@@ -204,3 +206,20 @@ def test_the_rate_limit_is_said_plainly(browser, users):
 
     wait_for(limited, timeout_s=UI_TIMEOUT_S, interval_s=0.5, what="the rate-limit message")
     assert visible(browser, "app")            # still signed in
+
+
+def test_the_operations_view_is_an_admins_only(browser, users, mesh):
+    logged_in_user(browser, users, "page-ops")          # a user: no Operations view
+    assert not visible(browser, "operations")
+    browser.find_element(By.ID, "logout").click()
+    log_in(browser, "admin@demo.aimesh", demo.PASSWORD)
+    wait_for(lambda: visible(browser, "operations"), timeout_s=UI_TIMEOUT_S, what="the Operations view")
+    routes = wait_for(lambda: texts(browser, "#ops-routes tbody td:first-child"), timeout_s=UI_TIMEOUT_S,
+                      what="the routes")
+    assert "recommend.Recommend" in routes and "chat.Ask" in routes
+    assert texts(browser, "#ops-routes thead th") == ["route", "calls/s", "p50 ms", "p99 ms", "errors",
+                                                       "fallbacks", "SLO", "status"]
+    assert "recommend: recommend-v1 90%, recommend-v2 10%" in texts(browser, "#ops-canary li")
+    assert "recommender" in texts(browser, "#ops-models tbody td:first-child")
+    screenshot(browser, "operations")
+    assert not problem(browser)

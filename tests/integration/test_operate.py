@@ -224,3 +224,16 @@ def test_top_renders_a_frame_of_the_running_mesh(mesh, cli, bob):
                   "recommend.Recommend", "99.00%, p99 250 ms", "recommend-v1 90%, recommend-v2 10%",
                   "search (mesh): delay 0.01s on 100%, from chat", "recommender-v1", "text_embedding"):
         assert label in shown.stdout, label
+
+
+def test_the_overview_rpc_is_for_admins_only(mesh, admin, bob):
+    from aimesh.ops.v1 import ops_pb2, ops_pb2_grpc
+    with mesh.channel() as channel:
+        overview = ops_pb2_grpc.OpsServiceStub(channel).GetOverview
+        with pytest.raises(grpc.RpcError) as refused:
+            overview(ops_pb2.GetOverviewRequest(), metadata=bearer(bob), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        seen = overview(ops_pb2.GetOverviewRequest(), metadata=bearer(admin), timeout=10)
+    assert {r.route for r in seen.routes} >= set(mesh.topo.slos)
+    assert {m.model for m in seen.models} == {"text_embedding", "recommender", "chat_lm"}
+    assert not seen.unreachable

@@ -5,6 +5,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
 import { ChatService } from "../gen/aimesh/chat/v1/chat_pb";
 import { NotificationService } from "../gen/aimesh/notify/v1/notify_pb";
+import { OpsService } from "../gen/aimesh/ops/v1/ops_pb";
 import { RecommendService } from "../gen/aimesh/recommend/v1/recommend_pb";
 import { SearchService } from "../gen/aimesh/search/v1/search_pb";
 import { UserService } from "../gen/aimesh/user/v1/user_pb";
@@ -37,6 +38,7 @@ export const search = createClient(SearchService, transport);
 export const recommend = createClient(RecommendService, transport);
 export const chat = createClient(ChatService, transport);
 export const notify = createClient(NotificationService, transport);
+export const ops = createClient(OpsService, transport);
 
 /** A call's failure as the page shows it; `signedOut` when the token is no longer accepted. */
 export interface Problem {

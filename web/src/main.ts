@@ -4,8 +4,9 @@
 import { FinishReason, Grounding } from "../gen/aimesh/chat/v1/chat_pb";
 import { Source } from "../gen/aimesh/common/v1/common_pb";
 import type { Notification } from "../gen/aimesh/notify/v1/notify_pb";
-import { Tier } from "../gen/aimesh/user/v1/user_pb";
-import { chat, Code, ConnectError, notify, problem, recommend, search, session, users } from "./api";
+import { SloState } from "../gen/aimesh/ops/v1/ops_pb";
+import { Role, Tier } from "../gen/aimesh/user/v1/user_pb";
+import { chat, Code, ConnectError, notify, ops, problem, recommend, search, session, users } from "./api";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -38,6 +39,7 @@ function signOut(): void {
   signedIn.abort();
   newConversation();
   for (const id of ["search-results", "recs-list", "notification-list"]) $(id).replaceChildren();
+  $("operations").hidden = true;
   for (const id of ["recs-meta", "unread", "who-name", "who-tier"]) $(id).textContent = "";
   $("app").hidden = true;
   $("who").hidden = true;
@@ -53,6 +55,8 @@ async function signIn(): Promise<void> {
   $("who").hidden = false;
   signedIn = new AbortController();
   void listenForNotifications(signedIn.signal);
+  // Admins only: the gateway would refuse anyone else's call anyway (PERMISSION_DENIED).
+  if (profile?.role === Role.ADMIN) void watchOperations(signedIn.signal);
   await showRecommendations();
 }
 
@@ -283,6 +287,54 @@ async function listenForNotifications(signal: AbortSignal): Promise<void> {
     }
     // The stream ended (an idle timeout, a restart): come back after a growing pause.
     await new Promise((resume) => setTimeout(resume, RESUBSCRIBE_MS[Math.min(attempt, RESUBSCRIBE_MS.length - 1)]));
+  }
+}
+
+// --- operations (admins): the mesh at a glance, refreshed every few seconds --------------------
+
+const OPS_REFRESH_MS = 2000;
+
+function cells(row: HTMLTableRowElement, values: string[]): HTMLTableRowElement {
+  values.forEach((value) => row.append(element("td", value)));
+  return row;
+}
+
+const fixed = (value: number | undefined, digits = 1): string => (value === undefined ? "-" : value.toFixed(digits));
+const percent = (share: number): string => `${(share * 100).toFixed(1)}%`;
+
+async function showOperations(signal: AbortSignal): Promise<void> {
+  const o = await ops.getOverview({}, { signal });
+  $("operations").hidden = false;
+  $("ops-time").textContent = `last ${o.windowSeconds.toFixed(0)} s`;
+  $("ops-routes").querySelector("tbody")!.replaceChildren(...o.routes.map((r) => {
+    const row = cells(document.createElement("tr"), [
+      r.route, fixed(r.callsPerSecond), fixed(r.p50Ms, 0), fixed(r.p99Ms, 0), percent(r.errorShare),
+      percent(r.fallbackShare),
+      r.sloAvailability === undefined ? "-" : `${(r.sloAvailability * 100).toFixed(2)}%, p99 ${r.sloP99Ms} ms`,
+      { [SloState.MET]: "ok", [SloState.BREACHED]: "BREACH" }[r.sloState as number] ?? "idle"]);
+    row.dataset.state = SloState[r.sloState];
+    return row;
+  }));
+  const lines = (id: string, texts: string[]) =>
+    $(id).replaceChildren(...(texts.length ? texts : ["none"]).map((t) => element("li", t)));
+  lines("ops-canary", o.canarySplits.map((s) => `${s.service}: ${Object.entries(s.weights).sort()
+    .map(([cluster, weight]) => `${cluster} ${weight}%`).join(", ")}`));
+  lines("ops-faults", o.faults);
+  lines("ops-breakers", o.breakers.map((b) => `${b.location} ${b.name}: ${b.state}`));
+  $("ops-models").querySelector("tbody")!.replaceChildren(...o.models.map((m) => cells(document.createElement("tr"), [
+    m.model, m.versions.join(", "), fixed(m.requestsPerSecond), fixed(m.averageBatch, 2),
+    fixed(m.averageQueueMs, 2), String(m.pending)])));
+}
+
+async function watchOperations(signal: AbortSignal): Promise<void> {
+  while (!signal.aborted) {
+    try {
+      await showOperations(signal);
+    } catch (error) {
+      if (signal.aborted) return;
+      if (problem(error).signedOut) return fail(error);
+    }
+    await new Promise((resume) => setTimeout(resume, OPS_REFRESH_MS));
   }
 }
 
