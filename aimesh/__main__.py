@@ -42,6 +42,10 @@ def cmd_up(args) -> int:
     print(f"  gateway (gRPC):  {gateway}")
     print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
     print(f"  logs:            {mesh.supervisor.log_dir}")
+    print("  live view:       bin/aimesh top")
+    from . import overrides
+    for line in overrides.load(mesh.state_dir).lines():   # kept from before `down`: say so
+        print(f"  in force:        {line}  (aimesh fault clear / canary abort)")
     if not args.no_demo:
         from services.user.demo import ACCOUNTS, PASSWORD
         accounts = ", ".join(f"{email} ({role if role == 'admin' else tier})"

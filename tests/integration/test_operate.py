@@ -237,3 +237,19 @@ def test_the_overview_rpc_is_for_admins_only(mesh, admin, bob):
     assert {r.route for r in seen.routes} >= set(mesh.topo.slos)
     assert {m.model for m in seen.models} == {"text_embedding", "recommender", "chat_lm"}
     assert not seen.unreachable
+
+
+def test_an_interrupted_canary_leaves_the_weights_at_the_last_safe_step(mesh, cli):
+    """SIGTERM mid-step (the step never gets its calls): back to the weights before the run."""
+    rollout = subprocess.Popen([sys.executable, "-m", "aimesh", "canary", "recommend", "--steps", "50,100",
+                                "--interval", "60s", "--min-calls", "1000000"], env=mesh.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: overrides.load(mesh.state).weights.get("recommend") == {"v1": 50, "v2": 50},
+                 timeout_s=30, what="the 50% step")
+        rollout.terminate()
+        assert rollout.wait(timeout=30) == 1
+    finally:
+        rollout.kill()
+    assert canary.last_run(mesh.state, "recommend")[-1]["decision"] == "interrupted"
+    assert overrides.load(mesh.state).weights["recommend"] == {"v1": 90, "v2": 10}
