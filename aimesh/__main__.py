@@ -41,6 +41,8 @@ def cmd_up(args) -> int:
     print(f"  page:            http://{gateway}/")
     print(f"  gateway (gRPC):  {gateway}")
     print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
+    if "prometheus" in mesh.supervisor.running():
+        print(f"  Prometheus:      http://127.0.0.1:{topo.infra.prometheus_port}/  (alerts: /alerts)")
     print(f"  logs:            {mesh.supervisor.log_dir}")
     print("  live view:       bin/aimesh top")
     from . import overrides
@@ -87,6 +89,9 @@ def cmd_status(args) -> int:
         print(f"  {name:<14} {state}")
     for line in overrides.load(paths.state_dir()).lines():   # set at run time, on top of the topology
         print(f"  {line}")
+    if status.get("envoy", "").startswith("running"):
+        from .top import slo_summary
+        print("\n".join(slo_summary(topology.load())))
     return 0 if all(s.startswith("running") for s in status.values()) else 3
 
 
@@ -286,13 +291,15 @@ CHECKS = (("ruff", "check", "--quiet", "."), ("mypy",))
 
 
 def cmd_test(args) -> int:
-    from . import browser, web
+    from . import browser, prometheus, web
     codegen.generate()
     try:
         web.build()
     except RuntimeError as failure:
         print(f"aimesh: the page: {failure}", file=sys.stderr)
         return 1
+    if not prometheus.install():   # the metrics tests need it; the others run without
+        print(f"aimesh: {prometheus.INSTALL_HINT}", file=sys.stderr)
     try:
         browser.install()    # the page's tests run in Debian's headless chromium
     except (RuntimeError, subprocess.SubprocessError) as missing:   # the other tests still run

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import certs, codegen, envoy, infra, services, triton, web
+from . import certs, codegen, envoy, infra, prometheus, services, triton, web
 from .component import Component, http_ok
 from .paths import ROOT, venv_bin
 from .supervisor import StartFailed, Supervisor
@@ -56,6 +56,8 @@ class Mesh:
                   "triton": lambda: triton.component(self.topo.infra, self.state_dir),
                   "postgres": lambda: infra.postgres(self.topo, self.state_dir),
                   "nats": lambda: infra.nats(self.topo, self.state_dir)}
+        if prometheus.installed():
+            makers["prometheus"] = lambda: prometheus.component(self.topo, self.state_dir)
         for service, instance in self.topo.instances():
             makers[instance.name] = functools.partial(services.component, self.topo, service,
                                                       instance, self.state_dir, demo=False)
@@ -106,6 +108,10 @@ class Mesh:
             self._wait(stores, on_progress)
             self._start_and_wait(self.service_components(demo=demo), on_progress)
             self._start_and_wait([self.envoy()], on_progress)
+            if prometheus.installed():
+                self._start_and_wait([prometheus.component(self.topo, self.state_dir)], on_progress)
+            else:
+                on_progress(f"  {prometheus.INSTALL_HINT}")
             self._wait([model_server], on_progress)
         except BaseException:
             self.down(on_progress=lambda _: None)
@@ -126,7 +132,7 @@ class Mesh:
 
     def down(self, on_progress=print) -> None:
         """Stop in reverse dependency order: the gateway first, the stores last."""
-        order = ["envoy", *[i.name for _, i in reversed(list(self.topo.instances()))],
+        order = ["prometheus", "envoy", *[i.name for _, i in reversed(list(self.topo.instances()))],
                  "triton", "nats", "postgres", "certs"]
         running = self.supervisor.running()
         for name in [*order, *[n for n in running if n not in order]]:
@@ -137,7 +143,7 @@ class Mesh:
     def status(self) -> dict[str, str]:
         running = self.supervisor.running()
         names = ["certs", "postgres", "nats", "triton", *[i.name for _, i in self.topo.instances()],
-                 "envoy"]
+                 "envoy", *(["prometheus"] if prometheus.installed() else [])]
         return {name: (f"running (pid {running[name]})" if name in running else "stopped")
                 for name in names}
 

@@ -15,6 +15,7 @@ from services.ops.overview import Overview, Watch
 
 from . import topology
 from .live import targets
+from .topology import Topology
 
 
 def _ms(value: float | None) -> str:
@@ -58,6 +59,26 @@ def frame(overview: Overview) -> Group:
     header = Text(f"aimesh top - {stamp}" + (f"  (unreachable: {', '.join(overview.unreachable)})"
                                              if overview.unreachable else ""), style="bold")
     return Group(header, routes, canary, faults, breakers, models)
+
+
+SUMMARY_WINDOW_S = 2.0
+
+
+def slo_summary(topo: Topology) -> list[str]:
+    """One line per SLO over the last SUMMARY_WINDOW_S (for `aimesh status`)."""
+    watch = Watch(targets(topo))
+    watch.read()
+    time.sleep(SUMMARY_WINDOW_S)    # the window the rates are measured over
+    overview = watch.read()
+    lines = [f"SLOs (last {overview.window_s:.0f} s; `aimesh top` for the live view):"]
+    for r in overview.routes:
+        if r.slo_availability is None:
+            continue
+        state = {None: "idle", True: "ok", False: "BREACH"}[r.meets_slo]
+        lines.append(f"  {r.route:<26} {state:<6} {r.rps:6.1f} calls/s  errors+fallbacks "
+                     f"{r.error_share + r.fallback_share:6.1%} (allowed {1 - r.slo_availability:.2%})  "
+                     f"p99 {_ms(r.p99_ms):>5} ms (SLO {r.slo_p99_ms:g})")
+    return lines
 
 
 def cmd_top(args) -> int:

@@ -158,6 +158,17 @@ class Infra:
     triton_http_port: int
     triton_grpc_port: int
     triton_metrics_port: int
+    prometheus_port: int
+
+
+@dataclass(frozen=True)
+class Observability:
+    """Prometheus on this machine: how often it scrapes and evaluates, how long an alert's
+    condition must hold, how much disk its data may take."""
+    scrape_interval_s: float = 15.0
+    evaluation_interval_s: float = 15.0
+    alert_for_s: float = 60.0
+    retention_bytes: int = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,7 @@ class Topology:
     identity: Identity
     slos: dict[str, Slo]        # by route (service.Method)
     faults: tuple[Fault, ...] = ()   # injected at run time (aimesh/overrides.py), never in the file
+    observability: Observability = Observability()
 
     def workloads(self) -> list[str]:
         """Every name that gets a certificate: the gateway, each service, NATS, the operator."""
@@ -188,7 +200,7 @@ class Topology:
             "envoy edge": g.edge_port, "envoy east-west": g.mesh_port, "envoy admin": g.admin_port,
             "postgres": i.postgres_port, "nats": i.nats_port, "nats monitor": i.nats_monitor_port,
             "triton http": i.triton_http_port, "triton grpc": i.triton_grpc_port,
-            "triton metrics": i.triton_metrics_port,
+            "triton metrics": i.triton_metrics_port, "prometheus": i.prometheus_port,
         }
         for service, instance in self.instances():
             ports[instance.name] = instance.port
@@ -270,6 +282,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         triton_http_port=port(infra["triton"]["http_port"]),
         triton_grpc_port=port(infra["triton"]["grpc_port"]),
         triton_metrics_port=port(infra["triton"]["metrics_port"]),
+        prometheus_port=port(infra["prometheus"]["port"]),
     )
     services = {}
     methods = contract_methods()
@@ -294,8 +307,13 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             publishes=tuple(s.get("events", {}).get("publishes", ())),
             consumes=tuple(s.get("events", {}).get("consumes", ())),
         )
-    from services.kit.retention import Retention, seconds
-    return Topology(gateway=gateway, infra=infra, services=services,
+    from services.kit.retention import Retention, seconds, size
+    seen = raw.get("observability") or {}
+    observability = Observability(
+        scrape_interval_s=seconds(seen.get("scrape_interval", "15s")),
+        evaluation_interval_s=seconds(seen.get("evaluation_interval", "15s")),
+        alert_for_s=seconds(seen.get("alert_for", "1m")), retention_bytes=size(seen.get("retention", "256MiB")))
+    return Topology(gateway=gateway, infra=infra, services=services, observability=observability,
                     retention=Retention.parse(raw.get("retention") or {}),
                     identity=_identity(raw.get("identity") or {}, services, seconds),
                     slos=_slos(raw.get("slos") or {}, services, methods, seconds))

@@ -27,7 +27,7 @@ from ..topology import DEFAULT_FILE, Topology, load
 from .compose import compose, grpc_probe
 from .k8s import cert_manager_component, k8s_base_kustomization, k8s_gateway, k8s_infra, k8s_services
 from .locks import DATA_PACKAGES, LOCKS, lock, lock_inputs
-from .observability import dashboard, grafana_dashboards, grafana_datasources, prometheus
+from .observability import RULES_FILE, dashboard, grafana_dashboards, grafana_datasources, prometheus, rules
 from .workloads import (
     CANARY_STEPS,
     CERTS_MOUNT,
@@ -73,6 +73,7 @@ def render(topo: Topology | None = None) -> dict[str, str]:
                                                         sds_folder=COMPOSE_ENVOY_SDS)),
         "deploy/compose/nats.conf": json.dumps(nats_config(topo), indent=1) + "\n",
         "deploy/compose/prometheus.yml": _yaml(prometheus(topo)),
+        f"deploy/compose/{RULES_FILE}": _yaml(rules(topo)),
         "deploy/compose/postgres-init.sh": postgres_init(topo),
         "deploy/grafana/provisioning/datasources/aimesh.yaml": _yaml(grafana_datasources()),
         "deploy/grafana/provisioning/dashboards/aimesh.yaml": _yaml(grafana_dashboards()),

@@ -9,6 +9,7 @@ from services.kit.tls import GATEWAY
 from .. import certs
 from ..infra import DATABASE
 from ..topology import Topology
+from .observability import RULES_FILE
 from .workloads import (
     CERTS_MOUNT,
     COMPOSE_CERTS,
@@ -126,7 +127,8 @@ def compose(topo: Topology) -> dict:
     }
     containers["prometheus"] = {
         "image": PROMETHEUS_IMAGE,
-        "volumes": ["./deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro"],
+        "volumes": ["./deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
+                    f"./deploy/compose/{RULES_FILE}:/etc/prometheus/{RULES_FILE}:ro"],
         "ports": [f"127.0.0.1:{PROMETHEUS_PORT}:{PROMETHEUS_PORT}"],
     }
     containers["jaeger"] = {

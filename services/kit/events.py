@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import propagate
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from aimesh.events.v1 import events_pb2
 
@@ -23,6 +23,10 @@ from .retention import StreamLimits
 from .tls import Identity, dns_name
 
 log = logging.getLogger("aimesh.events")
+# JetStream's own count of what a consumer has not yet been delivered, as the client sees it on
+# every fetch (NATS's monitoring speaks JSON, not Prometheus): the consumer's lag.
+PENDING = Gauge("aimesh_events_pending", "Messages a durable consumer has not yet been delivered "
+                "(JetStream's count at its last fetch).", ["stream", "consumer"])
 EXPIRED = Counter("aimesh_events_expired_total", "Events delivered after the consumer's dedupe "
                   "window, acknowledged without being applied", ["durable"])
 
@@ -174,6 +178,7 @@ class Events:
             try:
                 messages = await subscription.fetch(batch=32, timeout=FETCH_WAIT_S)
             except (TimeoutError, nats.errors.TimeoutError):   # nothing new: poll again
+                PENDING.labels(stream, durable).set(0)
                 if progress:
                     progress.caught_up()
                 continue
@@ -184,6 +189,8 @@ class Events:
                 continue
             for message in messages:
                 await self._deliver(message, durable, handle, max_deliver, give_up, dedupe_window_s)
+            if messages:
+                PENDING.labels(stream, durable).set(messages[-1].metadata.num_pending)
             if progress and messages and messages[-1].metadata.num_pending == 0:
                 progress.caught_up()
 
