@@ -136,9 +136,18 @@ def cmd_stop(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from .mesh import Mesh
-    Mesh(topology.load(), paths.state_dir()).component(args.name)   # refuses an unknown name
+    from .mesh import Mesh, Refused
     from .supervisor import Supervisor
+    if args.trace:
+        if args.name:
+            raise Refused("give a component or --trace, not both")
+        lines = Supervisor(paths.state_dir()).of_trace(args.trace.lower())
+        print("\n".join(f"{component:<20} {line}" for component, line in lines)
+              or f"no log line names trace {args.trace}")
+        return 0
+    if not args.name:
+        raise Refused("give a component (postgres, nats, triton, envoy, an instance) or --trace ID")
+    Mesh(topology.load(), paths.state_dir()).component(args.name)   # refuses an unknown name
     print(Supervisor(paths.state_dir()).tail(args.name, args.lines))
     return 0
 
@@ -385,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
     stop.add_argument("--kill", action="store_true", help="SIGKILL, as a crash would")
     stop.set_defaults(run=cmd_stop)
-    logs = commands.add_parser("logs", help="the tail of a component's log")
-    logs.add_argument("name", help="postgres, nats, triton, envoy, or a service instance")
+    logs = commands.add_parser("logs", help="the tail of a component's log, or one trace's lines")
+    logs.add_argument("name", nargs="?", help="postgres, nats, triton, envoy, or a service instance")
+    logs.add_argument("--trace", help="every component's log lines of this trace id (32 hex digits)")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.set_defaults(run=cmd_logs)
     token = commands.add_parser("token", help="log in a demo account and print its token")

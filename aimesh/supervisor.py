@@ -4,6 +4,7 @@ Processes run detached (their own session), so the mesh outlives `aimesh up`; `d
 them again by pid file."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,22 @@ class Supervisor:
                 time.sleep(0.05)
         self._pid_path(name).unlink(missing_ok=True)
         self._stop_path(name).unlink(missing_ok=True)
+
+    def of_trace(self, trace_id: str) -> list[tuple[str, str]]:
+        """(component, line) for every log line naming the trace, from every log in the state dir
+        (the services' JSON lines carry trace_id, Envoy's access log too), in time order."""
+        found = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if trace_id in line:
+                    found.append((path.stem, line))
+
+        def when(entry: tuple[str, str]) -> str:
+            try:
+                return str(json.loads(entry[1]).get("time", ""))
+            except ValueError:
+                return ""
+        return sorted(found, key=when)
 
     def tail(self, name: str, lines: int = 30) -> str:
         try:

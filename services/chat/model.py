@@ -15,6 +15,7 @@ from services.kit.inference import Triton
 from .grounding import displayed
 
 MODEL = "chat_lm"
+MODEL_VERSION = "1"    # chat_lm has one version
 SYSTEM = ("You are aimesh's movie assistant. Answer briefly, only about the films in the numbered "
           "catalog below, and name no other film.")
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
@@ -22,11 +23,12 @@ from services.kit.audit import Audit
 from services.kit.telemetry import FALLBACKS
 
 from .grounding import invented, names
-from .model import BUSY, MODEL, ChatModel, ModelBusy, lead, messages
+from .model import BUSY, MODEL, MODEL_VERSION, ChatModel, ModelBusy, lead, messages
 from .quota import AnswersInProgress
 from .store import COUNT, MIGRATIONS, PRUNE, ConversationStore
 
 log = logging.getLogger("aimesh.chat")
+TRACER = trace.get_tracer("aimesh.chat")
 
 RETRIEVED = 3
 EARLIER_TURNS = 4          # how much of a resumed conversation the model sees
@@ -128,8 +130,19 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         conversation = await self.conversations.open(who.user_id, conversation_id)
         if conversation is None:
             raise kit.NotFound(f"no conversation {conversation_id} for this user")
-        hits, search_failure = await self._retrieve(text)
-        prompt = messages(text, hits, await self.conversations.recent_turns(conversation, EARLIER_TURNS))
+        with TRACER.start_as_current_span("retrieve") as span:
+            hits, search_failure = await self._retrieve(text)
+            span.set_attribute("aimesh.retrieved", len(hits))
+            if search_failure:
+                span.set_status(trace.StatusCode.ERROR, search_failure)
+        with TRACER.start_as_current_span("build prompt") as span:
+            prompt = messages(text, hits, await self.conversations.recent_turns(conversation, EARLIER_TURNS))
+            span.set_attribute("aimesh.prompt.messages", len(prompt))
+        # The generation's span is started, not entered: this is an async generator, which must not
+        # hold a context across its yields. Its attributes follow OpenTelemetry's GenAI conventions.
+        generation = TRACER.start_span(f"chat {MODEL}", kind=trace.SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.provider.name": "triton", "gen_ai.request.model": MODEL,
+            "gen_ai.request.max_tokens": max_tokens, "gen_ai.request.temperature": self.model.temperature})
 
         sent: list[str] = []
         finish: chat_pb2.FinishReason = chat_pb2.FINISH_REASON_STOP
@@ -174,6 +187,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     yield delta(text)
                     await asyncio.sleep(0)   # let a cancel that arrived be read between pieces
 
+        generation.set_attributes({
+            "gen_ai.response.model": f"{MODEL}/{MODEL_VERSION}", "gen_ai.response.finish_reasons":
+            [chat_pb2.FinishReason.Name(finish).removeprefix("FINISH_REASON_").lower()],
+            "gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "aimesh.source": common_pb2.Source.Name(source)})
+        if source == common_pb2.SOURCE_FALLBACK:
+            generation.set_status(trace.StatusCode.ERROR, reason)
+        generation.end()
         grounding: chat_pb2.Grounding = chat_pb2.GROUNDING_UNSPECIFIED
         if finish != chat_pb2.FINISH_REASON_CANCELLED:
             grounding, correction = check("".join(sent), hits)
@@ -188,7 +209,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         async def audit(connection) -> None:
             await self.audit.record(
                 user_id=who.user_id, model=MODEL if source == common_pb2.SOURCE_MODEL else "retrieval",
-                version="1", model_input=str(prompt), output_ids=[c.document_id for c in citations],
+                version=MODEL_VERSION, model_input=str(prompt), output_ids=[c.document_id for c in citations],
                 latency_s=time.perf_counter() - started, source=common_pb2.Source.Name(source),
                 connection=connection)
         turn_id = await self.conversations.add_turn(

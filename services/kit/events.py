@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 from nats.js.api import ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge
 
 from aimesh.events.v1 import events_pb2
@@ -27,6 +27,7 @@ log = logging.getLogger("aimesh.events")
 # every fetch (NATS's monitoring speaks JSON, not Prometheus): the consumer's lag.
 PENDING = Gauge("aimesh_events_pending", "Messages a durable consumer has not yet been delivered "
                 "(JetStream's count at its last fetch).", ["stream", "consumer"])
+TRACER = trace.get_tracer("aimesh.events")
 EXPIRED = Counter("aimesh_events_expired_total", "Events delivered after the consumer's dedupe "
                   "window, acknowledged without being applied", ["durable"])
 
@@ -208,7 +209,15 @@ class Events:
             await message.ack()
             return
         try:
-            await handle(event)
+            # The handling joins the trace of the request that caused the event (its envelope
+            # carries the trace context), so a purchase's notification is in the purchase's trace.
+            caused_by = propagate.extract({"traceparent": event.traceparent, "tracestate": event.tracestate})
+            with TRACER.start_as_current_span(
+                    f"process {event.type}", context=caused_by, kind=trace.SpanKind.CONSUMER,
+                    attributes={"messaging.system": "nats", "messaging.destination.name": message.subject,
+                                "messaging.consumer.group.name": durable,
+                                "messaging.message.id": event.event_id}):
+                await handle(event)
         except Exception as failure:
             if message.metadata.num_delivered < max_deliver:
                 log.warning("event handling failed; it will be redelivered", exc_info=failure,
