@@ -25,7 +25,7 @@ def cmd_up(args) -> int:
         return 1
     print(f"aimesh: starting the mesh (state in {mesh.state_dir})")
     try:
-        mesh.up(demo=not args.no_demo)
+        mesh.up(demo=not args.no_demo, with_traces=args.traces)
     except (StartFailed, Refused) as failure:
         print(f"aimesh: {failure}", file=sys.stderr)
         return 1
@@ -41,6 +41,9 @@ def cmd_up(args) -> int:
     print(f"  page:            http://{gateway}/")
     print(f"  gateway (gRPC):  {gateway}")
     print(f"  Envoy admin:     http://127.0.0.1:{topo.gateway.admin_port}/")
+    if args.traces:
+        from . import traces
+        print(f"  traces (Phoenix): {traces.ui(topo.infra)}/  (aimesh logs --trace ID: one trace's log lines)")
     if "prometheus" in mesh.supervisor.running():
         print(f"  Prometheus:      http://127.0.0.1:{topo.infra.prometheus_port}/  (alerts: /alerts)")
     print(f"  logs:            {mesh.supervisor.log_dir}")
@@ -349,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole mesh and seed demo data")
     up.add_argument("--no-demo", action="store_true", help="no demo accounts or catalog")
+    up.add_argument("--traces", action="store_true", help="also Phoenix, the trace backend "
+                    "(~420 MB, ~20 s; its virtualenv is built the first time)")
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop the whole mesh").set_defaults(run=cmd_down)
     commands.add_parser("status", help="which components run").set_defaults(run=cmd_status)

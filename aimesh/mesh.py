@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import certs, codegen, envoy, infra, prometheus, services, triton, web
+from . import certs, codegen, envoy, infra, prometheus, services, traces, triton, web
 from .component import Component, http_ok
 from .paths import ROOT, venv_bin
 from .supervisor import StartFailed, Supervisor
@@ -27,6 +28,12 @@ class Mesh:
         self.topo = topo
         self.state_dir = state_dir
         self.supervisor = Supervisor(state_dir)
+        if self.supervisor.pid("phoenix") is not None:   # a component started now exports there too
+            self._export_traces()
+
+    def _export_traces(self) -> None:
+        """Envoy and the services (children of this process) send their spans to Phoenix."""
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = traces.otlp_endpoint(self.topo.infra)
 
     def envoy(self) -> Component:
         config = envoy.write(self.topo, self.state_dir)
@@ -55,7 +62,8 @@ class Mesh:
                   "certs": self.renewer,
                   "triton": lambda: triton.component(self.topo.infra, self.state_dir),
                   "postgres": lambda: infra.postgres(self.topo, self.state_dir),
-                  "nats": lambda: infra.nats(self.topo, self.state_dir)}
+                  "nats": lambda: infra.nats(self.topo, self.state_dir),
+                  "phoenix": lambda: traces.component(self.topo.infra, self.state_dir)}
         if prometheus.installed():
             makers["prometheus"] = lambda: prometheus.component(self.topo, self.state_dir)
         for service, instance in self.topo.instances():
@@ -89,7 +97,7 @@ class Mesh:
         return [services.component(self.topo, service, instance, self.state_dir, demo=demo)
                 for service, instance in self.topo.instances()]
 
-    def up(self, *, demo: bool = True, on_progress=print) -> None:
+    def up(self, *, demo: bool = True, with_traces: bool = False, on_progress=print) -> None:
         """Start everything and wait until all is healthy; on failure stop what was started."""
         if self.supervisor.running():
             raise Refused(f"the mesh in {self.state_dir} is already running "
@@ -101,6 +109,9 @@ class Mesh:
             # Triton loads models slowest: start it first, wait for it last.
             if self.topo.identity.mtls:   # certificates first: every other part reads them
                 self._start_and_wait([self.renewer()], on_progress)
+            if with_traces:   # before anything that sends spans
+                self._start_and_wait([traces.component(self.topo.infra, self.state_dir)], on_progress)
+                self._export_traces()
             model_server = triton.component(self.topo.infra, self.state_dir)
             stores = [infra.postgres(self.topo, self.state_dir),
                       infra.nats(self.topo, self.state_dir)]
@@ -133,7 +144,7 @@ class Mesh:
     def down(self, on_progress=print) -> None:
         """Stop in reverse dependency order: the gateway first, the stores last."""
         order = ["prometheus", "envoy", *[i.name for _, i in reversed(list(self.topo.instances()))],
-                 "triton", "nats", "postgres", "certs"]
+                 "triton", "nats", "postgres", "phoenix", "certs"]
         running = self.supervisor.running()
         for name in [*order, *[n for n in running if n not in order]]:
             if name in running:
@@ -143,7 +154,8 @@ class Mesh:
     def status(self) -> dict[str, str]:
         running = self.supervisor.running()
         names = ["certs", "postgres", "nats", "triton", *[i.name for _, i in self.topo.instances()],
-                 "envoy", *(["prometheus"] if prometheus.installed() else [])]
+                 "envoy", *(["prometheus"] if prometheus.installed() else []),
+                 *(["phoenix"] if "phoenix" in self.supervisor.running() else [])]
         return {name: (f"running (pid {running[name]})" if name in running else "stopped")
                 for name in names}
 

@@ -159,6 +159,8 @@ class Infra:
     triton_grpc_port: int
     triton_metrics_port: int
     prometheus_port: int
+    phoenix_port: int
+    phoenix_grpc_port: int
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class Topology:
             "postgres": i.postgres_port, "nats": i.nats_port, "nats monitor": i.nats_monitor_port,
             "triton http": i.triton_http_port, "triton grpc": i.triton_grpc_port,
             "triton metrics": i.triton_metrics_port, "prometheus": i.prometheus_port,
+            "phoenix": i.phoenix_port, "phoenix otlp": i.phoenix_grpc_port,
         }
         for service, instance in self.instances():
             ports[instance.name] = instance.port
@@ -283,6 +286,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         triton_grpc_port=port(infra["triton"]["grpc_port"]),
         triton_metrics_port=port(infra["triton"]["metrics_port"]),
         prometheus_port=port(infra["prometheus"]["port"]),
+        phoenix_port=port(infra["phoenix"]["port"]), phoenix_grpc_port=port(infra["phoenix"]["grpc_port"]),
     )
     services = {}
     methods = contract_methods()

@@ -1,0 +1,53 @@
+"""The trace backend for the local runner: Arize Phoenix (OTLP over gRPC and HTTP, a UI, a REST
+API), from PyPI in a virtualenv of its own (requirements-phoenix.txt, built once per its content by
+bin/venv, like the runtime's). Started by `aimesh up --traces`: about 420 MB and 20 s to start on
+this machine, too much for every run. Bound to loopback (serve.py), telemetry off, its SQLite
+database in the state dir. While it runs, Envoy and every service export their spans to it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from ..component import Component, http_ok
+from ..paths import ROOT
+from ..topology import Infra
+
+REQUIREMENTS = ROOT / "requirements-phoenix.txt"
+SERVE = Path(__file__).with_name("serve.py")
+PROJECT = "default"
+
+
+def venv() -> Path:
+    """Phoenix's virtualenv, built when missing (minutes, once)."""
+    built = subprocess.run([str(ROOT / "bin" / "venv"), "phoenix", "import phoenix", str(REQUIREMENTS)],
+                           check=True, capture_output=True, text=True)
+    return Path(built.stdout.strip())
+
+
+def otlp_endpoint(infra: Infra) -> str:
+    return f"http://127.0.0.1:{infra.phoenix_grpc_port}"
+
+
+def ui(infra: Infra) -> str:
+    return f"http://127.0.0.1:{infra.phoenix_port}"
+
+
+def component(infra: Infra, state_dir: Path) -> Component:
+    data = Path(state_dir) / "phoenix"
+    data.mkdir(parents=True, exist_ok=True)
+    return Component(
+        name="phoenix", argv=[str(venv() / "bin" / "python"), str(SERVE)], cwd=data,
+        env={"PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(infra.phoenix_port),
+             "PHOENIX_GRPC_PORT": str(infra.phoenix_grpc_port), "PHOENIX_WORKING_DIR": str(data),
+             "PHOENIX_TELEMETRY_ENABLED": "false"},
+        healthy=lambda: http_ok(f"{ui(infra)}/healthz"), start_timeout_s=90)
+
+
+def spans(infra: Infra, trace_id: str) -> list[dict]:
+    """Every span Phoenix holds of one trace (its REST API)."""
+    query = urllib.parse.urlencode({"trace_id": trace_id, "limit": 1000})
+    with urllib.request.urlopen(f"{ui(infra)}/v1/projects/{PROJECT}/spans?{query}", timeout=5) as response:
+        return json.loads(response.read())["data"]
