@@ -144,7 +144,9 @@ def cmd_logs(args) -> int:
     if args.trace:
         if args.name:
             raise Refused("give a component or --trace, not both")
-        lines = Supervisor(paths.state_dir()).of_trace(args.trace.lower())
+        # Phoenix's own log names a trace only when someone looked it up there: not the trace's.
+        lines = [(c, line) for c, line in Supervisor(paths.state_dir()).of_trace(args.trace.lower())
+                 if c != "phoenix"]
         print("\n".join(f"{component:<20} {line}" for component, line in lines)
               or f"no log line names trace {args.trace}")
         return 0

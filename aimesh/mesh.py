@@ -28,12 +28,12 @@ class Mesh:
         self.topo = topo
         self.state_dir = state_dir
         self.supervisor = Supervisor(state_dir)
-        if self.supervisor.pid("phoenix") is not None:   # a component started now exports there too
-            self._export_traces()
+        self._export_traces()       # a component started now exports where the others do
 
     def _export_traces(self) -> None:
-        """Envoy and the services (children of this process) send their spans to Phoenix."""
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = traces.otlp_endpoint(self.topo.infra)
+        """The services (children of this process) send their spans where Envoy does."""
+        if endpoint := traces.exporting_to(self.topo.infra, self.state_dir):
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
 
     def envoy(self) -> Component:
         config = envoy.write(self.topo, self.state_dir)

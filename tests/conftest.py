@@ -49,10 +49,10 @@ def mesh() -> MeshUnderTest:
     # Not under pytest's temp folder: another pytest session on the machine closes that folder
     # (mode 0700) to everyone else, and Postgres runs as its own user when we are root.
     state_dir = Path(tempfile.mkdtemp(prefix="aimesh-test-state-"))
-    # The tests' own topology (small rate limits); spans go to the tracing test's collector.
-    handle = MeshUnderTest(state_dir, ports.SESSION_MESH, TOPOLOGY, env={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.OTLP_COLLECTOR}"})
-    up = handle.cli("up", timeout=900)
+    # The tests' own topology (small rate limits), with the trace backend: the trace-based tests
+    # read every span back from it.
+    handle = MeshUnderTest(state_dir, ports.SESSION_MESH, TOPOLOGY)
+    up = handle.cli("up", "--traces", timeout=900)
     if up.returncode:
         handle.cli("down")
         pytest.fail(f"aimesh up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")

@@ -9,4 +9,3 @@ FAILING_MESH = BASE + 500
 TRITON_ONLY = BASE + 700
 PORT_CHECK = BASE + 1500
 SLOW_UPSTREAM = BASE + 2300     # a lone Envoy in front of a deliberately slow service
-OTLP_COLLECTOR = BASE + 4317     # the tracing test's collector; the session mesh exports to it

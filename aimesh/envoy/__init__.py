@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from aimesh import overrides, paths
+from aimesh import overrides, paths, traces
 from aimesh.topology import Topology
 
 from .clusters import all_clusters
@@ -81,8 +81,8 @@ def render(topo: Topology, *, access_log_path: str | None = None,
 
 def write(topo: Topology, state_dir: Path) -> Path:
     """Render into the state directory (access log beside the other logs, each listener's routes
-    in a watched file of their own); return the bootstrap file. Tracing is on when the
-    environment names an OTLP collector (OTEL_EXPORTER_OTLP_ENDPOINT, as for the services)."""
+    in a watched file of their own); return the bootstrap file. Tracing is on while this mesh's
+    Phoenix runs, or when the environment names an OTLP collector (OTEL_EXPORTER_OTLP_ENDPOINT)."""
     config = _render_for(topo, state_dir)
     envoy_dir = Path(state_dir) / "envoy"
     envoy_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def validate(path: Path) -> None:
 def _render_for(topo: Topology, state_dir: Path) -> dict:
     logs = Path(state_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    endpoint = traces.exporting_to(topo.infra, state_dir)
     topo = overrides.load(state_dir).on(topo)    # faults and canary weights set at run time
     return render(topo, access_log_path=str(logs / "envoy-access.log"),
                   descriptor_set=str(paths.DESCRIPTOR_SET), web_dir=str(paths.WEB_DIST),

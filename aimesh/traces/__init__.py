@@ -6,6 +6,7 @@ database in the state dir. While it runs, Envoy and every service export their s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.parse
 import urllib.request
@@ -29,6 +30,15 @@ def venv() -> Path:
 
 def otlp_endpoint(infra: Infra) -> str:
     return f"http://127.0.0.1:{infra.phoenix_grpc_port}"
+
+
+def exporting_to(infra: Infra, state_dir: Path) -> str:
+    """Where spans go: this mesh's Phoenix while it runs, else what the environment names
+    (OTEL_EXPORTER_OTLP_ENDPOINT), else nowhere ("")."""
+    from ..supervisor import Supervisor
+    if Supervisor(Path(state_dir)).pid("phoenix") is not None:
+        return otlp_endpoint(infra)
+    return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 
 
 def ui(infra: Infra) -> str:

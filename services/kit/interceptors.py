@@ -132,6 +132,10 @@ class _Call:
         """Record the outcome; turn a kit error or a crash into a status (context.abort raises)."""
         if isinstance(error, Error):
             self._record(error.code, error.message)
+            # OpenTelemetry's wrapper of the context sees set_code and abort, not abort_with_status:
+            # without this the trace would show every refused call as OK.
+            self.context.set_code(error.code)
+            self.context.set_details(error.message)
             await self.context.abort_with_status(error.to_status())
         elif isinstance(error, asyncio.CancelledError):
             self._record(grpc.StatusCode.CANCELLED)

@@ -1,12 +1,10 @@
-"""The trace backend as `up --traces` runs it (aimesh/traces: Phoenix in its own virtualenv), on the
-session mesh's shifted ports (that mesh runs without it): it takes OTLP over gRPC, gives a trace
-back through its REST API, and listens on loopback only, its gRPC receiver included."""
+"""The trace backend as `up --traces` runs it (aimesh/traces: Phoenix in its own virtualenv) on the
+session mesh: it takes OTLP over gRPC, gives a trace back through its REST API, and listens on
+loopback only, its gRPC receiver included."""
 from __future__ import annotations
 
 import ipaddress
-import tempfile
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
@@ -21,16 +19,11 @@ from tests.integration.client import wait_for
 
 
 @pytest.fixture(scope="module")
-def phoenix(mesh):
-    state = Path(tempfile.mkdtemp(prefix="aimesh-test-phoenix-"))
-    supervisor = Supervisor(state)
-    component = traces.component(mesh.topo.infra, state)
-    supervisor.start(component)
-    try:
-        supervisor.wait_healthy([component])
-        yield supervisor.pid("phoenix")
-    finally:
-        supervisor.stop("phoenix")
+def phoenix(mesh) -> int:
+    """The session mesh's Phoenix (`up --traces`): its pid."""
+    pid = Supervisor(mesh.state).pid("phoenix")
+    assert pid is not None, "the session mesh runs with --traces"
+    return pid
 
 
 def test_a_span_sent_over_otlp_grpc_comes_back_from_the_rest_api(mesh, phoenix):

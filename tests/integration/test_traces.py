@@ -1,0 +1,157 @@
+"""Trace-based tests: every RPC the gateway routes, called through the edge with a trace id of
+the test's own, then its span graph read back from the real trace backend (Phoenix, `up
+--traces`): Envoy's edge span, under it the service's server span with the status the client got,
+and the spans of what the call does downstream. Adding an RPC adds one row."""
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from aimesh import traces
+from aimesh.chat.v1 import chat_pb2
+from aimesh.notify.v1 import notify_pb2
+from aimesh.ops.v1 import ops_pb2
+from aimesh.recommend.v1 import recommend_pb2
+from aimesh.search.v1 import search_pb2
+from aimesh.user.v1 import user_pb2
+from services.user import demo
+from tests.integration.client import bearer, wait_for
+
+EMBED = "/inference.GRPCInferenceService/ModelInfer"       # text_embedding, the recommender
+
+
+@dataclass(frozen=True)
+class Row:
+    path: str                     # /package.Service/Method
+    request: object               # the request message (a list of them for a client stream)
+    who: str = "bob"              # "bob", "admin", or "" for no token
+    below: tuple[str, ...] = ()   # span names the call makes further down
+    kind: str = "unary"           # unary, server_stream, bidi
+    timeout_s: float = 30
+    status_checked: bool = True   # Subscribe is ended by the client's deadline: no status to compare
+    attributes: dict = field(default_factory=dict)   # span name -> attributes it must carry
+
+
+ROWS = [
+    Row("/aimesh.user.v1.UserService/Register", user_pb2.RegisterRequest(
+        email=f"traced-{uuid.uuid4().hex[:8]}@example.com", password="long enough", display_name="T"), who=""),
+    Row("/aimesh.user.v1.UserService/Login", user_pb2.LoginRequest(email="bob@demo.aimesh", password=demo.PASSWORD),
+        who=""),
+    Row("/aimesh.user.v1.UserService/GetProfile", user_pb2.GetProfileRequest()),
+    Row("/aimesh.user.v1.UserService/UpdateProfile", user_pb2.UpdateProfileRequest()),
+    Row("/aimesh.user.v1.UserService/RecordPurchase", user_pb2.RecordPurchaseRequest(item_id=172),
+        below=("process user.purchased",)),       # notify's handling joins the purchase's trace
+    Row("/aimesh.user.v1.UserService/SetAccess", user_pb2.SetAccessRequest(), who="admin"),
+    Row("/aimesh.user.v1.UserService/RotateSigningKey", user_pb2.RotateSigningKeyRequest()),   # not an admin
+    Row("/aimesh.search.v1.SearchService/IndexDocuments", search_pb2.IndexDocumentsRequest()),
+    Row("/aimesh.search.v1.SearchService/Search", search_pb2.SearchRequest(query="heist", page_size=1),
+        below=(EMBED,)),
+    Row("/aimesh.search.v1.SearchService/DeleteDocument", search_pb2.DeleteDocumentRequest()),
+    Row("/aimesh.search.v1.SearchService/SubmitIndexJob", search_pb2.SubmitIndexJobRequest()),
+    Row("/aimesh.search.v1.SearchService/GetJob", search_pb2.GetJobRequest()),
+    Row("/aimesh.recommend.v1.RecommendService/Recommend", recommend_pb2.RecommendRequest(
+        limit=3, exclude_item_ids=[random.randint(10**6, 10**9)]), below=(EMBED,)),
+    Row("/aimesh.chat.v1.ChatService/Ask", chat_pb2.AskRequest(message=chat_pb2.UserMessage(
+        text="a film about toys", max_tokens=4)), kind="server_stream",
+        below=("retrieve", "/aimesh.search.v1.SearchService/Search", "build prompt", "chat chat_lm"),
+        attributes={"chat chat_lm": {"gen_ai.operation.name": "chat", "gen_ai.request.model": "chat_lm",
+                                     "gen_ai.usage.output_tokens": 4, "gen_ai.request.max_tokens": 4}}),
+    Row("/aimesh.chat.v1.ChatService/Chat", [chat_pb2.ChatRequest(message=chat_pb2.UserMessage(
+        text="a film about space", max_tokens=4))], kind="bidi",
+        below=("retrieve", "/aimesh.search.v1.SearchService/Search", "chat chat_lm")),
+    Row("/aimesh.notify.v1.NotificationService/ListNotifications", notify_pb2.ListNotificationsRequest()),
+    Row("/aimesh.notify.v1.NotificationService/MarkRead", notify_pb2.MarkReadRequest()),
+    Row("/aimesh.notify.v1.NotificationService/Subscribe", notify_pb2.SubscribeRequest(), kind="server_stream",
+        timeout_s=1, status_checked=False),
+    Row("/aimesh.ops.v1.OpsService/GetOverview", ops_pb2.GetOverviewRequest(), who="admin"),
+]
+
+
+def test_every_rpc_the_gateway_routes_has_a_row(mesh):
+    routed = {f"/{g}/{m}" for s in mesh.topo.services.values() if s.name != "catalog"
+              for g in s.grpc_services for m in _methods(g)}
+    assert {row.path for row in ROWS} == routed
+
+
+def _methods(grpc_service: str) -> list[str]:
+    from aimesh import topology
+    return list(topology.contract_methods().get(grpc_service, {}))
+
+
+def call(mesh, row: Row, token: str, trace_id: str) -> grpc.StatusCode:
+    """The call through the edge as a client makes it; the status it ended with."""
+    metadata = [("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"), *(bearer(token) if token else [])]
+    requests = row.request if isinstance(row.request, list) else [row.request]
+    with mesh.channel() as channel:
+        serialize, kind = (lambda m: m.SerializeToString()), row.kind
+        try:
+            if kind == "unary":
+                channel.unary_unary(row.path, request_serializer=serialize)(
+                    requests[0], metadata=metadata, timeout=row.timeout_s)
+            elif kind == "server_stream":
+                list(channel.unary_stream(row.path, request_serializer=serialize)(
+                    requests[0], metadata=metadata, timeout=row.timeout_s))
+            else:
+                list(channel.stream_stream(row.path, request_serializer=serialize)(
+                    iter(requests), metadata=metadata, timeout=row.timeout_s))
+        except grpc.RpcError as ended:
+            return ended.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.fixture(scope="module")
+def traced_calls(mesh, bob, admin):
+    """Every row called once: path -> (trace id, the client's status)."""
+    tokens = {"bob": bob, "admin": admin, "": ""}
+    results = {}
+    for row in ROWS:
+        trace_id = uuid.uuid4().hex
+        results[row.path] = (trace_id, call(mesh, row, tokens[row.who], trace_id))
+    return results
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.path.rsplit("/", 1)[1] for row in ROWS])
+def test_the_span_graph_of_each_rpc(mesh, traced_calls, row):
+    trace_id, status = traced_calls[row.path]
+    wanted = {row.path, *row.below}
+
+    def complete() -> tuple[dict, dict, list[dict]] | None:
+        """The edge's span, the service's under it, and all spans, once all have arrived (each
+        process exports on its own schedule)."""
+        spans = traces.spans(mesh.topo.infra, trace_id)
+        by_id = {s["context"]["span_id"]: s for s in spans}
+        # The edge's span is the root here (its parent is the client's, which sends no span); the
+        # service's server span hangs under it (a client span of the same name would hang elsewhere).
+        for server in (s for s in spans if s["name"] == row.path):
+            edge = by_id.get(server["parent_id"])
+            if edge and edge["name"] == "ingress" and edge["parent_id"] not in by_id \
+                    and wanted <= {s["name"] for s in spans}:
+                return edge, server, spans
+        return None
+    edge, server, spans = wait_for(complete, timeout_s=45, interval_s=1,
+                                   what=f"edge span > {row.path}, and {sorted(row.below)} in trace {trace_id}")
+    assert edge["attributes"]["upstream_cluster"].startswith(_service(mesh, row))
+    assert edge["attributes"]["grpc.path"] == row.path
+    if row.status_checked:
+        assert server["attributes"]["rpc.grpc.status_code"] == status.value[0], (status, server["attributes"])
+    for name, expected in row.attributes.items():
+        found = next(s for s in spans if s["name"] == name)["attributes"]
+        assert {k: found.get(k) for k in expected} == expected
+
+
+def _service(mesh, row: Row) -> str:
+    grpc_service = row.path.split("/")[1]
+    return next(s.name for s in mesh.topo.services.values() if grpc_service in s.grpc_services)
+
+
+def test_one_traces_log_lines_come_from_every_component_it_crossed(mesh, traced_calls):
+    trace_id, _ = traced_calls["/aimesh.chat.v1.ChatService/Ask"]
+
+    def components() -> set[str]:     # Envoy writes its access log out about every second
+        return {line.split()[0] for line in mesh.cli("logs", "--trace", trace_id).stdout.splitlines()}
+    wait_for(lambda: {"envoy-access", "chat"} <= components(), timeout_s=15, what="the trace's log lines")
+    assert "phoenix" not in components() and components() & {"search-1", "search-2"}
