@@ -47,6 +47,9 @@ class Mesh:
             start_timeout_s=20,
         )
 
+    def trace_backend(self) -> Component:
+        return traces.component(self.topo.infra, self.state_dir, self.topo.observability.trace_retention_s)
+
     def renewer(self) -> Component:
         """Renews every workload's certificate while the mesh runs (aimesh/certs.py)."""
         lifetime = self.topo.identity.certificate_lifetime_s
@@ -63,7 +66,7 @@ class Mesh:
                   "triton": lambda: triton.component(self.topo.infra, self.state_dir),
                   "postgres": lambda: infra.postgres(self.topo, self.state_dir),
                   "nats": lambda: infra.nats(self.topo, self.state_dir),
-                  "phoenix": lambda: traces.component(self.topo.infra, self.state_dir)}
+                  "phoenix": self.trace_backend}
         if prometheus.installed():
             makers["prometheus"] = lambda: prometheus.component(self.topo, self.state_dir)
         for service, instance in self.topo.instances():
@@ -110,7 +113,7 @@ class Mesh:
             if self.topo.identity.mtls:   # certificates first: every other part reads them
                 self._start_and_wait([self.renewer()], on_progress)
             if with_traces:   # before anything that sends spans
-                self._start_and_wait([traces.component(self.topo.infra, self.state_dir)], on_progress)
+                self._start_and_wait([self.trace_backend()], on_progress)
                 self._export_traces()
             model_server = triton.component(self.topo.infra, self.state_dir)
             stores = [infra.postgres(self.topo, self.state_dir),

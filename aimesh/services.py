@@ -35,6 +35,7 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         generations_per_user=service.generations_per_user, temperature=service.temperature,
         retention=topo.retention.to_json(),
         ops_targets=live.targets(topo).to_json() if service.name == OPS else "",
+        trace_sampling=topo.observability.trace_sampling,
     )
 
 

@@ -171,6 +171,8 @@ class Observability:
     evaluation_interval_s: float = 15.0
     alert_for_s: float = 60.0
     retention_bytes: int = 256 << 20
+    trace_sampling: float = 1.0       # share of requests traced (decided at the edge)
+    trace_retention_s: float = 7 * 86400
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,9 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
     observability = Observability(
         scrape_interval_s=seconds(seen.get("scrape_interval", "15s")),
         evaluation_interval_s=seconds(seen.get("evaluation_interval", "15s")),
-        alert_for_s=seconds(seen.get("alert_for", "1m")), retention_bytes=size(seen.get("retention", "256MiB")))
+        alert_for_s=seconds(seen.get("alert_for", "1m")), retention_bytes=size(seen.get("retention", "256MiB")),
+        trace_sampling=_sampling(seen.get("trace_sampling", "100%")),
+        trace_retention_s=seconds(seen.get("trace_retention", "7d")))
     return Topology(gateway=gateway, infra=infra, services=services, observability=observability,
                     retention=Retention.parse(raw.get("retention") or {}),
                     identity=_identity(raw.get("identity") or {}, services, seconds),
@@ -343,6 +347,14 @@ def _slos(raw: dict, services: dict[str, Service], methods: dict[str, dict[str, 
             raise ValueError(f"{where}: p99 is a duration and at a rate such as 20/s, not {promise}")
         slos[route] = Slo(route, availability, p99_s, float(load[:-2]))
     return slos
+
+
+def _sampling(value: str) -> float:
+    text = str(value).strip()
+    share = float(text.rstrip("%")) / 100
+    if not text.endswith("%") or not 0 <= share <= 1:
+        raise ValueError(f"observability.trace_sampling: a percentage from 0% to 100%, not {value!r}")
+    return share
 
 
 def _percent(value: str | float, where: str) -> float:

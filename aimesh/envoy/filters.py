@@ -207,14 +207,16 @@ def _router_filter() -> dict:
     }
 
 
-def tracer(listener: str) -> dict:
+def tracer(listener: str, sampling: float) -> dict:
     # Envoy starts (or continues) the trace and passes `traceparent` on, so the services'
-    # spans join the same trace.
-    return {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-        "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
-        "service_name": f"envoy-{listener}",
-    }}}
+    # spans join the same trace. It decides whether a new trace is sampled (the runtime key
+    # tracing.random_sampling overrides the share live); the services follow that decision.
+    return {"random_sampling": {"value": round(sampling * 100, 4)},
+            "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "1s"},
+                "service_name": f"envoy-{listener}",
+            }}}
 
 
 def access_log(listener: str, path: str) -> dict:

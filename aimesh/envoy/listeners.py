@@ -44,7 +44,7 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
     if edge:
         hcm["local_reply_config"] = grpc_web_local_replies()
     if tracing:
-        hcm["tracing"] = tracer(name)
+        hcm["tracing"] = tracer(name, topo.observability.trace_sampling)
     chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                           "typed_config": hcm}]}
     listener: dict[str, Any] = {"name": name, "address": socket_address(port, addressing.listen),

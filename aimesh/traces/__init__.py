@@ -45,14 +45,16 @@ def ui(infra: Infra) -> str:
     return f"http://127.0.0.1:{infra.phoenix_port}"
 
 
-def component(infra: Infra, state_dir: Path) -> Component:
+def component(infra: Infra, state_dir: Path, retention_s: float = 7 * 86400) -> Component:
     data = Path(state_dir) / "phoenix"
     data.mkdir(parents=True, exist_ok=True)
     return Component(
         name="phoenix", argv=[str(venv() / "bin" / "python"), str(SERVE)], cwd=data,
         env={"PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(infra.phoenix_port),
              "PHOENIX_GRPC_PORT": str(infra.phoenix_grpc_port), "PHOENIX_WORKING_DIR": str(data),
-             "PHOENIX_TELEMETRY_ENABLED": "false"},
+             "PHOENIX_TELEMETRY_ENABLED": "false",
+             # storage: capped by age (Phoenix has no size cap), in whole days, at least one
+             "PHOENIX_DEFAULT_RETENTION_POLICY_DAYS": str(max(1, round(retention_s / 86400)))},
         healthy=lambda: http_ok(f"{ui(infra)}/healthz"), start_timeout_s=90)
 
 

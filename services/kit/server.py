@@ -221,6 +221,6 @@ def serve(setup: Setup) -> None:
     """The main of every service: config from the environment, telemetry, then run."""
     config = Config.from_env()
     logs.setup(config.name, config.log_level)
-    telemetry.setup_tracing(config.service, config.name)
+    telemetry.setup_tracing(config.service, config.name, config.trace_sampling)
     telemetry.serve_metrics(config.metrics_port, config.host)   # beside the gRPC port
     asyncio.run(run(setup, config))

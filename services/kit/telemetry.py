@@ -8,6 +8,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 REQUESTS = prometheus_client.Counter(
     "aimesh_grpc_server_started_total", "RPCs started, by method.", ["service", "method"])
@@ -32,11 +33,13 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
         prometheus_client.start_http_server(port, addr=host)
 
 
-def setup_tracing(service: str, instance: str) -> None:
+def setup_tracing(service: str, instance: str, sampling: float = 1.0) -> None:
     """Spans always exist (trace ids in logs); they are exported only when
-    OTEL_EXPORTER_OTLP_ENDPOINT names a collector."""
+    OTEL_EXPORTER_OTLP_ENDPOINT names a collector. A call follows the sampling decision of the
+    trace it is part of (the gateway's); a trace this service starts is sampled at `sampling`."""
     provider = TracerProvider(resource=Resource.create(
-        {"service.name": service, "service.instance.id": instance}))
+        {"service.name": service, "service.instance.id": instance}),
+        sampler=ParentBased(TraceIdRatioBased(sampling)))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -1,0 +1,92 @@
+"""What tracing costs: Search through the gateway with 0%, 10% and 100% of requests traced, in
+one run on one mesh (`up --traces`: spans go to Phoenix). The edge decides which requests are
+traced and the services follow its decision, so the share is set live through Envoy's runtime
+key tracing.random_sampling; rows are interleaved in rounds, so drift on a shared machine falls on
+every row alike. Each row: p50/p99 at concurrency 1 and requests/s at concurrency 16. Also the
+trace backend's memory (RSS) and the mesh's start time with it.
+
+Prints figures and asserts none. Its own mesh with demo data in /tmp/aimesh-bench-traces-state on
+AIMESH_PORT_OFFSET=2000 (override with those two variables), bench/topology.yaml; wipes that state
+dir first, always brings the mesh down.
+
+  bin/aimesh bench tracing_cost
+"""
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import psutil
+from helpers import loadgen
+from helpers.common import machine
+
+from aimesh import demo
+from aimesh.harness import MeshUnderTest
+from aimesh.search.v1 import search_pb2, search_pb2_grpc
+from aimesh.supervisor import Supervisor
+
+STATE = "/tmp/aimesh-bench-traces-state"
+SHARES = (0, 10, 100)            # percent of requests traced
+ROUNDS = 4
+SEQUENTIAL, CONCURRENT, CONCURRENCY = 100, 300, 16
+QUERIES = ["Star Wars", "animated film for children", "film noir detective", "romantic comedy",
+           "horror movie with a killer", "war film about soldiers", "space adventure", "western"]
+
+
+def set_sampling(mesh: MeshUnderTest, percent: int) -> None:
+    url = f"http://127.0.0.1:{mesh.topo.gateway.admin_port}/runtime_modify?tracing.random_sampling={percent}"
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).read()
+
+
+def row(stub, metadata) -> tuple[np.ndarray, float]:
+    def start(i: int, done: loadgen.Done) -> None:
+        future = stub.Search.future(search_pb2.SearchRequest(query=QUERIES[i % len(QUERIES)], page_size=5),
+                                    metadata=metadata, timeout=30)
+        future.add_done_callback(lambda f: done(f.exception()))
+    sequential, _ = loadgen.run(SEQUENTIAL, 1, start)
+    _, throughput = loadgen.run(CONCURRENT, CONCURRENCY, start)
+    return sequential, throughput
+
+
+def main() -> None:
+    print(machine())
+    mesh = MeshUnderTest.for_bench(state=STATE)
+    shutil.rmtree(mesh.state, ignore_errors=True)
+    try:
+        took = mesh.run("up", "--traces")
+        phoenix = psutil.Process(Supervisor(mesh.state).pid("phoenix"))
+        print(f"mesh up with the trace backend in {took:.1f} s (the state dir was empty; demo data indexed)")
+        metadata = [("authorization", f"Bearer {demo.login(mesh.gateway, 'bob@demo.aimesh')}")]
+        latencies: dict[int, list[np.ndarray]] = {share: [] for share in SHARES}
+        rates: dict[int, list[float]] = {share: [] for share in SHARES}
+        with grpc.insecure_channel(mesh.gateway) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            set_sampling(mesh, 100)
+            row(stub, metadata)                 # warm-up
+            for _ in range(ROUNDS):
+                for share in SHARES:
+                    set_sampling(mesh, share)
+                    sequential, throughput = row(stub, metadata)
+                    latencies[share].append(sequential)
+                    rates[share].append(throughput)
+        print(f"\nSearch through the gateway, {ROUNDS} rounds interleaved: concurrency 1 ({SEQUENTIAL * ROUNDS} "
+              f"calls a row), concurrency {CONCURRENCY} ({CONCURRENT * ROUNDS} calls a row)")
+        base = None
+        for share in SHARES:
+            taken = np.concatenate(latencies[share]) * 1000
+            p50, p99, rate = np.percentile(taken, 50), np.percentile(taken, 99), float(np.median(rates[share]))
+            base = base or (p50, rate)
+            print(f"  traced {share:>3}%: p50 {p50:6.2f} ms ({p50 / base[0]:.3f}x), p99 {p99:6.2f} ms, "
+                  f"{rate:6.1f} requests/s ({rate / base[1]:.3f}x of untraced)")
+        time.sleep(6)     # the services' span batches go out every 5 s
+        rss = phoenix.memory_info().rss + sum(c.memory_info().rss for c in phoenix.children(recursive=True))
+        print(f"\ntrace backend (Phoenix) RSS after the run: {rss / 2**20:.0f} MiB")
+    finally:
+        mesh.down_and_report()
+
+
+if __name__ == "__main__":
+    main()
