@@ -5,8 +5,10 @@ service's own port as the gateway, Postgres, NATS)."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -151,3 +153,47 @@ class MeshUnderTest:
     async def events(self, name: str) -> Events:
         """A NATS connection as the operator."""
         return await infra.events(self.topo, self.state_dir, name)
+
+
+class RecommendTraffic:
+    """Recommend calls through the gateway from a few threads while something changes (a fresh
+    exclude list each, so no cached answer hides the model): how many the model answered, how
+    many fell back, and every error by status. A context manager: the threads run inside it."""
+
+    def __init__(self, mesh: MeshUnderTest, token: str, threads: int = 3, pace_s: float = 0.05):
+        import collections
+        self.mesh, self.token, self.pace_s = mesh, token, pace_s
+        self.stop = threading.Event()
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.threads = [threading.Thread(target=self._call) for _ in range(threads)]
+
+    def _call(self) -> None:
+        from aimesh.common.v1 import common_pb2
+        from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+        with self.mesh.channel() as channel:
+            stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+            while not self.stop.wait(self.pace_s):
+                request = recommend_pb2.RecommendRequest(limit=3, exclude_item_ids=[random.randint(10**6, 10**9)])
+                try:
+                    reply = stub.Recommend(request, metadata=(("authorization", f"Bearer {self.token}"),),
+                                           timeout=10)
+                    self.outcomes["model" if reply.source == common_pb2.SOURCE_MODEL else "fallback"] += 1
+                except grpc.RpcError as failed:
+                    self.outcomes[failed.code().name] += 1
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {k: n for k, n in self.outcomes.items() if k not in ("model", "fallback")}
+
+    def snapshot(self):
+        return self.outcomes.copy()
+
+    def __enter__(self) -> RecommendTraffic:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join()

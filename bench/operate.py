@@ -20,19 +20,14 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import collections
-import random
 import shutil
 import threading
 import time
 
-import grpc
 from helpers.common import machine
 
 from aimesh import canary, demo, live
-from aimesh.common.v1 import common_pb2
-from aimesh.harness import MeshUnderTest
-from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+from aimesh.harness import MeshUnderTest, RecommendTraffic
 from services.kit.retention import seconds
 
 STATE = "/tmp/aimesh-bench-operate-state"
@@ -41,38 +36,9 @@ THREADS = 4
 PACE_S = 0.02
 
 
-class Traffic:
-    """Recommend from THREADS threads; outcomes counted by kind, with a timestamp per failure."""
-
-    def __init__(self, mesh: MeshUnderTest):
-        self.token = demo.login(mesh.gateway, USER)
-        self.mesh, self.stop = mesh, threading.Event()
-        self.outcomes: collections.Counter[str] = collections.Counter()
-        self.threads = [threading.Thread(target=self._call) for _ in range(THREADS)]
-
-    def _call(self) -> None:
-        with self.mesh.channel() as channel:
-            stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-            while not self.stop.wait(PACE_S):
-                request = recommend_pb2.RecommendRequest(limit=5, exclude_item_ids=[random.randint(10**6, 10**9)])
-                try:
-                    reply = stub.Recommend(request, metadata=[("authorization", f"Bearer {self.token}")], timeout=10)
-                    self.outcomes["model" if reply.source == common_pb2.SOURCE_MODEL else "fallback"] += 1
-                except grpc.RpcError as failed:
-                    self.outcomes[failed.code().name] += 1
-
-    def snapshot(self) -> collections.Counter[str]:
-        return collections.Counter(self.outcomes)
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
+def traffic(mesh: MeshUnderTest) -> RecommendTraffic:
+    """Recommend from THREADS threads as USER, every call reaching the model."""
+    return RecommendTraffic(mesh, demo.login(mesh.gateway, USER), threads=THREADS, pace_s=PACE_S)
 
 
 def v2_calls(mesh: MeshUnderTest) -> float:
@@ -82,7 +48,7 @@ def v2_calls(mesh: MeshUnderTest) -> float:
 
 def rollback(mesh: MeshUnderTest, interval: str) -> None:
     interval_s = seconds(interval)
-    with Traffic(mesh) as traffic:
+    with traffic(mesh) as calls:
         rollout = threading.Thread(target=mesh.cli, args=("canary", "recommend", "--to", "v2", "--steps",
                                                           "10,25,50,100", "--interval", interval,
                                                           "--min-calls", "50"),
@@ -101,7 +67,7 @@ def rollback(mesh: MeshUnderTest, interval: str) -> None:
             if (now := v2_calls(mesh)) != seen:
                 last_change, seen = time.time(), now
             time.sleep(0.1)
-        outcomes = traffic.snapshot()
+        outcomes = calls.snapshot()
     decision = canary.last_run(mesh.state, "recommend")[-1]
     decided_at = calendar.timegm(time.strptime(decision["time"], "%Y-%m-%dT%H:%M:%SZ"))
     print(f"\ncanary rollback (interval {interval_s:g} s; v2 fails 50% of its calls once at 25%):")
@@ -116,14 +82,14 @@ def rollback(mesh: MeshUnderTest, interval: str) -> None:
 
 def hot_swap(mesh: MeshUnderTest) -> None:
     print("\nmodel hot-swap under load (4 threads, every call reaching the model):")
-    with Traffic(mesh) as traffic:
+    with traffic(mesh) as calls:
         time.sleep(3)
         for old, new in (("1", "3"), ("3", "1")):
-            before = traffic.snapshot()
+            before = calls.snapshot()
             started = time.perf_counter()
             mesh.run("models", "swap", "recommender", "--from", old, "--to", new)
             took = time.perf_counter() - started
-            during = traffic.snapshot() - before
+            during = calls.snapshot() - before
             failed = sum(n for k, n in during.items() if k not in ("model", "fallback"))
             print(f"  {old} -> {new}: {took:4.1f} s; {sum(during.values())} calls during it: "
                   f"{failed} failed, {during['fallback']} fell back, {during['model']} from the model")

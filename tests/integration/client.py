@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import random
 import threading
 import time
 import uuid
@@ -171,3 +172,18 @@ class Purchases:
     def __exit__(self, *_) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def recommender_breakers_closed(mesh, token: str) -> None:
+    """Wait until each recommend version answers from the model again: a breaker a test opened
+    (by a Triton fault) has had its probe succeed, so no later test meets it open or half-open."""
+    from aimesh.common.v1 import common_pb2
+    from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
+    with mesh.channel() as channel:
+        stub = recommend_pb2_grpc.RecommendServiceStub(channel)
+        for version in ("v1", "v2"):
+            def from_the_model(version=version) -> bool:
+                request = recommend_pb2.RecommendRequest(limit=3, exclude_item_ids=[random.randint(10**6, 10**9)])
+                reply = stub.Recommend(request, metadata=bearer(token) + [("x-model-version", version)], timeout=10)
+                return reply.source == common_pb2.SOURCE_MODEL
+            wait_for(from_the_model, timeout_s=30, interval_s=0.5, what=f"recommend {version}'s breaker to close")

@@ -14,7 +14,7 @@ import pytest
 
 from aimesh.common.v1 import common_pb2
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
-from tests.integration.client import bearer, wait_for
+from tests.integration.client import bearer, recommender_breakers_closed, wait_for
 
 
 def loopback(address: str) -> bool:
@@ -51,10 +51,13 @@ def test_recorded_route_rates_come_from_the_services(mesh, bob):
 
 
 @pytest.fixture
-def triton_fault(mesh):
+def triton_fault(mesh, bob):
+    """A Triton fault for the test; afterwards every version's breaker is closed again (its
+    probe succeeded), so no later test meets a breaker this one opened."""
     assert mesh.cli("fault", "triton", "--model", "recommender", "--abort", "UNAVAILABLE").returncode == 0
     yield
     assert mesh.cli("fault", "clear").returncode == 0
+    recommender_breakers_closed(mesh, bob)
 
 
 def test_an_alert_fires_when_a_breaker_opens_under_an_injected_fault(mesh, bob, triton_fault):

@@ -3,13 +3,11 @@ gateway's routes, an automated canary that promotes a healthy version and rolls 
 back, and what `status` shows. Every test leaves no fault and the topology's weights behind."""
 from __future__ import annotations
 
-import collections
 import json
 import random
 import re
 import subprocess
 import sys
-import threading
 import urllib.request
 import uuid
 
@@ -19,9 +17,10 @@ import pytest
 from aimesh import canary, hotswap, overrides
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.common.v1 import common_pb2
+from aimesh.harness import RecommendTraffic
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
-from tests.integration.client import bearer, token, wait_for
+from tests.integration.client import bearer, recommender_breakers_closed, token, wait_for
 
 CANARY_ARGS = ("--to", "v2", "--steps", "50,100", "--interval", "3s", "--min-calls", "15")
 
@@ -55,9 +54,8 @@ def test_a_triton_abort_makes_recommend_fall_back_and_clearing_it_brings_the_mod
     status = cli("status")
     assert "fault   triton: abort UNAVAILABLE on 100% of calls (listener mesh, model recommender)" in status.stdout
     assert cli("fault", "clear").returncode == 0
-    # The breaker opened on the failures; its probe after the reset time finds the model again.
-    wait_for(lambda: recommend(mesh, bob).source == common_pb2.SOURCE_MODEL, timeout_s=30,
-             what="Recommend to answer from the model again")
+    # A breaker that opened on the failures lets a probe through after its reset time: the model again.
+    recommender_breakers_closed(mesh, bob)
 
 
 def test_a_delay_past_the_route_timeout_gives_the_timeout(mesh, cli, bob):
@@ -89,43 +87,6 @@ def test_a_fault_the_topology_cannot_have_is_one_line_and_exit_2(cli):
     assert refused.stderr.strip() == "aimesh: recommend has no version 'v9' (its versions: v1, v2)"
 
 
-class Traffic:
-    """Recommend calls from a few threads while something changes (a fresh exclude list each, so
-    no cached answer hides the model): how many the model answered, how many fell back, and
-    every error by status."""
-
-    def __init__(self, mesh, who: str, threads: int = 3, pace_s: float = 0.05):
-        self.mesh, self.who, self.pace_s, self.stop = mesh, who, pace_s, threading.Event()
-        self.outcomes: collections.Counter[str] = collections.Counter()
-        self.threads = [threading.Thread(target=self._call) for _ in range(threads)]
-
-    def _call(self) -> None:
-        with self.mesh.channel() as channel:
-            stub = recommend_pb2_grpc.RecommendServiceStub(channel)
-            while not self.stop.wait(self.pace_s):
-                request = recommend_pb2.RecommendRequest(
-                    limit=3, exclude_item_ids=[random.randint(100_000, 10**9)])
-                try:
-                    reply = stub.Recommend(request, metadata=bearer(self.who), timeout=10)
-                    self.outcomes["model" if reply.source == common_pb2.SOURCE_MODEL else "fallback"] += 1
-                except grpc.RpcError as failed:
-                    self.outcomes[failed.code().name] += 1
-
-    @property
-    def errors(self) -> dict[str, int]:
-        return {k: n for k, n in self.outcomes.items() if k not in ("model", "fallback")}
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join()
-
-
 def fresh_pro(mesh) -> str:
     """A new pro user: a rate-limit bucket of its own (and no history: answers are fallbacks)."""
     return token(mesh, sub=str(uuid.uuid4()), tier="pro")
@@ -136,7 +97,7 @@ def decisions(mesh) -> list[dict]:
 
 
 def test_a_healthy_canary_is_promoted_to_100_percent(mesh, cli):
-    with Traffic(mesh, fresh_pro(mesh)) as traffic:
+    with RecommendTraffic(mesh, fresh_pro(mesh)) as traffic:
         rollout = cli("canary", "recommend", *CANARY_ARGS)
     assert rollout.returncode == 0, rollout.stdout + rollout.stderr
     assert [(d["decision"], d["step"]) for d in decisions(mesh)] == [
@@ -148,7 +109,7 @@ def test_a_healthy_canary_is_promoted_to_100_percent(mesh, cli):
 
 def test_a_failing_canary_is_rolled_back_to_0_percent_with_the_reason_logged(mesh, cli):
     assert cli("fault", "recommend", "--version", "v2", "--abort", "UNAVAILABLE", "--percent", "50").returncode == 0
-    with Traffic(mesh, fresh_pro(mesh)):
+    with RecommendTraffic(mesh, fresh_pro(mesh)):
         rollout = cli("canary", "recommend", *CANARY_ARGS)
     assert rollout.returncode == 1
     start, rollback = decisions(mesh)
@@ -159,7 +120,7 @@ def test_a_failing_canary_is_rolled_back_to_0_percent_with_the_reason_logged(mes
     status = cli("canary", "status", "recommend")
     assert "recommend v2 at 50%: rollback - bad share" in status.stdout
     # No call reaches v2 any more: a hundred calls all answered by v1.
-    with Traffic(mesh, fresh_pro(mesh)) as traffic:
+    with RecommendTraffic(mesh, fresh_pro(mesh)) as traffic:
         wait_for(lambda: sum(traffic.outcomes.values()) >= 100, timeout_s=60, what="100 calls")
     assert traffic.errors == {}
     assert json.loads(canary.log_path(mesh.state, "recommend").read_text().splitlines()[-1])["decision"] == "rollback"
@@ -187,7 +148,7 @@ def served(mesh, cli):
 
 
 def test_a_hot_swap_under_load_loses_no_call_and_no_answer_falls_back(mesh, cli, bob, served):
-    with Traffic(mesh, bob, threads=4, pace_s=0.1) as traffic:
+    with RecommendTraffic(mesh, bob, threads=4, pace_s=0.1) as traffic:
         wait_for(lambda: traffic.outcomes["model"] >= 20, timeout_s=30, what="the model answering")
         swapped = cli("models", "swap", "recommender", "--from", "1", "--to", "3")
         assert swapped.returncode == 0, swapped.stdout + swapped.stderr
