@@ -60,6 +60,9 @@ def render(topo: Topology, *, access_log_path: str | None = None,
         # Routes read from files (see write) need the node named.
         "node": {"id": "aimesh", "cluster": "aimesh"},
         "admin": {"address": socket_address(topo.gateway.admin_port, addressing.listen)},
+        # Runtime values set through the admin port (runtime_modify), e.g. tracing.random_sampling
+        # to change the share of traced requests live.
+        "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
         "static_resources": {
             "listeners": [
                 build_listener("edge", topo.gateway.edge_port, web_routes(web_dir),
