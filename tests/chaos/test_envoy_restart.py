@@ -1,7 +1,9 @@
-"""Run last: Envoy, the one front door, restarts while clients call it. An idempotent call made
-with wait-for-ready and a deadline (gRPC holds it until the gateway listens again) never fails;
-a call without it fails only UNAVAILABLE, only while the gateway is away; and the gateway
+"""Run last: Envoy, the one front door, restarts while clients call it. A patient client of an
+idempotent call — wait-for-ready (gRPC holds a call until the gateway listens again) and gRPC's
+own retry policy on UNAVAILABLE (a call in flight when the gateway went away) — never fails; a
+call without either fails only UNAVAILABLE, only while the gateway is away; and the gateway
 answers again within a bound."""
+import json
 import threading
 import time
 
@@ -11,6 +13,10 @@ from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from tests.integration.client import bearer, wait_for
 
 RECOVERY_BOUND_S = 30
+PATIENT = json.dumps({"methodConfig": [{
+    "name": [{"service": "aimesh.user.v1.UserService", "method": "GetProfile"}], "waitForReady": True,
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"]}}]})
 
 
 def test_clients_recover_when_the_gateway_restarts(mesh, alice):
@@ -18,7 +24,8 @@ def test_clients_recover_when_the_gateway_restarts(mesh, alice):
     stop = threading.Event()
 
     def call(patient: bool) -> None:
-        with mesh.channel() as channel:
+        options = [("grpc.service_config", PATIENT)] if patient else [("grpc.enable_retries", 0)]
+        with grpc.insecure_channel(mesh.gateway, options=options) as channel:
             stub = user_pb2_grpc.UserServiceStub(channel)
             while not stop.is_set():
                 try:
