@@ -5,20 +5,16 @@ version by them, `aimesh top` shows them."""
 from __future__ import annotations
 
 import math
-import urllib.request
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from services.ops import overview
 from services.ops.overview import Targets
 
 from .topology import Service, Topology
 
-TIMEOUT_S = 2
 # Statuses that say the server failed, not the caller: a bad argument, a missing token or a
 # spent rate limit is the client's, and never held against a version.
-SERVER_FAULTS = {"2": "UNKNOWN", "4": "DEADLINE_EXCEEDED", "12": "UNIMPLEMENTED", "13": "INTERNAL",
-                 "14": "UNAVAILABLE", "15": "DATA_LOSS"}
+SERVER_FAULTS = overview.SERVER_FAULTS
 NOT_THE_VERSIONS_FAULT = {"cold_start"}    # a fallback cause any version would share
 
 
@@ -34,32 +30,9 @@ def targets(topo: Topology, host=lambda component: "127.0.0.1") -> Targets:
         slos={route: (slo.availability, slo.p99_s) for route, slo in topo.slos.items()})
 
 
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-        return response.read().decode()
-
-
 def envoy_stats(topo: Topology, prefix: str = "") -> dict[str, float]:
-    """Envoy's counters and gauges (name -> value), those starting with `prefix` if given."""
-    text = _get(f"http://127.0.0.1:{topo.gateway.admin_port}/stats"
-                + (f"?filter=^{prefix.replace('.', '[.]')}" if prefix else ""))
-    stats = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(": ")
-        try:
-            stats[name] = float(value)
-        except ValueError:    # a histogram's summary line
-            continue
-    return stats
-
-
-def metrics(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """A Prometheus endpoint on loopback: sample name -> [(labels, value)]."""
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(_get(f"http://127.0.0.1:{port}/metrics")):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
+    """Envoy's counters and gauges on this machine (name -> value), those starting with `prefix`."""
+    return overview.envoy_stats(f"http://127.0.0.1:{topo.gateway.admin_port}", prefix)
 
 
 @dataclass(frozen=True)
@@ -112,14 +85,15 @@ def _gateway_counts(stats: dict[str, float], cluster: str, service: Service) -> 
 
 def _instance_counts(port: int, service: Service) -> tuple[int, tuple[tuple[float, float], ...]]:
     try:
-        samples = metrics(port)
+        samples = overview.metrics(f"http://127.0.0.1:{port}/metrics")
     except OSError:       # the instance is down: the gateway counts its calls' failures
         return 0, ()
-    fallbacks = sum(int(v) for labels, v in samples.get("aimesh_fallbacks_total", ())
-                    if labels["cause"] not in NOT_THE_VERSIONS_FAULT)
+    fallbacks = sum(int(v) for name, labels, v in samples
+                    if name == "aimesh_fallbacks_total" and labels["cause"] not in NOT_THE_VERSIONS_FAULT)
     buckets: dict[float, float] = {}
-    for labels, value in samples.get("aimesh_grpc_server_handling_seconds_bucket", ()):
-        if any(labels["method"].startswith(f"/{g}/") for g in service.grpc_services):
+    for name, labels, value in samples:
+        if name == "aimesh_grpc_server_handling_seconds_bucket" and any(
+                labels["method"].startswith(f"/{g}/") for g in service.grpc_services):
             le = float(labels["le"])
             buckets[le] = buckets.get(le, 0) + value
     return fallbacks, tuple(sorted(buckets.items()))
@@ -144,4 +118,4 @@ def version_counts(topo: Topology, service_name: str) -> dict[str, Counts]:
     return counts
 
 
-__all__ = ["Counts", "envoy_stats", "metrics", "targets", "version_counts"]
+__all__ = ["Counts", "envoy_stats", "targets", "version_counts"]

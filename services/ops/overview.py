@@ -94,6 +94,24 @@ def _samples(text: str) -> list[tuple[str, dict[str, str], float]]:
             for s in family.samples]
 
 
+def metrics(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """A Prometheus endpoint's samples: (name, labels, value); counters carry their _total."""
+    return _samples(_get(url))
+
+
+def envoy_stats(admin: str, prefix: str = "") -> dict[str, float]:
+    """Envoy's counters and gauges (name -> value), those starting with `prefix` if given."""
+    text = _get(f"{admin}/stats" + (f"?filter=^{prefix.replace('.', '[.]')}" if prefix else ""))
+    stats = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        try:
+            stats[name] = float(value)
+        except ValueError:    # a histogram's summary line
+            continue
+    return stats
+
+
 @dataclass
 class Reading:
     at: float
@@ -124,20 +142,17 @@ class Watch:
     def _reading(self, unreachable: list[str]) -> Reading:
         envoy: dict[str, float] = {}
         try:
-            for line in _get(f"{self.targets.envoy_admin}/stats?filter=^cluster[.]").splitlines():
-                name, _, value = line.partition(": ")
-                if value.isdigit():
-                    envoy[name] = float(value)
+            envoy = envoy_stats(self.targets.envoy_admin, "cluster.")
         except OSError:
             unreachable.append("gateway admin")
         instances = {}
         for name, url in self.targets.instances.items():
             try:
-                instances[name] = _samples(_get(url))
+                instances[name] = metrics(url)
             except OSError:
                 unreachable.append(name)
         try:
-            triton = _samples(_get(f"{self.targets.triton_metrics}/metrics"))
+            triton = metrics(f"{self.targets.triton_metrics}/metrics")
         except OSError:
             triton = []
             unreachable.append("triton")
