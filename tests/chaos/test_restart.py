@@ -16,7 +16,7 @@ def test_state_survives_down_and_up(mesh, users):
         inbox = notify_pb2_grpc.NotificationServiceStub(channel)
         wait_for(lambda: inbox.ListNotifications(notify_pb2.ListNotificationsRequest(),
                                                  metadata=bearer(token), timeout=5).notifications,
-                 what="the welcome notification")
+                 timeout_s=30, what="the welcome notification")   # right after the Postgres crash test
 
     assert mesh.cli("down").returncode == 0
     up = mesh.cli("up")
