@@ -1,6 +1,7 @@
 """The Python services as processes: one per instance in the topology."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,7 +37,15 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         retention=topo.retention.to_json(),
         ops_targets=live.targets(topo).to_json() if service.name == OPS else "",
         trace_sampling=topo.observability.trace_sampling,
+        agents=json.dumps(topo.identity.agents(service.name)), saga=json.dumps(service.saga),
+        crash_points=str(crash_points(state_dir)),
     )
+
+
+def crash_points(state_dir: Path) -> Path:
+    """Where the chaos tests name the points at which a service dies (kit.crash_point)."""
+    return state_dir / "crash-points"
+
 
 
 def component(topo: Topology, service: Service, instance: Instance, state_dir: Path, *,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +57,7 @@ class Service:
     temperature: float = 0.7              # chat: sampling temperature of answers
     publishes: tuple[str, ...] = ()       # NATS subjects only this service publishes
     consumes: tuple[str, ...] = ()        # JetStream streams it reads with durable consumers
+    saga: dict[str, str] = field(default_factory=dict)   # content: step_timeout, retries, deadline, lease
 
     @property
     def module(self) -> str:
@@ -99,6 +100,16 @@ class Identity:
     mtls: bool
     certificate_lifetime_s: float
     calls: dict[str, tuple[str, ...]]     # caller workload -> "svc", "svc.Method" or "triton"
+    on_behalf: dict[str, tuple[str, ...]] = field(default_factory=dict)   # workload -> "svc.Method" it calls as itself
+
+    def agents(self, service: str) -> dict[str, list[str]]:
+        """method of `service` -> the workloads that may call it on a user's behalf, tokenless."""
+        named: dict[str, list[str]] = {}
+        for workload, methods in self.on_behalf.items():
+            for entry in methods:
+                if entry.startswith(f"{service}."):
+                    named.setdefault(entry.split(".", 1)[1], []).append(workload)
+        return named
 
     def callers_of(self, service: str, method: str | None = None) -> list[str]:
         """The workloads allowed to call `service` (any method when `method` is None: those
@@ -312,6 +323,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             temperature=float(s.get("temperature", 0.7)),
             publishes=tuple(s.get("events", {}).get("publishes", ())),
             consumes=tuple(s.get("events", {}).get("consumes", ())),
+            saga={k: str(v) for k, v in (s.get("saga") or {}).items()},
         )
     from services.kit.retention import Retention, seconds, size
     seen = raw.get("observability") or {}
@@ -373,6 +385,12 @@ def _identity(raw: dict, services: dict[str, Service], seconds) -> Identity:
             service, _, method = entry.partition(".")
             if service not in known:
                 raise ValueError(f"identity.calls.{caller}: no service {service!r}")
+    on_behalf = {workload: tuple(methods) for workload, methods in (raw.get("on_behalf") or {}).items()}
+    for workload, methods in on_behalf.items():
+        for entry in methods:
+            service = entry.partition(".")[0]
+            if entry not in calls.get(workload, ()) and service not in calls.get(workload, ()):
+                raise ValueError(f"identity.on_behalf.{workload}: {entry} is not in its identity.calls")
     return Identity(mtls=bool(raw.get("mtls", True)),
                     certificate_lifetime_s=seconds(raw.get("certificate_lifetime", "12h")),
-                    calls=calls)
+                    calls=calls, on_behalf=on_behalf)

@@ -74,12 +74,22 @@ def render(topo: Topology, *, access_log_path: str | None = None,
                 build_listener("mesh", topo.gateway.mesh_port, method_routes(TRITON, topo, edge=False),
                           edge_filters=[rbac_filter(topo)] if tls else [],
                           public_prefixes=(f"/{TRITON.grpc_services[0]}/",),
+                          token_optional=on_behalf_paths(topo) if tls else (),
                           trust_request_id=True, tls=tls, **listener),
             ],
             "clusters": all_clusters(topo, otlp_endpoint, tls, addressing),
         },
     }
     return config
+
+
+def on_behalf_paths(topo: Topology) -> tuple[str, ...]:
+    """The methods workloads call as themselves (identity.on_behalf), as request paths. Only with
+    mTLS: the called service knows the workload by the certificate the gateway saw."""
+    return tuple(sorted({f"/{grpc_service}/{method}"
+                         for service in topo.services.values()
+                         for method in topo.identity.agents(service.name)
+                         for grpc_service in service.grpc_services}))
 
 
 def write(topo: Topology, state_dir: Path) -> Path:

@@ -102,12 +102,14 @@ def cors_policy(topo: Topology) -> dict:
 
 
 def http_filters(topo: Topology, public_prefixes: tuple[str, ...],
-                 public_paths: tuple[str, ...], addressing: Addressing) -> list[dict]:
+                 public_paths: tuple[str, ...], addressing: Addressing,
+                 token_optional: tuple[str, ...] = ()) -> list[dict]:
     # Order matters: strip forged identity, then verify the token and write the real identity,
     # then count the call against the user's limit (it reads that identity), then count its gRPC
     # status per cluster (injected faults included, so a faulty canary shows in its version's
     # stats), then inject faults, then route.
-    return [_strip_identity_filter(), _jwt_filter(topo, public_prefixes, public_paths, addressing),
+    return [_strip_identity_filter(),
+            _jwt_filter(topo, public_prefixes, public_paths, addressing, token_optional),
             _rate_limit_filter(), _grpc_stats_filter(), _fault_filter(),
             _router_filter()]
 
@@ -129,7 +131,8 @@ JWT_CACHE_SIZE = 10_000   # tokens per worker thread
 
 
 def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
-                public_paths: tuple[str, ...], addressing: Addressing) -> dict:
+                public_paths: tuple[str, ...], addressing: Addressing,
+                token_optional: tuple[str, ...]) -> dict:
     issuer = issuer_service(topo)
     host, port = addressing.upstream(issuer.jwks_port)
     provider = {
@@ -157,6 +160,10 @@ def _jwt_filter(topo: Topology, public_prefixes: tuple[str, ...],
     rules = [{"match": match} for match in _public_matches(topo)]
     rules += [{"match": {"prefix": p}} for p in public_prefixes]
     rules += [{"match": {"path": p}} for p in public_paths]
+    # A workload's call on a user's behalf (identity.on_behalf) carries no token; one that does
+    # is still verified, so an operator's admin token keeps its meaning there.
+    rules += [{"match": {"path": p}, "requires": {"requires_any": {"requirements": [
+        {"provider_name": JWT_PROVIDER}, {"allow_missing": {}}]}}} for p in token_optional]
     rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": JWT_PROVIDER}})
     return {
         "name": "envoy.filters.http.jwt_authn",

@@ -14,7 +14,8 @@ from .tls import Tls
 def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topology,
               access_log_path: str, tracing: bool, edge_filters: list[dict],
               public_prefixes: tuple[str, ...], trust_request_id: bool,
-              public_paths: tuple[str, ...] = (), tls: Tls | None = None,
+              public_paths: tuple[str, ...] = (), token_optional: tuple[str, ...] = (),
+              tls: Tls | None = None,
               addressing: Addressing) -> dict:
     """A listener with every service's routes (built afresh, so the YAML has no aliases) after
     its own extra routes, and the one filter chain."""
@@ -39,7 +40,8 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
         "stream_idle_timeout": seconds(topo.gateway.stream_idle_timeout_s),
         "access_log": [access_log(name, access_log_path)],
         "route_config": route_config,
-        "http_filters": [*edge_filters, *http_filters(topo, public_prefixes, public_paths, addressing)],
+        "http_filters": [*edge_filters, *http_filters(topo, public_prefixes, public_paths, addressing,
+                                                           token_optional)],
     }
     if edge:
         hcm["local_reply_config"] = grpc_web_local_replies()

@@ -22,13 +22,13 @@ from .errors import (
                      field_violations,
 )
 from .events import Events, unpack
-from .identity import Caller, admin, caller
+from .identity import Agent, Caller, admin, caller, caller_or_agent
 from .server import App, Binding, Server, serve
 from .timestamps import timestamp
 
 __all__ = [
-    "DATABASE_UNREACHABLE", "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
+    "DATABASE_UNREACHABLE", "Agent", "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
     "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Server",
-    "Unauthenticated", "Unavailable", "admin", "caller", "field_violations", "serve", "timestamp",
+    "Unauthenticated", "Unavailable", "admin", "caller", "caller_or_agent", "field_violations", "serve", "timestamp",
     "unpack", "validate",
 ]

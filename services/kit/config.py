@@ -39,6 +39,9 @@ class Config:
     retention: str = ""               # the topology's retention block, as JSON (kit.retention)
     trace_sampling: float = 1.0       # share of the traces this process starts that are sampled
     ops_targets: str = ""             # ops: where the overview reads (services/ops/overview.Targets, JSON)
+    agents: str = ""                  # method -> workloads calling it on a user's behalf (JSON; identity.on_behalf)
+    saga: str = ""                    # content: the saga's timing (the topology's `saga`, JSON)
+    crash_points: str = ""            # a file naming points where the process dies on purpose (chaos tests)
     log_level: str = "INFO"
     demo: bool = False                # seed demo data on start (the local runner sets it)
 

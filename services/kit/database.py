@@ -53,3 +53,10 @@ async def connect(dsn: str, schema: str, migrations: list[str], *, min_size: int
         dsn, min_size=min_size, max_size=max_size, command_timeout=10, connection_class=_Connection,
         init=init,
         server_settings={"search_path": f'"{schema}", public'})
+
+
+async def listener(dsn: str, channel: str, callback) -> asyncpg.Connection:
+    """A connection of its own that LISTENs on `channel` (a pooled one would be reused)."""
+    connection = await asyncpg.connect(dsn)
+    await connection.add_listener(channel, callback)
+    return connection

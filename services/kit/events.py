@@ -36,6 +36,7 @@ STREAMS = {
     "USERS": (["user.registered", "user.purchased"], RetentionPolicy.LIMITS),
     "JOBS": (["jobs.index"], RetentionPolicy.WORK_QUEUE),
     "JOB_EVENTS": (["job.completed"], RetentionPolicy.LIMITS),
+    "CONTENT_EVENTS": (["content.published", "content.rejected", "content.failed"], RetentionPolicy.LIMITS),
     "AI_DECISIONS": (["ai.decisions.recommend", "ai.decisions.chat"], RetentionPolicy.LIMITS),
     # Events a consumer gave up on, kept for a person to look at (and replay).
     "DEAD_LETTERS": (["deadletter.>"], RetentionPolicy.LIMITS),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import grpc
 
 from .errors import PermissionDenied, Unauthenticated
+from .tls import spiffe_id
 
 # The headers the gateway writes from a verified token (and strips from clients), by claim; the
 # Envoy renderer and the kit both read them from here.
@@ -47,3 +48,38 @@ def admin(context: grpc.aio.ServicerContext) -> Caller:
     if not who.is_admin:
         raise PermissionDenied("this call is for admins")
     return who
+
+
+# The east-west listener writes the calling workload's certificate URI here (and the edge drops a
+# client's copy), so behind the gateway it names the workload the gateway verified.
+CLIENT_CERT_HEADER = "x-forwarded-client-cert"
+SPIFFE_PREFIX = spiffe_id("")
+
+
+def workload(context: grpc.aio.ServicerContext) -> str | None:
+    """The workload (e.g. "content") whose certificate made this east-west call, or None."""
+    details = _metadata(context).get(CLIENT_CERT_HEADER, "")
+    # Hash=...;URI=spiffe://aimesh.local/content (one element: the gateway sets it afresh)
+    for part in details.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "uri" and value.strip('"').startswith(SPIFFE_PREFIX):
+            return value.strip('"')[len(SPIFFE_PREFIX):]
+    return None
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A workload calling on a user's behalf with no user token (identity.on_behalf)."""
+    workload: str
+
+
+def caller_or_agent(context: grpc.aio.ServicerContext, method: str,
+                    agents: dict[str, list[str]]) -> Caller | Agent:
+    """The verified user; else the calling workload, when `agents` (method -> workloads) lets it
+    call `method` on a user's behalf; else UNAUTHENTICATED as for any call without a token."""
+    if _metadata(context).get(USER_ID_HEADER):
+        return caller(context)
+    who = workload(context)
+    if who is not None and who in agents.get(method, ()):
+        return Agent(who)
+    return caller(context)

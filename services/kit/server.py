@@ -81,6 +81,13 @@ class App:
         self._resources.push_async_callback(pool.close)
         return pool
 
+    async def listen(self, channel: str, callback) -> None:
+        """Postgres notifications on `channel` (NOTIFY) to `callback(connection, pid, channel,
+        payload)`, on a connection of their own. It is not reopened after Postgres restarts: use
+        it to hear of changes sooner, never as the only way to see them."""
+        connection = await database.listener(self.config.postgres_dsn, channel, callback)
+        self._resources.push_async_callback(connection.close)
+
     @property
     def retention(self) -> retention.Retention:
         return retention.Retention.from_json(self.config.retention)

@@ -1,6 +1,7 @@
 """Request checks that raise InvalidArgument naming the field."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 from .errors import InvalidArgument
@@ -86,3 +87,22 @@ def page_offset(request, field: str = "page_token") -> int:
     if not token.isdigit() or not token.isascii() or int(token) > MAX_PAGE_OFFSET:
         raise InvalidArgument(field, "is not a token from a previous response")
     return int(token)
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def identifier(request, field: str) -> uuid.UUID:
+    """A required id field (a UUID), e.g. a content_id."""
+    value = getattr(request, field).strip()
+    if not value:
+        raise InvalidArgument(field, "is required")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(field, "is not a valid id") from None

@@ -17,6 +17,13 @@ from .store import COUNT, MIGRATIONS, PRUNE, Inbox, Notification
 SUBSCRIBER_QUEUE = 100   # a subscriber this far behind is dropped rather than buffered forever
 
 
+CONTENT_ENDINGS = {   # subject -> (title, what happened)
+    "content.published": ("Your content is published", "is published; you find it in Search"),
+    "content.rejected": ("Your content was rejected", "was not published"),
+    "content.failed": ("Your content could not be written", "was not published"),
+}
+
+
 def describe(event: events_pb2.Envelope) -> tuple[str, str, str] | None:
     """(user id, title, body) for the events that notify someone."""
     if event.type == "user.registered":
@@ -32,6 +39,11 @@ def describe(event: events_pb2.Envelope) -> tuple[str, str, str] | None:
         job = kit.unpack(event, events_pb2.JobCompleted)
         outcome = f"indexed {job.indexed_count} documents" if job.succeeded else f"failed: {job.error}"
         return job.user_id, "Index job finished", f"Job {job.job_id} {outcome}."
+    if event.type in CONTENT_ENDINGS:
+        ended = kit.unpack(event, events_pb2.ContentEnded)
+        title, outcome = CONTENT_ENDINGS[event.type]
+        why = f": {ended.reason}" if ended.reason else ""
+        return ended.owner_id, title, f"“{ended.title}” {outcome}{why}."
     return None
 
 
@@ -116,7 +128,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
         if (stored := await inbox.add(event.event_id, user_id, event.type, title, body)):
             subscribers.deliver(stored)
 
-    for stream in ("USERS", "JOB_EVENTS"):
+    for stream in ("USERS", "JOB_EVENTS", "CONTENT_EVENTS"):
         durable = f"notify-{stream.lower()}"
         app.spawn(events.consume(stream, durable, on_event, stop=app.stopping,
                                  dedupe_window_s=app.retention.tables["notifications"]),

@@ -54,6 +54,9 @@ MIGRATIONS = [
     ) STORED;
     CREATE INDEX documents_words ON documents USING gin (words);
     """,
+    # Ownership: a user's own documents (content-svc indexes what it publishes for them); a
+    # catalog document has none and is found by everyone.
+    "ALTER TABLE documents ADD COLUMN owner uuid;",
 ]
 
 # Reciprocal rank fusion: a document's fused score is the sum of 1 / (RRF_K + rank) over the
@@ -69,6 +72,7 @@ class Document:
     title: str
     body: str
     metadata: dict[str, str]
+    owner: str = ""      # a user id: only they find it; "" for the catalog
 
 
 @dataclass(frozen=True)
@@ -85,22 +89,32 @@ class DocumentStore:
         """All or nothing: one transaction for the batch."""
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.executemany(
-                "INSERT INTO documents (id, title, body, metadata, embedding)"
-                " VALUES ($1, $2, $3, $4::jsonb, $5::vector)"
+                "INSERT INTO documents (id, title, body, metadata, embedding, owner)"
+                " VALUES ($1, $2, $3, $4::jsonb, $5::vector, $6)"
                 " ON CONFLICT (id) DO UPDATE SET title = excluded.title, body = excluded.body,"
-                " metadata = excluded.metadata, embedding = excluded.embedding, updated_at = now()",
-                [(d.id, d.title, d.body, json.dumps(d.metadata), e)
+                " metadata = excluded.metadata, embedding = excluded.embedding,"
+                " owner = excluded.owner, updated_at = now()",
+                [(d.id, d.title, d.body, json.dumps(d.metadata), e, uuid.UUID(d.owner) if d.owner else None)
                  for d, e in zip(documents, embeddings, strict=True)])
 
-    async def delete(self, document_id: str) -> bool:
+    async def held_by_others(self, document_ids: list[str], owner: str) -> list[str]:
+        """Of these ids, those naming a document that is not `owner`'s (a catalog one included)."""
+        rows = await self.pool.fetch(
+            "SELECT id FROM documents WHERE id = ANY($1::text[]) AND owner IS DISTINCT FROM $2",
+            document_ids, uuid.UUID(owner))
+        return [r["id"] for r in rows]
+
+    async def delete(self, document_id: str, *, owned_only: bool = False) -> bool:
+        """`owned_only`: leave a catalog document (no owner) alone."""
         return await self.pool.fetchval(
-            "WITH gone AS (DELETE FROM documents WHERE id = $1 RETURNING 1) SELECT count(*) FROM gone",
-            document_id) > 0
+            "WITH gone AS (DELETE FROM documents WHERE id = $1 AND (NOT $2 OR owner IS NOT NULL)"
+            " RETURNING 1) SELECT count(*) FROM gone", document_id, owned_only) > 0
 
     async def search(self, embedding: np.ndarray, query: str, *, mode: str, filters: dict[str, str],
-                     limit: int, offset: int) -> list[Hit]:
+                     limit: int, offset: int, reader: str) -> list[Hit]:
         """A page of documents ranked by meaning ("semantic"), words ("keyword") or both fused
-        ("hybrid"); each with its cosine similarity to the query as the score."""
+        ("hybrid"); each with its cosine similarity to the query as the score. Only the catalog
+        and `reader`'s own documents."""
         values: list = []
 
         def param(value) -> str:
@@ -114,6 +128,7 @@ class DocumentStore:
         # No filter clause without filters: an always-true containment test can make the planner
         # walk the metadata index and sort every row, instead of walking the HNSW index.
         where = f"AND metadata @> {param(json.dumps(filters))}::jsonb" if filters else ""
+        where += f" AND (owner IS NULL OR owner = {param(uuid.UUID(reader))})" if reader else " AND owner IS NULL"
         rankings = []
         if mode in ("semantic", "hybrid"):
             rankings.append(
@@ -130,10 +145,11 @@ class DocumentStore:
         rows = await self.pool.fetch(
             f"WITH ranked AS ({' UNION ALL '.join(rankings)}),"
             f" fused AS (SELECT id, sum(1.0 / ({RRF_K} + rank)) AS fused FROM ranked GROUP BY id)"
-            f" SELECT d.id, d.title, d.body, d.metadata, 1 - (d.embedding <=> {vector}::vector) AS score"
+            f" SELECT d.id, d.title, d.body, d.metadata, d.owner, 1 - (d.embedding <=> {vector}::vector) AS score"
             f" FROM fused JOIN documents d USING (id) ORDER BY fused DESC, d.id"
             f" LIMIT {param(limit)} OFFSET {param(offset)}", *values)
-        return [Hit(Document(r["id"], r["title"], r["body"], json.loads(r["metadata"])),
+        return [Hit(Document(r["id"], r["title"], r["body"], json.loads(r["metadata"]),
+                             str(r["owner"]) if r["owner"] else ""),
                     float(r["score"])) for r in rows]
 
 
