@@ -18,7 +18,7 @@ import aimesh.paths
 from aimesh.component import Component
 from aimesh.topology import Infra
 
-MODELS = ("text_embedding", "recommender", "chat_lm")
+MODELS = ("text_embedding", "recommender", "chat_lm", "moderation")
 
 # In the Triton image (deploy/triton/Dockerfile) text_embedding is an ensemble with the same
 # interface, TEXT -> EMBEDDING: the python model's tokenizer, then the ONNX graph on Triton's native

@@ -69,6 +69,13 @@ ARTIFACTS: list[Artifact] = [
              sources=("triton_models/recommender/ranking.py", "services/kit/movielens.py"),
              packages=("numpy", "recbole", "tokenizers", "onnxruntime"),
              needs=("text_embedding",)),
+    # pyyaml (reading the examples) comes with transformers; unpinned here: it does not change
+    # what a YAML file parses to, and pinning it would change the build environment's lock.
+    Artifact("moderation", "aimesh.models.moderation",
+             sources=("aimesh/models/moderation_examples.yaml", "triton_models/moderation/scoring.py",
+                      "aimesh/models/recommender.py"),    # its embed_texts embeds the examples
+             packages=("numpy", "tokenizers", "onnxruntime"),
+             needs=("text_embedding",)),
 ]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
+from opentelemetry import propagate, trace
 
 from aimesh.events.v1 import events_pb2
 from services import kit
@@ -24,6 +25,7 @@ from .store import Content, ContentStore, LeaseLost
 from .writing import Rejected, Writer
 
 log = logging.getLogger("aimesh.content.saga")
+TRACER = trace.get_tracer("aimesh.content")
 
 POLL_S = 1.0          # how often an idle instance looks for sagas nobody holds (a dead instance's)
 CONCURRENT = 4        # sagas one instance drives at once
@@ -135,8 +137,9 @@ class Saga:
             content = await self.store.change(content, self.holder, step=step, step_state="running")
             budget = min(self.config.step_timeout_s, (content.deadline - _now()).total_seconds())
             try:
-                async with asyncio.timeout(max(budget, 0.001)):
-                    outcome, effect = await self.steps[step](content, budget)
+                with _span(content, step, attempt):
+                    async with asyncio.timeout(max(budget, 0.001)):
+                        outcome, effect = await self.steps[step](content, budget)
             except Rejected as rejected:
                 content = await self.store.change(content, self.holder, step=step, step_state="failed",
                                                   outcome=rejected.reason)
@@ -173,10 +176,11 @@ class Saga:
     async def _publish(self, content: Content) -> Content:
         """The last step: the text becomes the content's, and content.published goes out with it."""
         content = await self.store.change(content, self.holder, step="publish", step_state="running")
-        content = await self.store.change(
-            content, self.holder, step="publish", step_state="done", outcome="published and announced",
-            announce=self._announcer(content, "published"), state="published", text=content.draft or "",
-            draft=None, release=True)
+        with _span(content, "publish", content.step("publish").attempts):   # the event carries the trace on
+            content = await self.store.change(
+                content, self.holder, step="publish", step_state="done", outcome="published and announced",
+                announce=self._announcer(content, "published"), state="published", text=content.draft or "",
+                draft=None, release=True)
         self.crash.reached("after:publish")
         return content
 
@@ -188,6 +192,10 @@ class Saga:
 
     async def _undo(self, content: Content) -> Content:
         """Compensations in reverse order of the steps, each idempotent; then the final state."""
+        with _span(content, "compensate", 1):
+            return await self._compensate(content)
+
+    async def _compensate(self, content: Content) -> Content:
         index = content.step("index")
         if index.state in ("running", "done", "failed"):   # running or failed: it may have landed
             outcome = await self._retrying(lambda: self.writer.unindex(content, self.config.step_timeout_s))
@@ -221,6 +229,14 @@ class Saga:
                 content_id=content.id, owner_id=content.owner, title=content.prompt[:80],
                 reason=content.reason if state != "published" else ""))
         return announce
+
+
+def _span(content: Content, step: str, attempt: int):
+    """A step's span, in the trace of the CreateContent call that started the saga (also when
+    another instance resumes it); the step's calls to Triton and search-svc go under it."""
+    created_by = propagate.extract({"traceparent": content.traceparent})
+    return TRACER.start_as_current_span(f"saga {step}", context=created_by, attributes={
+        "aimesh.content.id": content.id, "aimesh.saga.step": step, "aimesh.saga.attempt": attempt})
 
 
 def _describe(failure: BaseException) -> str:

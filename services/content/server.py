@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import propagate
 
 from aimesh.content.v1 import content_pb2, content_pb2_grpc
 from aimesh.search.v1 import search_pb2_grpc
@@ -87,7 +88,10 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         who = kit.caller(context)
         prompt = kit.validate.text(request, "prompt", max_len=1000)
         kind = kit.validate.choice(request, "kind", KINDS) or "review"
-        content = await self.store.create(who.user_id, kind, prompt, self.config.deadline_s, self.per_user)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)   # the saga's steps join this call's trace
+        content = await self.store.create(who.user_id, kind, prompt, self.config.deadline_s, self.per_user,
+                                          carrier.get("traceparent", ""))
         if content is None:
             raise kit.ResourceExhausted(f"you already have {self.per_user} pieces being written")
         self.saga.wake.set()

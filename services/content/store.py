@@ -33,6 +33,7 @@ MIGRATIONS = [
         holder           text,                         -- the instance running it, while its lease lasts
         lease_until      timestamptz,
         deadline         timestamptz NOT NULL,
+        traceparent      text NOT NULL DEFAULT '',     -- of CreateContent: the saga's spans join its trace
         created_at       timestamptz NOT NULL DEFAULT now(),
         updated_at       timestamptz NOT NULL DEFAULT now()
     );
@@ -96,6 +97,7 @@ class Content:
     text: str
     cancel_requested: bool
     deadline: datetime
+    traceparent: str
     created_at: datetime
     updated_at: datetime
     steps: tuple[Step, ...] = ()
@@ -116,6 +118,7 @@ def _content(row, steps: list) -> Content:
     return Content(id=str(row["id"]), owner=str(row["owner"]), kind=row["kind"], prompt=row["prompt"],
                    state=row["state"], ends_as=row["ends_as"], reason=row["reason"], draft=row["draft"],
                    text=row["text"], cancel_requested=row["cancel_requested"], deadline=row["deadline"],
+                   traceparent=row["traceparent"],
                    created_at=row["created_at"], updated_at=row["updated_at"],
                    steps=tuple(Step(s["seq"], s["name"], s["state"], s["attempts"], s["outcome"],
                                     s["started_at"], s["ended_at"]) for s in steps))
@@ -126,7 +129,7 @@ class ContentStore:
         self.pool = pool
 
     async def create(self, owner: str, kind: str, prompt: str, deadline_s: float,
-                     per_user: int) -> Content | None:
+                     per_user: int, traceparent: str = "") -> Content | None:
         """Step 1 of the saga, reserve: the record, DRAFT, with its steps pending. None when the
         owner already has `per_user` pieces running (0: no cap)."""
         content_id = uuid.uuid4()
@@ -139,9 +142,9 @@ class ContentStore:
             if per_user and running >= per_user:
                 return None
             await connection.execute(
-                "INSERT INTO contents (id, owner, kind, prompt, state, deadline)"
-                " VALUES ($1, $2, $3, $4, 'draft', now() + make_interval(secs => $5))",
-                content_id, uuid.UUID(owner), kind, prompt, deadline_s)
+                "INSERT INTO contents (id, owner, kind, prompt, state, deadline, traceparent)"
+                " VALUES ($1, $2, $3, $4, 'draft', now() + make_interval(secs => $5), $6)",
+                content_id, uuid.UUID(owner), kind, prompt, deadline_s, traceparent)
             await connection.executemany(
                 "INSERT INTO content_steps (content_id, seq, name, state, attempts, outcome,"
                 " started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",

@@ -4,6 +4,7 @@ behalf. Each is idempotent: a step run again after a crash has the same effect o
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -15,7 +16,10 @@ from .store import Content
 
 CHAT_MODEL = "chat_lm"
 MODERATION_MODEL = "moderation"
-MAX_TOKENS = 160
+MAX_TOKENS = 200
+ONE_PARAGRAPH = ["\n\n"]
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+MODERATED_SENTENCES = 16   # the moderation model's largest batch; a paragraph has fewer
 WHAT = {"review": "a short review (one paragraph) of the film or films it names",
         "blurb": "a one-paragraph blurb for the back of the film's box",
         "story": "a very short story (one paragraph) on its theme"}
@@ -38,14 +42,19 @@ class Writer:
         self.triton, self.search, self.temperature = triton, search, temperature
 
     async def check(self, what: str, text: str, timeout_s: float) -> str:
-        """The moderation model's verdict on `text`: an outcome in words, or Rejected."""
+        """The moderation model's verdict on `text`, sentence by sentence (the model reads a
+        sentence's worth and was shown single sentences): an outcome in words, or Rejected when
+        any sentence is unsafe."""
+        sentences = [s for s in SENTENCE_END.split(text) if s.strip()][:MODERATED_SENTENCES] or [text]
         outputs = await self.triton.infer(
-            MODERATION_MODEL, {"TEXT": np.array([[text.encode()]], dtype=np.object_)}, timeout_s=timeout_s)
-        score = float(outputs["UNSAFE"][0][0])
-        category = outputs["CATEGORY"][0][0].decode()
+            MODERATION_MODEL, {"TEXT": np.array([[s.encode()] for s in sentences], dtype=np.object_)},
+            timeout_s=timeout_s)
+        worst = int(np.argmax(outputs["UNSAFE"][:, 0]))
+        score, category = float(outputs["UNSAFE"][worst][0]), outputs["CATEGORY"][worst][0].decode()
         if category:
-            raise Rejected(f"the {what} was judged unsafe ({category.replace('_', ' ')}, score {score:.2f})")
-        return f"safe (unsafe score {score:.2f})"
+            raise Rejected(f"the {what} was judged unsafe ({category.replace('_', ' ')}, score {score:.2f}):"
+                           f" \"{sentences[worst].strip()[:120]}\"")
+        return f"safe ({len(sentences)} sentences, highest unsafe score {score:.2f})"
 
     async def generate(self, content: Content, timeout_s: float) -> tuple[str, str]:
         """The text the prompt asks for, and an outcome in words (its length in tokens)."""
@@ -54,7 +63,8 @@ class Writer:
                   {"role": "user", "content": f"Write {WHAT[content.kind]}. Subject: {content.prompt}"}]
         inputs = {"MESSAGES": np.array([json.dumps(prompt).encode()], dtype=np.object_),
                   "MAX_TOKENS": np.array([MAX_TOKENS], dtype=np.int32),
-                  "TEMPERATURE": np.array([self.temperature], dtype=np.float32)}
+                  "TEMPERATURE": np.array([self.temperature], dtype=np.float32),
+                  "STOP": np.array([json.dumps(ONE_PARAGRAPH).encode()], dtype=np.object_)}
         pieces, tokens = [], 0
         async for outputs in self.triton.stream(CHAT_MODEL, inputs, last_output="FINISH_REASON",
                                                 timeout_s=timeout_s):

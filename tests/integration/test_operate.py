@@ -196,7 +196,7 @@ def test_the_overview_rpc_is_for_admins_only(mesh, admin, bob):
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         seen = overview(ops_pb2.GetOverviewRequest(), metadata=bearer(admin), timeout=10)
     assert {r.route for r in seen.routes} >= set(mesh.topo.slos)
-    assert {m.model for m in seen.models} == {"text_embedding", "recommender", "chat_lm"}
+    assert {m.model for m in seen.models} == {"text_embedding", "recommender", "chat_lm", "moderation"}
     assert not seen.unreachable
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from aimesh import traces
 from aimesh.chat.v1 import chat_pb2
+from aimesh.content.v1 import content_pb2
 from aimesh.notify.v1 import notify_pb2
 from aimesh.ops.v1 import ops_pb2
 from aimesh.recommend.v1 import recommend_pb2
@@ -22,6 +23,7 @@ from services.user import demo
 from tests.integration.client import bearer, wait_for
 
 EMBED = "/inference.GRPCInferenceService/ModelInfer"       # text_embedding, the recommender
+NOBODYS = str(uuid.uuid4())   # no such content: NOT_FOUND
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,20 @@ ROWS = [
     Row("/aimesh.notify.v1.NotificationService/Subscribe", notify_pb2.SubscribeRequest(), kind="server_stream",
         timeout_s=1, status_checked=False),
     Row("/aimesh.ops.v1.OpsService/GetOverview", ops_pb2.GetOverviewRequest(), who="admin"),
+    # The saga runs after the call returns, in the call's trace: its steps, their calls to Triton
+    # and search-svc (on content-svc's own behalf), and notify's handling of the outcome.
+    Row("/aimesh.content.v1.ContentService/CreateContent", content_pb2.CreateContentRequest(
+        prompt="a blurb for a film about toys that come alive", kind=content_pb2.CONTENT_KIND_BLURB),
+        below=("saga check_prompt", "saga generate", "saga check_text", "saga index",
+               "/aimesh.search.v1.SearchService/IndexDocuments", "process content.published"),
+        attributes={"saga index": {"aimesh.saga.attempt": 1}}),
+    Row("/aimesh.content.v1.ContentService/GetContent", content_pb2.GetContentRequest(content_id=NOBODYS)),
+    Row("/aimesh.content.v1.ContentService/ListContent", content_pb2.ListContentRequest()),
+    Row("/aimesh.content.v1.ContentService/WatchContent", content_pb2.WatchContentRequest(content_id=NOBODYS),
+        kind="server_stream"),
+    Row("/aimesh.content.v1.ContentService/CancelContent", content_pb2.CancelContentRequest(content_id=NOBODYS)),
+    Row("/aimesh.content.v1.ContentService/DeleteContent", content_pb2.DeleteContentRequest(content_id=NOBODYS)),
+    Row("/aimesh.content.v1.ContentService/ListSagas", content_pb2.ListSagasRequest(page_size=1), who="admin"),
 ]
 
 
