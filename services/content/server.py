@@ -36,7 +36,7 @@ def to_proto(content: Content) -> content_pb2.Content:
         content_id=content.id, owner_id=content.owner, kind=KINDS[content.kind], prompt=content.prompt,
         state=STATES[content.state], reason=content.reason, text=content.text,
         steps=[content_pb2.Step(name=s.name, state=STEP_STATES[s.state], attempts=s.attempts,
-                                outcome=s.outcome,
+                                outcome=s.outcome, instance=s.ran_by,
                                 start_time=kit.timestamp(s.started_at) if s.started_at else None,
                                 end_time=kit.timestamp(s.ended_at) if s.ended_at and s.state != "running" else None)
                for s in content.steps],
@@ -91,7 +91,7 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)   # the saga's steps join this call's trace
         content = await self.store.create(who.user_id, kind, prompt, self.config.deadline_s, self.per_user,
-                                          carrier.get("traceparent", ""))
+                                          self.saga.holder, carrier.get("traceparent", ""))
         if content is None:
             raise kit.ResourceExhausted(f"you already have {self.per_user} pieces being written")
         self.saga.wake.set()

@@ -47,6 +47,7 @@ MIGRATIONS = [
                    CHECK (state IN ('pending', 'running', 'done', 'failed', 'compensated')),
         attempts   int NOT NULL DEFAULT 0,
         outcome    text NOT NULL DEFAULT '',
+        ran_by     text NOT NULL DEFAULT '',    -- the instance that ran it last
         started_at timestamptz,
         ended_at   timestamptz,
         PRIMARY KEY (content_id, seq)
@@ -80,6 +81,7 @@ class Step:
     state: str        # pending | running | done | failed | compensated
     attempts: int
     outcome: str
+    ran_by: str
     started_at: datetime | None
     ended_at: datetime | None
 
@@ -121,7 +123,7 @@ def _content(row, steps: list) -> Content:
                    traceparent=row["traceparent"],
                    created_at=row["created_at"], updated_at=row["updated_at"],
                    steps=tuple(Step(s["seq"], s["name"], s["state"], s["attempts"], s["outcome"],
-                                    s["started_at"], s["ended_at"]) for s in steps))
+                                    s["ran_by"], s["started_at"], s["ended_at"]) for s in steps))
 
 
 class ContentStore:
@@ -129,7 +131,7 @@ class ContentStore:
         self.pool = pool
 
     async def create(self, owner: str, kind: str, prompt: str, deadline_s: float,
-                     per_user: int, traceparent: str = "") -> Content | None:
+                     per_user: int, by: str, traceparent: str = "") -> Content | None:
         """Step 1 of the saga, reserve: the record, DRAFT, with its steps pending. None when the
         owner already has `per_user` pieces running (0: no cap)."""
         content_id = uuid.uuid4()
@@ -145,13 +147,13 @@ class ContentStore:
                 "INSERT INTO contents (id, owner, kind, prompt, state, deadline, traceparent)"
                 " VALUES ($1, $2, $3, $4, 'draft', now() + make_interval(secs => $5), $6)",
                 content_id, uuid.UUID(owner), kind, prompt, deadline_s, traceparent)
-            await connection.executemany(
-                "INSERT INTO content_steps (content_id, seq, name, state, attempts, outcome,"
-                " started_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-                [(content_id, seq, name, "done" if name == "reserve" else "pending",
-                  int(name == "reserve"), "recorded" if name == "reserve" else "",
-                  datetime.now().astimezone() if name == "reserve" else None)
-                 for seq, name in enumerate(STEPS)])
+            await connection.execute(
+                "INSERT INTO content_steps (content_id, seq, name) SELECT $1, seq - 1, name"
+                " FROM unnest($2::text[]) WITH ORDINALITY AS step (name, seq)", content_id, list(STEPS))
+            await connection.execute(
+                "UPDATE content_steps SET state = 'done', attempts = 1, outcome = 'recorded', ran_by = $2,"
+                " started_at = now(), ended_at = now() WHERE content_id = $1 AND name = 'reserve'",
+                content_id, by)
         found = await self.get(str(content_id))
         assert found is not None
         return found
@@ -236,8 +238,9 @@ class ContentStore:
                     "UPDATE content_steps SET state = $3, outcome = COALESCE($4, outcome),"
                     " attempts = attempts + (CASE WHEN $3 = 'running' THEN 1 ELSE 0 END),"
                     " started_at = CASE WHEN $3 = 'running' THEN now() ELSE started_at END,"
+                    " ran_by = CASE WHEN $3 = 'running' THEN $5 ELSE ran_by END,"
                     " ended_at = CASE WHEN $3 = 'running' THEN NULL ELSE now() END"
-                    " WHERE content_id = $1 AND name = $2", uuid.UUID(content.id), step, step_state, outcome)
+                    " WHERE content_id = $1 AND name = $2", uuid.UUID(content.id), step, step_state, outcome, by)
             if announce is not None:
                 await announce(connection)
             changed = await self.get(content.id, connection)
