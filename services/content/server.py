@@ -152,7 +152,10 @@ class ContentServicer(content_pb2_grpc.ContentServiceServicer):
             return content_pb2.DeleteContentResponse(deleted=True)
         if content.state != "published":
             return content_pb2.DeleteContentResponse(deleted=False)
-        await self.saga.writer.unindex(content, self.config.step_timeout_s)   # first: never published yet unfindable
+        try:   # first: never marked deleted while still findable
+            await self.saga.writer.unindex(content, self.config.step_timeout_s)
+        except (grpc.aio.AioRpcError, kit.Unavailable) as failure:
+            raise kit.Unavailable("search could not remove it now; try again") from failure
         return content_pb2.DeleteContentResponse(deleted=await self.store.delete_published(content.id))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from services import kit
+from services.kit.clients import as_workload
 from services.kit.inference import Triton
 
 from .store import Content
@@ -81,12 +82,15 @@ class Writer:
         document = search_pb2.Document(
             document_id=document_id(content.id), title=content.prompt[:120], text=text,
             metadata={"source": "content", "kind": content.kind}, owner_id=content.owner)
-        await self.search.IndexDocuments(search_pb2.IndexDocumentsRequest(documents=[document]),
-                                         timeout=timeout_s)
+        with as_workload():
+            await self.search.IndexDocuments(search_pb2.IndexDocumentsRequest(documents=[document]),
+                                             timeout=timeout_s)
         return f"indexed as {document.document_id}, visible to its owner only"
 
     async def unindex(self, content: Content, timeout_s: float) -> str:
-        """Removing an entry that is not there is not an error."""
-        reply = await self.search.DeleteDocument(
-            search_pb2.DeleteDocumentRequest(document_id=document_id(content.id)), timeout=timeout_s)
+        """Removing an entry that is not there is not an error. As content-svc itself, also when
+        its owner's DeleteContent asks for it (search-svc lets users delete nothing)."""
+        with as_workload():
+            reply = await self.search.DeleteDocument(
+                search_pb2.DeleteDocumentRequest(document_id=document_id(content.id)), timeout=timeout_s)
         return "removed from search" if reply.deleted else "was not in search"

@@ -6,9 +6,11 @@ listener can verify the user again and logs join up. Trace context is propagated
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -24,6 +26,20 @@ class Inbound:
 
 
 inbound: contextvars.ContextVar[Inbound | None] = contextvars.ContextVar("inbound", default=None)
+
+@contextlib.contextmanager
+def as_workload() -> Iterator[None]:
+    """Calls made in this block go as this workload alone, even while handling a user's request:
+    the user's token is not forwarded (a call on a user's behalf, the topology's
+    identity.on_behalf); the inbound deadline and request id still are."""
+    parent = inbound.get()
+    token = inbound.set(None if parent is None else Inbound(
+        parent.deadline, tuple((k, v) for k, v in parent.forward if k != "authorization")))
+    try:
+        yield
+    finally:
+        inbound.reset(token)
+
 
 # One retry layer per hop: Envoy retries what failed upstream (idempotent calls, another host).
 # A kit channel has no retry policy of its own; gRPC still retries, transparently, a call that

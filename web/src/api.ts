@@ -4,6 +4,7 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
 import { ChatService } from "../gen/aimesh/chat/v1/chat_pb";
+import { ContentService } from "../gen/aimesh/content/v1/content_pb";
 import { NotificationService } from "../gen/aimesh/notify/v1/notify_pb";
 import { OpsService } from "../gen/aimesh/ops/v1/ops_pb";
 import { RecommendService } from "../gen/aimesh/recommend/v1/recommend_pb";
@@ -37,6 +38,7 @@ export const users = createClient(UserService, transport);
 export const search = createClient(SearchService, transport);
 export const recommend = createClient(RecommendService, transport);
 export const chat = createClient(ChatService, transport);
+export const contents = createClient(ContentService, transport);
 export const notify = createClient(NotificationService, transport);
 export const ops = createClient(OpsService, transport);
 

@@ -1,12 +1,13 @@
-// The page: log in, search, recommendations, a streamed chat and live notifications, each a
-// small function over the generated clients in api.ts. Server text is only ever set as
-// textContent, never parsed as HTML.
+// The page: log in, search, recommendations, a streamed chat, content written live and live
+// notifications, each a small function over the generated clients in api.ts. Server text is only
+// ever set as textContent, never parsed as HTML.
 import { FinishReason, Grounding } from "../gen/aimesh/chat/v1/chat_pb";
 import { Source } from "../gen/aimesh/common/v1/common_pb";
+import { type Content, ContentKind, ContentState, StepState } from "../gen/aimesh/content/v1/content_pb";
 import type { Notification } from "../gen/aimesh/notify/v1/notify_pb";
 import { SloState } from "../gen/aimesh/ops/v1/ops_pb";
 import { Role, Tier } from "../gen/aimesh/user/v1/user_pb";
-import { chat, Code, ConnectError, notify, ops, problem, recommend, search, session, users } from "./api";
+import { chat, Code, ConnectError, contents, notify, ops, problem, recommend, search, session, users } from "./api";
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -31,13 +32,15 @@ function fail(error: unknown): void {
   if (p.signedOut) signOut();
 }
 
-// Everything a signed-in session runs (the notification stream, a streaming answer) stops with it.
+// Everything a signed-in session runs (the notification stream, a streaming answer, a watched
+// piece of content) stops with it.
 let signedIn = new AbortController();
 
 function signOut(): void {
   session.token = null;
   signedIn.abort();
   newConversation();
+  forgetContent();
   for (const id of ["search-results", "recs-list", "notification-list"]) $(id).replaceChildren();
   $("operations").hidden = true;
   for (const id of ["recs-meta", "unread", "who-name", "who-tier"]) $(id).textContent = "";
@@ -231,6 +234,102 @@ async function ask(event: SubmitEvent): Promise<void> {
   }
 }
 
+// --- write: a piece of content created at once, then its saga watched step by step ----------
+
+const KINDS: { [kind: string]: ContentKind } = {
+  review: ContentKind.REVIEW, blurb: ContentKind.BLURB, story: ContentKind.STORY,
+};
+const FINAL = new Set([ContentState.PUBLISHED, ContentState.REJECTED, ContentState.FAILED,
+                       ContentState.CANCELLED, ContentState.DELETED]);
+const REWATCH_MS = [1000, 2000, 5000, 10000];
+
+let piece = { contentId: "", watch: new AbortController() };   // the content shown now, if any
+
+function showContent(c: Content): void {
+  const state = $("write-state");
+  state.textContent = ContentState[c.state].toLowerCase();
+  state.dataset.state = ContentState[c.state];
+  state.hidden = false;
+  $("write-steps").replaceChildren(...c.steps.map((step) => {
+    const row = element("li");
+    row.dataset.step = step.name;
+    row.dataset.state = StepState[step.state];
+    const retried = step.attempts > 1 ? ` (attempt ${step.attempts})` : "";
+    row.append(element("span", step.name, "title"), element("span", StepState[step.state].toLowerCase(), "state"),
+               element("span", step.outcome + retried, "detail"));
+    return row;
+  }));
+  $("write-text").textContent = c.text;
+  $("write-text").hidden = !c.text;
+  $("write-reason").textContent = c.reason;
+  $("write-reason").hidden = !c.reason;
+  $("write-cancel").hidden = FINAL.has(c.state);
+}
+
+/** Stops watching the content shown and clears the panel (the saga goes on on the server). */
+function forgetContent(): void {
+  piece.watch.abort();
+  piece = { contentId: "", watch: new AbortController() };
+  $("write-steps").replaceChildren();
+  for (const id of ["write-state", "write-text", "write-reason", "write-cancel"]) $(id).hidden = true;
+  for (const id of ["write-submit", "write-cancel"]) $<HTMLButtonElement>(id).disabled = false;
+}
+
+/** The content until it is final: the stream shows every change; one that ends early (an idle
+ * timeout, a restart) is opened again after a growing pause. */
+async function watchContent(contentId: string, signal: AbortSignal): Promise<void> {
+  for (let attempt = 0; !signal.aborted; attempt++) {
+    try {
+      for await (const { content } of contents.watchContent({ contentId }, { signal })) {
+        attempt = 0;
+        if (!content) continue;
+        showContent(content);
+        if (FINAL.has(content.state)) return;
+      }
+    } catch (error) {
+      if (signal.aborted) return;
+      if (ConnectError.from(error).code !== Code.Unavailable) return fail(error);
+    }
+    await new Promise((resume) => setTimeout(resume, REWATCH_MS[Math.min(attempt, REWATCH_MS.length - 1)]));
+  }
+}
+
+async function write(event: SubmitEvent): Promise<void> {
+  event.preventDefault();
+  show("");
+  forgetContent();
+  const thisPiece = piece;
+  const submit = $<HTMLButtonElement>("write-submit");
+  submit.disabled = true;   // one piece at a time on the page; Cancel stops it
+  try {
+    const { content } = await contents.createContent(
+      { prompt: $<HTMLInputElement>("write-prompt").value, kind: KINDS[$<HTMLSelectElement>("write-kind").value] },
+      { signal: thisPiece.watch.signal });
+    if (!content) return;
+    thisPiece.contentId = content.contentId;
+    showContent(content);
+    await watchContent(content.contentId, thisPiece.watch.signal);
+  } catch (error) {
+    if (!thisPiece.watch.signal.aborted) fail(error);
+  } finally {
+    if (piece === thisPiece) submit.disabled = false;
+  }
+}
+
+/** Asks the saga to stop and undo what it did; the watch shows it compensating, then cancelled. */
+async function cancelContent(): Promise<void> {
+  const cancel = $<HTMLButtonElement>("write-cancel");
+  if (!piece.contentId) return;
+  cancel.disabled = true;
+  try {
+    await contents.cancelContent({ contentId: piece.contentId });
+  } catch (error) {
+    cancel.disabled = false;
+    // FAILED_PRECONDITION: it became final meanwhile, which the watch shows.
+    if (ConnectError.from(error).code !== Code.FailedPrecondition) fail(error);
+  }
+}
+
 // --- notifications: the list so far, then live ----------------------------------------------
 
 function countUnread(): void {
@@ -348,6 +447,8 @@ $("chat-form").addEventListener("submit", (e) => void ask(e as SubmitEvent));
 $("recs-refresh").addEventListener("click", () => void showRecommendations());
 $("chat-new").addEventListener("click", newConversation);
 $("chat-stop").addEventListener("click", stopAnswer);
+$("write-form").addEventListener("submit", (e) => void write(e as SubmitEvent));
+$("write-cancel").addEventListener("click", () => void cancelContent());
 $("logout").addEventListener("click", () => { show(""); signOut(); });
 
 if (session.token) {
