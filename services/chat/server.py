@@ -106,14 +106,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def _retrieve(self, text: str) -> tuple[list[search_pb2.SearchResult], str]:
         """Catalog entries for the question, and why there are none when search failed: a turn
-        goes on without them rather than failing."""
+        goes on without them rather than failing. Only the catalog's (no owner): the asker's own
+        documents (content they had written) are not films to suggest."""
         try:
             found = await self.search.Search(search_pb2.SearchRequest(query=text, page_size=RETRIEVED))
         except grpc.aio.AioRpcError as failure:
             log.warning("retrieval failed; answering without catalog entries",
                         extra={"fields": {"code": failure.code().name}})
             return [], f"{failure.code().name} {failure.details()}"
-        return list(found.results), ""
+        return [r for r in found.results if not r.document.owner_id], ""
 
     async def _turn(self, context, message: chat_pb2.UserMessage, cancel: asyncio.Event, route: str):
         who = kit.caller(context)

@@ -22,14 +22,17 @@ def search(mesh):
         yield search_pb2_grpc.SearchServiceStub(channel)
 
 
-def test_hybrid_search_finds_by_words_what_meaning_alone_ranks_low(search, alice):
+def test_hybrid_search_finds_by_words_what_meaning_alone_ranks_low(search, users):
     """"A fantasy film.": no fantasy film is among the three closest by meaning (nor by exact cosine
     over every stored vector, checked when this case was chosen), but the word matches one's
-    "Genres: Fantasy", so the fused ranking has one in its first three."""
+    "Genres: Fantasy", so the fused ranking has one in its first three. Asked by a new user: the
+    content a user had written is in their own results too."""
+    _, token = new_user(users, "hybrid")
+
     def fantasy(mode) -> list[bool]:
         return ["genre:Fantasy" in r.document.metadata for r in search.Search(
             search_pb2.SearchRequest(query="A fantasy film.", page_size=3, mode=mode),
-            metadata=bearer(alice), timeout=5).results]
+            metadata=bearer(token), timeout=5).results]
     assert not any(fantasy(search_pb2.SEARCH_MODE_SEMANTIC))
     assert any(fantasy(search_pb2.SEARCH_MODE_KEYWORD))
     assert any(fantasy(search_pb2.SEARCH_MODE_UNSPECIFIED))       # hybrid, the default
