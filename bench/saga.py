@@ -12,6 +12,8 @@ or rate limit on content); wipes that state dir first, always brings the mesh do
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import shutil
 import statistics
 import time
@@ -42,18 +44,18 @@ def one(stub, token: str, prompt: str) -> tuple[float, C.Content]:
     return time.perf_counter() - started, content
 
 
-def rate(stub, token: str, concurrent: int, sagas: int) -> None:
+def rate(stub, token: str, at_once: int, sagas: int) -> None:
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrent) as pool:
+    with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
         done = list(pool.map(lambda n: one(stub, token, PROMPTS[n % len(PROMPTS)] + f" ({n})"), range(sagas)))
     elapsed = time.perf_counter() - started
     seconds = sorted(s for s, _ in done)
     ended = [C.ContentState.Name(c.state).removeprefix("CONTENT_STATE_") for _, c in done]
     generate = [s.end_time.ToMicroseconds() - s.start_time.ToMicroseconds()
                 for _, c in done for s in c.steps if s.name == "generate"]
-    print(f"{concurrent:>4} at once | {sagas:>3} sagas | {sagas / elapsed * 60:6.1f} sagas/min | "
+    print(f"{at_once:>4} at once | {sagas:>3} sagas | {sagas / elapsed * 60:6.1f} sagas/min | "
           f"saga p50 {statistics.median(seconds):5.1f} s, max {seconds[-1]:5.1f} s | "
-          f"generate step p50 {statistics.median(generate) / 1e6:4.1f} s | ended {sorted(set(ended))}")
+          f"generate step p50 {statistics.median(generate) / 1e6:4.1f} s | ended {dict(collections.Counter(ended))}")
 
 
 def resume(mesh: MeshUnderTest, stub, token: str) -> None:
