@@ -208,9 +208,11 @@ def step(env: Environment, users: int, seconds: float, slos) -> dict[str, dict]:
 
 
 def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float,
-             budget_s: float) -> None:
+             budget_s: float, json_path: str | None = None) -> None:
     print(f"  mix at 1x: {at_1x:.1f} calls/s; steps of {step_s:.0f} s after {RAMP_S} s ramp\n")
     last_good: dict[str, dict] = {}
+    steps: list[dict] = []
+    held, broke_at = 0.0, None
     deadline = time.monotonic() + budget_s
     for multiple in MULTIPLES:
         users = max(1, round(at_1x * multiple))
@@ -226,16 +228,22 @@ def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float
                   f"p99 {f['p99_ms']:6.0f} ms  errors {f['errors']}  fallbacks {f['fallbacks']}  {mark}")
         for error in list(env.stats.errors.values())[:3]:
             print(f"        e.g. {error.name}: {error.error!r}"[:300])
+        steps.append({"multiple": multiple, "users": users, "routes": figures})
         broken = [route for route, f in figures.items() if f["broke"]]
         if broken:
             print(f"\n  broke at {multiple}x ({users} users): {', '.join(broken)}")
+            broke_at = multiple
             break
-        last_good = figures
+        last_good, held = figures, multiple
     print("\n  capacity within every SLO (the last step where all held):")
     for route, f in last_good.items():
         print(f"    {route:<26} {f['rate']:7.1f} calls/s  (p99 {f['p99_ms']:.0f} ms, 0 errors)")
     if last_good:
         print(f"    {'the whole mix':<26} {sum(f['rate'] for f in last_good.values()):7.1f} calls/s")
+    if json_path:   # the capacity model's validation reads it (bench/capacity_model.py)
+        Path(json_path).write_text(json.dumps({
+            "measured": time.strftime("%Y-%m-%d"), "machine": machine(), "step_s": step_s,
+            "steps": steps, "held": held, "broke_at": broke_at}, indent=1) + "\n")
 
 
 # --- soak ----------------------------------------------------------------------------------------
@@ -345,7 +353,8 @@ def main() -> int:
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--rate", type=float, default=0, help="soak: calls a second")
     parser.add_argument("--accounts", type=int, default=40)
-    parser.add_argument("--json", help="soak: write the samples and counts to this file")
+    parser.add_argument("--json", help="write the figures to this file (each step's per route; "
+                        "soak: the samples and counts)")
     parser.add_argument("--attach", action="store_true", help="use the running mesh named by "
                         "AIMESH_STATE/AIMESH_PORT_OFFSET/AIMESH_TOPOLOGY; start and stop none")
     args = parser.parse_args()
@@ -365,7 +374,7 @@ def main() -> int:
         if args.soak:
             errors = soak(env, mesh, args.rate or at_1x / 2, args.minutes, args.json)
         else:
-            capacity(env, mesh.topo.slos, at_1x, args.users, args.step_s, args.minutes * 60)
+            capacity(env, mesh.topo.slos, at_1x, args.users, args.step_s, args.minutes * 60, args.json)
         env.runner.quit()
     finally:
         if not args.attach:

@@ -1,0 +1,421 @@
+"""A capacity model of the mesh: a discrete-event simulation (simpy) of the load test's mix on a
+given placement, driven by the measured cost of each call (bench/results/costs.json, from
+`bin/aimesh bench route_costs`).
+
+Why a simulation and not queueing formulas: on one machine every process shares the same cores
+(processor sharing across stations whose service demands differ by 1000×: a GetProfile waits
+behind a chat turn's prompt), the SLOs are p99s (a distribution, not a mean), and the first
+bottleneck should emerge from the placement rather than be assumed. Formulas still check it: a
+single station against M/M/1's closed form (tests/unit/test_capacity_model.py).
+
+The model:
+- a call of a route is a sequence of CPU bursts, one per component it costs (Envoy, the service,
+  Triton's model, Postgres, NATS, ...), each of the measured CPU ms (exponentially distributed
+  around it), plus a fixed delay: the route's measured p50 at low load less its CPU (network,
+  commits' fsync, the engine's per-token pacing);
+- a component is `replicas` × `slots` servers: a Python service's event loop runs one burst at
+  a time per replica (the GIL), Envoy one per worker thread, Postgres one per backend; chat_lm's
+  engine spreads a burst over its `parallel` threads;
+- components run on pools of cores: on this machine one pool of 2 cores shared by all; past one
+  machine each component on cores of its own. A pool shares its cores round-robin in quanta of
+  `quantum_ms` (the scheduler's time slice), which approximates processor sharing;
+- calls arrive as a Poisson process at the mix's shares (the topology's SLO rates).
+It reports per route the calls served, p50 and p99, and per component and pool the utilization
+(the busiest is the first bottleneck). What it leaves out: memory, the network's bandwidth,
+batching gains in Triton (measured small here), retries, and Postgres's lock waits.
+
+  bin/aimesh bench capacity_model validate [--load bench/results/load.json]
+  bin/aimesh bench capacity_model plan        # 1x / 10x / 100x sizing, docs/scale.md's figures
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import simpy
+
+RESULTS = Path(__file__).parent / "results"
+COSTS = RESULTS / "costs.json"
+
+
+@dataclass(frozen=True)
+class Component:
+    replicas: int = 1
+    slots: int = 1            # bursts one replica runs at once
+    parallel: int = 1         # cores one burst spreads over (chat_lm's engine threads)
+    pool: str = "host"
+
+
+@dataclass(frozen=True)
+class Placement:
+    pools: dict[str, float]                      # pool -> cores
+    components: dict[str, Component]
+    quantum_ms: float = 2.0
+
+    def component(self, name: str) -> Component:
+        return self.components.get(name, Component())
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    rate: float                                   # calls a second
+    bursts: tuple[tuple[str, float], ...]         # (component, CPU ms), in call order
+    delay_ms: float = 0.0                         # what the call waits besides CPU
+
+
+@dataclass
+class Result:
+    seconds: float
+    latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    busy_ms: dict[str, float] = field(default_factory=dict)    # component -> CPU ms run
+    pool_busy_ms: dict[str, float] = field(default_factory=dict)
+
+    def p(self, route: str, q: float) -> float:
+        values = self.latencies_ms.get(route)
+        return float(np.percentile(values, q)) if values else math.inf
+
+    def throughput(self, route: str) -> float:
+        return len(self.latencies_ms.get(route, ())) / self.seconds
+
+
+ORDER = ["envoy", "user", "search", "recommend", "chat", "notify", "content", "triton:text_embedding",
+         "triton:recommender", "triton:chat_lm", "triton:moderation", "postgres", "nats"]
+
+
+def routes_from_costs(costs: dict, rates: dict[str, float], min_ms: float = 0.05) -> list[Route]:
+    """The mix's routes at `rates` (route -> calls/s) with their measured bursts and delay."""
+    out = []
+    for name, rate in rates.items():
+        measured = costs["routes"][name]
+        bursts = sorted(((c, ms) for c, ms in measured["cpu_ms"].items() if ms >= min_ms and c in ORDER),
+                        key=lambda b: ORDER.index(b[0]))
+        cpu = sum(ms for _, ms in bursts)
+        out.append(Route(name, rate, tuple(bursts), delay_ms=max(measured["p50_ms"] - cpu, 0.0)))
+    return out
+
+
+def simulate(placement: Placement, routes: list[Route], seconds: float = 60.0, warmup_s: float = 5.0,
+             seed: int = 1) -> Result:
+    env = simpy.Environment()
+    rng = random.Random(seed)
+    pools = {name: simpy.Resource(env, capacity=max(int(cores), 1)) for name, cores in placement.pools.items()}
+    servers = {name: simpy.Resource(env, capacity=c.replicas * c.slots) for name, c in placement.components.items()}
+    result = Result(seconds=seconds)
+    counting = {"on": False}
+    quantum = placement.quantum_ms / 1000
+
+    def run_on(pool: str, work_s: float, owner: str):
+        """`work_s` of CPU on `pool`, a quantum at a time, each quantum queued behind the others."""
+        while work_s > 1e-12:
+            piece = min(quantum, work_s)
+            with pools[pool].request() as core:
+                yield core
+                yield env.timeout(piece)
+            work_s -= piece
+            if counting["on"]:
+                result.busy_ms[owner] = result.busy_ms.get(owner, 0.0) + piece * 1000
+                result.pool_busy_ms[pool] = result.pool_busy_ms.get(pool, 0.0) + piece * 1000
+
+    def burst(name: str, cpu_ms: float):
+        component = placement.component(name)
+        work_s = rng.expovariate(1.0) * cpu_ms / 1000
+        with servers.setdefault(name, simpy.Resource(env, capacity=1)).request() as slot:
+            yield slot
+            if component.parallel == 1:
+                yield from run_on(component.pool, work_s, name)
+            else:
+                yield env.all_of([env.process(run_on(component.pool, work_s / component.parallel, name))
+                                  for _ in range(component.parallel)])
+
+    def call(route: Route):
+        started = env.now
+        for name, cpu_ms in route.bursts:
+            yield from burst(name, cpu_ms)
+        yield env.timeout(route.delay_ms / 1000)
+        if started >= warmup_s:
+            result.latencies_ms.setdefault(route.name, []).append((env.now - started) * 1000)
+
+    def arrivals(route: Route):
+        while True:
+            yield env.timeout(rng.expovariate(route.rate))
+            env.process(call(route))
+
+    def measuring():
+        yield env.timeout(warmup_s)
+        counting["on"] = True
+
+    for route in routes:
+        if route.rate > 0:
+            env.process(arrivals(route))
+    env.process(measuring())
+    env.run(until=warmup_s + seconds)
+    return result
+
+
+def utilization(placement: Placement, result: Result) -> dict[str, float]:
+    """Busy share per component (of its replicas' cores) and per pool, over the measured time."""
+    out = {}
+    for name, busy in result.busy_ms.items():
+        c = placement.component(name)
+        cores = min(c.replicas * c.slots * c.parallel, placement.pools[c.pool])
+        out[name] = busy / 1000 / result.seconds / cores
+    for pool, busy in result.pool_busy_ms.items():
+        out[f"pool {pool}"] = busy / 1000 / result.seconds / placement.pools[pool]
+    return out
+
+
+# --- this machine ---------------------------------------------------------------------------------
+
+def local(cores: float = 2.0) -> Placement:
+    """The local topology: every process on one pool of `cores`."""
+    return Placement(pools={"host": cores}, components={
+        "envoy": Component(slots=2),                     # worker threads: one per core
+        "search": Component(replicas=2), "recommend": Component(replicas=2),
+        "content": Component(replicas=2),
+        "postgres": Component(slots=16),                 # a backend per connection
+        "triton:chat_lm": Component(parallel=2),         # the engine's 2 threads
+    })
+
+
+def slo_rates(topology_file: Path | None = None, multiple: float = 1.0) -> tuple[dict[str, float], dict]:
+    from aimesh import topology
+    topo = topology.load(topology_file, port_offset=0)
+    return ({route: slo.load_rps * multiple for route, slo in topo.slos.items()}, topo.slos)
+
+
+def verdict(result: Result, slos) -> list[str]:
+    return [f"{route} p99 {result.p(route, 99):.0f} ms > {slo.p99_s * 1000:.0f}"
+            for route, slo in slos.items() if result.p(route, 99) > slo.p99_s * 1000]
+
+
+def capacity(placement: Placement, costs: dict, multiples: list[float], seconds: float) -> tuple[float, dict]:
+    """The largest multiple of the SLO mix whose every p99 holds, and each multiple's result."""
+    results, held = {}, 0.0
+    for multiple in multiples:
+        rates, slos = slo_rates(multiple=multiple)
+        results[multiple] = simulate(placement, routes_from_costs(costs, rates), seconds)
+        if verdict(results[multiple], slos):
+            break
+        held = multiple
+    return held, results
+
+
+def validate(args) -> None:
+    """The model's prediction for this machine against the load test's measurements."""
+    costs = json.loads(Path(args.costs).read_text())
+    measured = json.loads(Path(args.load).read_text())
+    placement = local()
+    print(f"costs: {costs['measured']} on {costs['machine']}\nload test: {measured['measured']}\n")
+    print(f"{'step':>5} {'route':<26} {'rate':>6} {'p50 meas':>9} {'p50 model':>9} {'err':>6} "
+          f"{'p99 meas':>9} {'p99 model':>9}")
+    errors = []
+    for step in measured["steps"]:
+        rates = {route: f["rate"] for route, f in step["routes"].items()}
+        result = simulate(placement, routes_from_costs(costs, rates), args.seconds)
+        for route, f in step["routes"].items():
+            model = result.p(route, 50)
+            error = model / f["p50_ms"] - 1
+            errors.append(abs(error))
+            print(f"{step['multiple']:>4}x {route:<26} {f['rate']:6.1f} {f['p50_ms']:9.0f} {model:9.0f} "
+                  f"{error:+6.0%} {f['p99_ms']:9.0f} {result.p(route, 99):9.0f}")
+        busiest = sorted(utilization(placement, result).items(), key=lambda kv: -kv[1])[:3]
+        print("      busiest: " + ", ".join(f"{k} {v:.0%}" for k, v in busiest))
+    held, _ = capacity(placement, costs, [s["multiple"] for s in measured["steps"]] + [measured["broke_at"]],
+                       args.seconds)
+    _, slos = slo_rates()
+    mix = sum(slo.load_rps for slo in slos.values())
+    print(f"\ncapacity within every SLO: measured {measured['held']}x ({measured['held'] * mix:.1f} calls/s), "
+          f"broke at {measured['broke_at']}x; model {held}x ({held * mix:.1f} calls/s)")
+    print(f"p50 error: median {np.median(errors):.0%}, max {max(errors):.0%} over {len(errors)} route-steps")
+
+
+# --- past one machine -------------------------------------------------------------------------------
+
+TARGET_UTILIZATION = 0.6      # size for this busy share, under the HPA's 70% target: headroom for bursts
+PLAN = RESULTS / "scale-plan.json"
+FIGURE = Path(__file__).parents[1] / "docs" / "figures" / "capacity-p99.png"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a component scales: cores per replica, bursts at once per replica, the fewest replicas."""
+    cores: int = 1
+    slots: int = 1
+    parallel: int = 1
+    min_replicas: int = 2      # two: one may be restarted or rescheduled at any time
+
+
+SHAPES = {
+    "envoy": Shape(cores=2, slots=2),                      # two worker threads
+    "postgres": Shape(cores=1, slots=4, min_replicas=1),   # one primary: its cores are what grows
+    "nats": Shape(min_replicas=3),                         # a JetStream cluster of three
+    "triton:chat_lm": Shape(cores=2, parallel=2),          # the engine's two threads
+}
+
+
+def demand_cores(costs: dict, rates: dict[str, float]) -> dict[str, float]:
+    """Cores each component keeps busy at `rates`: the utilization law, U = X * D."""
+    busy: dict[str, float] = {}
+    for route, rate in rates.items():
+        for component, ms in costs["routes"][route]["cpu_ms"].items():
+            if component in ORDER:
+                busy[component] = busy.get(component, 0.0) + rate * ms / 1000
+    return busy
+
+
+def sized(costs: dict, rates: dict[str, float]) -> Placement:
+    """Each component on cores of its own, with replicas for TARGET_UTILIZATION at `rates`
+    (Postgres: one primary whose cores grow)."""
+    pools, components = {}, {}
+    for component, cores in demand_cores(costs, rates).items():
+        shape = SHAPES.get(component, Shape())
+        needed = cores / (TARGET_UTILIZATION * shape.cores)
+        if component == "postgres":
+            size = max(2, math.ceil(cores / TARGET_UTILIZATION))
+            pools[component] = size
+            components[component] = Component(slots=size * shape.slots, pool=component)
+            continue
+        replicas = max(shape.min_replicas, math.ceil(needed))
+        pools[component] = replicas * shape.cores
+        components[component] = Component(replicas=replicas, slots=shape.slots, parallel=shape.parallel,
+                                           pool=component)
+    return Placement(pools=pools, components=components, quantum_ms=5.0)
+
+
+OVERLAYS = Path(__file__).parents[1] / "deploy" / "k8s" / "overlays"
+TRITON_POD_CORES = 8     # one Triton pod serves every model: its model instances share a pod's cores
+# Kubernetes workloads that scale with a component (the canary's v2 keeps its share of v1's).
+WORKLOADS = {"user": "user", "search": "search", "recommend": "recommend-v1", "chat": "chat",
+             "content": "content", "envoy": "envoy"}
+AUTOSCALED = {"search", "recommend-v1", "recommend-v2", "content", "envoy"}   # the base's HPAs
+SINGLE = {"notify": "Subscribe reaches only the subscribers of the instance that took the event"}
+
+
+def k8s_replicas(placement: Placement) -> dict[str, int]:
+    """Deployment -> replicas for a sized placement."""
+    out = {WORKLOADS[name]: c.replicas for name, c in placement.components.items() if name in WORKLOADS}
+    if "recommend-v1" in out:
+        out["recommend-v2"] = max(1, math.ceil(out["recommend-v1"] * 10 / 90))   # the topology's 90/10
+    triton = sum(placement.pools[name] for name in placement.components if name.startswith("triton:"))
+    out["triton"] = max(1, math.ceil(triton / TRITON_POD_CORES))
+    return dict(sorted(out.items()))
+
+
+def write_overlay(scale: int, placement: Placement) -> Path:
+    """deploy/k8s/overlays/scale-<N>x: the base with the replicas the model sized, and each
+    autoscaler's floor there (its ceiling twice that); Postgres's CPU request its cores."""
+    replicas = k8s_replicas(placement)
+    patches = []
+    for name, count in replicas.items():
+        if name in AUTOSCALED:
+            patches.append({"target": {"kind": "HorizontalPodAutoscaler", "name": name}, "patch": json.dumps([
+                {"op": "replace", "path": "/spec/minReplicas", "value": count},
+                {"op": "replace", "path": "/spec/maxReplicas", "value": 2 * count}])})
+    postgres_cores = int(placement.pools.get("postgres", 1))
+    patches.append({"target": {"kind": "StatefulSet", "name": "postgres"}, "patch": json.dumps([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/resources/requests/cpu",
+         "value": str(postgres_cores)}])})
+    overlay = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+               "resources": ["../../base"], "components": ["../../components/cert-manager"],
+               "replicas": [{"name": name, "count": count} for name, count in replicas.items()],
+               "patches": patches}
+    folder = OVERLAYS / f"scale-{scale}x"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "kustomization.yaml"
+    import yaml
+    path.write_text(f"# Written by `bin/aimesh bench capacity_model plan` (never by hand): the replicas the\n"
+                    f"# capacity model sizes for {scale}x this machine's capacity at the topology's SLOs\n"
+                    f"# (docs/scale.md), from bench/results/costs.json. Re-run it when the costs change.\n"
+                    + yaml.safe_dump(overlay, sort_keys=False))
+    return path
+
+
+def plan(args) -> None:
+    """1x (this machine's capacity), 10x and 100x: a placement sized for each, simulated at its
+    rate (p50/p99 per route, utilization, the first bottleneck), p99 against rate for each, and
+    the replica counts for Kubernetes (bench/results/scale-plan.json)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    costs = json.loads(Path(args.costs).read_text())
+    base_rates, slos = slo_rates()
+    held, _ = capacity(local(), costs, [0.5, 1, 1.5, 2, 2.5, 3, 4], args.seconds)
+    if not held:
+        raise SystemExit("the model holds no SLO even at 0.5x the mix on this machine: check the costs")
+    one_x = {route: rate * held for route, rate in base_rates.items()}
+    mix = sum(one_x.values())
+    print(f"this machine (2 shared cores) holds the SLO mix at {held}x = {mix:.1f} calls/s (model)\n")
+    plans, curves = {}, {}
+    for scale in (1, 10, 100):
+        rates = {route: rate * scale for route, rate in one_x.items()}
+        placement = sized(costs, rates)
+        result = simulate(placement, routes_from_costs(costs, rates), args.seconds / max(1, scale / 10))
+        used = utilization(placement, result)
+        first = max((k for k in used if not k.startswith("pool ")), key=lambda k: used[k])
+        broken = verdict(result, slos)
+        total = sum(placement.pools.values())
+        print(f"{scale:>3}x: {mix * scale:8.1f} calls/s on {total:.0f} cores; first bottleneck {first} "
+              f"({used[first]:.0%} busy); SLOs {'held' if not broken else 'BROKEN: ' + '; '.join(broken)}")
+        for name, c in sorted(placement.components.items()):
+            print(f"       {name:<22} {c.replicas:>4} x {SHAPES.get(name, Shape()).cores} cores"
+                  f"  ({placement.pools[name]:.0f} cores, {used.get(name, 0):.0%} busy)")
+        for route in rates:
+            print(f"       {route:<26} p50 {result.p(route, 50):7.1f} ms  p99 {result.p(route, 99):7.1f} ms"
+                  f"  (SLO {slos[route].p99_s * 1000:.0f} ms)")
+        plans[f"{scale}x"] = {
+            "calls_per_second": round(mix * scale, 1), "cores": total, "first_bottleneck": first,
+            "slos_held": not broken,
+            "replicas": {name: c.replicas for name, c in sorted(placement.components.items())},
+            "k8s_replicas": k8s_replicas(placement),
+            "postgres_cores": placement.pools.get("postgres", 0),
+            "p99_ms": {route: round(result.p(route, 99), 1) for route in rates},
+            "p50_ms": {route: round(result.p(route, 50), 1) for route in rates}}
+        # p99 against rate for this placement: the worst route's p99 as a share of its SLO
+        xs, ys = [], []
+        for share in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25):
+            at = {route: rate * share for route, rate in rates.items()}
+            swept = simulate(placement, routes_from_costs(costs, at), args.seconds / max(1, scale / 5), seed=3)
+            xs.append(mix * scale * share)
+            ys.append(max(swept.p(route, 99) / (slos[route].p99_s * 1000) for route in rates))
+        curves[f"{scale}x"] = (xs, ys)
+        if scale > 1:
+            print(f"       wrote {write_overlay(scale, placement).relative_to(OVERLAYS.parents[2])}")
+        print()
+    PLAN.write_text(json.dumps({"costs_measured": costs["measured"], "target_utilization": TARGET_UTILIZATION,
+                                "local_capacity_multiple": held, "plans": plans}, indent=1) + "\n")
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for label, (xs, ys) in curves.items():
+        axes.plot(xs, ys, marker="o", label=f"placement for {label}")
+    axes.axhline(1.0, color="grey", linestyle="--", label="p99 = its SLO")
+    axes.set(xscale="log", xlabel="calls a second (the SLO mix)", ylabel="worst route's p99 / its SLO p99",
+             title="Predicted p99 against rate (bench/capacity_model.py)")
+    axes.set_ylim(0, 3)
+    axes.legend()
+    figure.tight_layout()
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(FIGURE, dpi=100)
+    print(f"wrote {PLAN} and {FIGURE}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["validate", "plan"])
+    parser.add_argument("--costs", default=str(COSTS))
+    parser.add_argument("--load", default=str(RESULTS / "load.json"))
+    parser.add_argument("--seconds", type=float, default=60.0, help="simulated time per run")
+    args = parser.parse_args()
+    if args.mode == "validate":
+        validate(args)
+    else:
+        plan(args)
+
+
+if __name__ == "__main__":
+    main()
