@@ -45,6 +45,7 @@ import gevent  # noqa: E402
 import grpc  # noqa: E402
 import psutil  # noqa: E402
 from helpers.common import machine  # noqa: E402
+from helpers.cpu import CpuMeter  # noqa: E402
 from locust import User, constant_throughput  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
@@ -175,13 +176,15 @@ def weigh(slos) -> float:
 
 # --- a step, judged against the SLOs ----------------------------------------------------------
 
-def step(env: Environment, users: int, seconds: float, slos) -> dict[str, dict]:
+def step(env: Environment, users: int, seconds: float, slos, meter: CpuMeter | None = None) -> dict[str, dict]:
     env.runner.start(users, spawn_rate=max(users, 1))
     gevent.sleep(RAMP_S)
     env.stats.reset_all()
     Mix.fallbacks.clear()
     me = psutil.Process()
     cpu_before, began = sum(me.cpu_times()[:2]), time.monotonic()
+    if meter:
+        meter.start()
     gevent.sleep(seconds)
     elapsed = time.monotonic() - began
     generator_cores = (sum(me.cpu_times()[:2]) - cpu_before) / elapsed
@@ -204,11 +207,13 @@ def step(env: Environment, users: int, seconds: float, slos) -> dict[str, dict]:
                           "fallbacks": Mix.fallbacks[route], "p99_ms": p99_s * 1000,
                           "p50_ms": entry.get_response_time_percentile(0.5), "broke": why}
     figures["_generator_cores"] = {"cores": generator_cores}
+    if meter:   # cores each component used over the step (the capacity model's utilization)
+        figures["_cpu_cores"] = {name: ms / 1000 / elapsed for name, ms in meter.per_request_ms(1).items()}
     return figures
 
 
 def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float,
-             budget_s: float, json_path: str | None = None) -> None:
+             budget_s: float, json_path: str | None = None, meter: CpuMeter | None = None) -> None:
     print(f"  mix at 1x: {at_1x:.1f} calls/s; steps of {step_s:.0f} s after {RAMP_S} s ramp\n")
     last_good: dict[str, dict] = {}
     steps: list[dict] = []
@@ -219,16 +224,18 @@ def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float
         if users > max_users or time.monotonic() + step_s + RAMP_S > deadline:
             print(f"  stopped before {multiple}x: the --users or --minutes limit")
             break
-        figures = step(env, users, step_s, slos)
+        figures = step(env, users, step_s, slos, meter)
         cores = figures.pop("_generator_cores")["cores"]
-        print(f"  {multiple:>4}x  {users:>4} users  load generator {cores:.2f} cores")
+        used = figures.pop("_cpu_cores", {})
+        print(f"  {multiple:>4}x  {users:>4} users  load generator {cores:.2f} cores"
+              + (f"; the machine {sum(used.values()):.2f} cores busy" if used else ""))
         for route, f in figures.items():
             mark = "BROKE: " + ", ".join(f["broke"]) if f["broke"] else "ok"
             print(f"        {route:<26} {f['rate']:7.1f}/s  p50 {f['p50_ms']:6.0f} ms  "
                   f"p99 {f['p99_ms']:6.0f} ms  errors {f['errors']}  fallbacks {f['fallbacks']}  {mark}")
         for error in list(env.stats.errors.values())[:3]:
             print(f"        e.g. {error.name}: {error.error!r}"[:300])
-        steps.append({"multiple": multiple, "users": users, "routes": figures})
+        steps.append({"multiple": multiple, "users": users, "routes": figures, "cpu_cores": used})
         broken = [route for route, f in figures.items() if f["broke"]]
         if broken:
             print(f"\n  broke at {multiple}x ({users} users): {', '.join(broken)}")
@@ -374,7 +381,8 @@ def main() -> int:
         if args.soak:
             errors = soak(env, mesh, args.rate or at_1x / 2, args.minutes, args.json)
         else:
-            capacity(env, mesh.topo.slos, at_1x, args.users, args.step_s, args.minutes * 60, args.json)
+            capacity(env, mesh.topo.slos, at_1x, args.users, args.step_s, args.minutes * 60, args.json,
+                     CpuMeter(mesh))
         env.runner.quit()
     finally:
         if not args.attach:

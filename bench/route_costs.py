@@ -45,6 +45,20 @@ RATE = {"user.Login": 2, "chat.Ask": 1}
 DEFAULT_RATE = 8
 MODELS = {"search.Search": ["text_embedding"], "recommend.Recommend": ["recommender"],
           "chat.Ask": ["text_embedding", "chat_lm"]}
+# What each call crosses while its caller waits, in order, and what it sets off afterwards (events
+# relayed and consumed). Other components' CPU over the run is their own variance, not the call's.
+PATH = {"user.Login": ["envoy", "user", "user:argon2", "postgres"],
+        "user.GetProfile": ["envoy", "user", "postgres"],
+        "user.RecordPurchase": ["envoy", "user", "postgres"],
+        "search.Search": ["envoy", "search", "triton:text_embedding", "postgres"],
+        "recommend.Recommend": ["envoy", "recommend", "triton:recommender", "postgres"],
+        "chat.Ask": ["envoy", "chat", "search", "triton:text_embedding", "postgres", "triton:chat_lm"],
+        "notify.ListNotifications": ["envoy", "notify", "postgres"]}
+BACKGROUND = {"user.RecordPurchase": ["nats", "recommend", "notify"], "recommend.Recommend": ["nats"],
+              "chat.Ask": ["nats"]}
+# A stream's time is its first message's (the SLO's): chat's first piece, the answer's opening
+# line, goes out before the model writes.
+FIRST_REPLY_BEFORE = {"chat.Ask": "triton:chat_lm"}
 WIRE = {"edge": "http.edge.downstream_cx_", "mesh": "http.mesh.downstream_cx_"}
 
 
@@ -65,16 +79,19 @@ def wire_bytes(mesh: MeshUnderTest) -> dict[str, float]:
             for listener, prefix in WIRE.items()}
 
 
-def idle(mesh: MeshUnderTest, seconds: float, groups) -> dict[str, float]:
-    """CPU ms each component spends in `seconds` with no calls."""
-    meter = CpuMeter(mesh)
+def idle(mesh: MeshUnderTest, seconds: float, groups) -> tuple[dict[str, float], tuple[int, int]]:
+    """CPU ms each component spends in `seconds` with no calls, and Postgres's commits and rows
+    written meanwhile (pollers, relays, the migrations' bookkeeping)."""
+    meter, dsn = CpuMeter(mesh), mesh.postgres_dsn()
+    before = asyncio.run(postgres_counts(dsn))
     meter.start()
     gevent.sleep(seconds)
-    return grouped(meter.per_request_ms(1), groups)
+    after = asyncio.run(postgres_counts(dsn))
+    return grouped(meter.per_request_ms(1), groups), (after[0] - before[0] - 1, after[1] - before[1])
 
 
 def measure(env: Environment, mesh: MeshUnderTest, route: str, seconds: float, groups,
-            idle_ms: dict[str, float]) -> dict:
+            idle_ms: dict[str, float], idle_db: tuple[int, int]) -> dict:
     rate = RATE.get(route, DEFAULT_RATE)
     load.MeshUser.tasks = [load.ROUTES[route]]
     env.runner.start(rate, spawn_rate=rate)
@@ -95,17 +112,23 @@ def measure(env: Environment, mesh: MeshUnderTest, route: str, seconds: float, g
            if name != CLIENT}
     return {"calls": calls, "errors": entry.num_failures, "rate": calls / seconds,
             "cpu_ms": {k: round(v, 3) for k, v in sorted(cpu.items()) if v >= 0.005},
-            "postgres_commits": round((commits_after - commits - 1) / calls, 2),
-            "postgres_rows_written": round((rows_after - rows) / calls, 2),
+            "postgres_commits": round(max(commits_after - commits - 1 - idle_db[0], 0) / calls, 2),
+            "postgres_rows_written": round(max(rows_after - rows - idle_db[1], 0) / calls, 2),
             "wire_bytes": {k: round((wire_after[k] - wire[k]) / calls) for k in WIRE},
             "p50_ms": round(entry.get_response_time_percentile(0.5), 1),
             "p99_ms": round(entry.get_response_time_percentile(0.99), 1),
             "client_cpu_ms": round(spent.get(CLIENT, 0.0) / calls, 2)}
 
 
-def split_triton(costs: dict) -> None:
-    """Triton's CPU by model: a route calling one model spends it there; chat.Ask's text_embedding
-    share is what Search's costs Triton, the rest is chat_lm's."""
+def attribute(costs: dict) -> None:
+    """Triton's CPU by model (a route calling one model spends it there; chat.Ask's text_embedding
+    share is what Search's costs Triton, the rest chat_lm's); Login's password check apart from
+    user-svc's event loop (argon2 runs on a thread pool, off the GIL: what Login costs user-svc
+    beyond GetProfile); then each route's CPU kept for the components it crosses (PATH) and sets
+    off (BACKGROUND)."""
+    login, profile = costs["user.Login"]["cpu_ms"], costs["user.GetProfile"]["cpu_ms"]
+    login["user:argon2"] = round(max(login.get("user", 0.0) - profile.get("user", 0.0), 0.0), 3)
+    login["user"] = profile.get("user", 0.0)
     for route, models in MODELS.items():
         triton = costs[route]["cpu_ms"].pop("triton", 0.0)
         if len(models) == 1:
@@ -114,8 +137,12 @@ def split_triton(costs: dict) -> None:
             embedding = min(costs["search.Search"]["cpu_ms"].get("triton:text_embedding", 0.0), triton)
             costs[route]["cpu_ms"]["triton:text_embedding"] = round(embedding, 3)
             costs[route]["cpu_ms"]["triton:chat_lm"] = round(triton - embedding, 3)
-    for figures in costs.values():   # routes that call no model: Triton's share is noise
-        figures["cpu_ms"].pop("triton", None)
+    for route, figures in costs.items():
+        crossed = PATH[route] + BACKGROUND.get(route, [])
+        figures["other_cpu_ms"] = round(sum(v for k, v in figures["cpu_ms"].items() if k not in crossed), 2)
+        figures["cpu_ms"] = {k: figures["cpu_ms"].get(k, 0.0) for k in crossed}
+        figures["background"] = BACKGROUND.get(route, [])
+        figures["first_reply_before"] = FIRST_REPLY_BEFORE.get(route, "")
 
 
 def main() -> int:
@@ -133,12 +160,13 @@ def main() -> int:
         groups = {instance.name: service.name for service, instance in mesh.topo.instances()}
         env = Environment(user_classes=[load.MeshUser])
         env.create_local_runner()
-        idle_ms = idle(mesh, args.seconds, groups)
-        print("idle CPU ms over the same stretch: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(idle_ms.items())))
+        idle_ms, idle_db = idle(mesh, args.seconds, groups)
+        print("idle over the same stretch: CPU ms " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(idle_ms.items()))
+              + f"; Postgres commits {idle_db[0]}, rows written {idle_db[1]}")
         costs = {}
         for route in load.ROUTES:
-            costs[route] = measure(env, mesh, route, args.seconds, groups, idle_ms)
-        split_triton(costs)
+            costs[route] = measure(env, mesh, route, args.seconds, groups, idle_ms, idle_db)
+        attribute(costs)
         env.runner.quit()
     finally:
         mesh.down_and_report()
@@ -146,8 +174,9 @@ def main() -> int:
     for route, c in costs.items():
         print(f"{route:<26} {c['rate']:7.1f} {c['p50_ms']:7.1f} {sum(c['cpu_ms'].values()):7.2f}  "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(c["cpu_ms"].items(), key=lambda kv: -kv[1]) if v >= 0.05)
-              + f"  | pg commits {c['postgres_commits']}, rows {c['postgres_rows_written']}, "
-              f"wire {c['wire_bytes']['edge']} B edge / {c['wire_bytes']['mesh']} B east-west")
+              + f" (other {c['other_cpu_ms']:.2f})  | pg commits {c['postgres_commits']}, "
+              f"rows {c['postgres_rows_written']}, wire {c['wire_bytes']['edge']} B edge / "
+              f"{c['wire_bytes']['mesh']} B east-west")
     Path(args.out).write_text(json.dumps({
         "measured": datetime.date.today().isoformat(), "machine": machine(),
         "command": "bin/aimesh bench route_costs", "routes": costs}, indent=1) + "\n")

@@ -15,7 +15,7 @@ def one_station(quantum_ms: float = 5.0) -> model.Placement:
 @pytest.fixture(scope="module")
 def mm1() -> model.Result:
     route = model.Route("call", LAMBDA, bursts=(("svc", 1000 / MU),))
-    return model.simulate(one_station(), [route], seconds=400, seed=7)
+    return model.simulate(one_station(), [route], seconds=400, seed=7, cv=1.0)   # exponential: M/M/1
 
 
 def test_a_single_station_matches_mm1s_mean_response_time(mm1):
@@ -45,7 +45,8 @@ def test_a_shared_pool_slows_what_runs_on_it():
     shared = model.Placement(pools={"host": 1}, components={"a": model.Component(), "b": model.Component()})
     apart = model.Placement(pools={"one": 1, "two": 1}, components={
         "a": model.Component(pool="one"), "b": model.Component(pool="two")})
-    together, alone = model.simulate(shared, routes, seconds=300), model.simulate(apart, routes, seconds=300)
+    together = model.simulate(shared, routes, seconds=300, cv=1.0)
+    alone = model.simulate(apart, routes, seconds=300, cv=1.0)
     def mean(result: model.Result) -> float:
         return sum(result.latencies_ms["a"]) / len(result.latencies_ms["a"])
     assert mean(alone) == pytest.approx(1000 / (50 - 20), rel=0.1)
