@@ -168,6 +168,7 @@ def container_env(topo: Topology, service: Service, instance: Instance, *,
         # ops reads every instance's metrics, Envoy's admin and Triton's by name (compose: one
         # container per instance; k8s passes one Service per workload)
         ops_targets=(targets or live.targets(topo, host=lambda name: name)).to_json() if service.name == OPS else "",
+        crash_points="",   # the local chaos tests' knob: never in a deployment
     )
     env = config.to_env()
     if otlp:
