@@ -38,7 +38,7 @@ def test_a_component_that_cannot_start_stops_everything_already_started(tmp_path
     try:
         with pytest.raises(StartFailed) as failure:
             mesh.up(demo=False, on_progress=lambda _: None)
-        assert failure.value.component == "envoy" and "boom" in str(failure.value)
+        assert failure.value.component == "envoy" and "boom" in str(failure.value), str(failure.value)
         assert mesh.supervisor.running() == {}
     finally:
         mesh.down(on_progress=lambda _: None)   # a no-op unless the test failed
