@@ -48,7 +48,9 @@ class Mesh:
         )
 
     def trace_backend(self) -> Component:
-        return traces.component(self.topo.infra, self.state_dir, self.topo.observability.trace_retention_s)
+        seen = self.topo.observability
+        return traces.component(self.topo.infra, self.state_dir, seen.trace_retention_s,
+                                seen.trace_storage_bytes)
 
     def renewer(self) -> Component:
         """Renews every workload's certificate while the mesh runs (aimesh/certs.py)."""

@@ -172,6 +172,7 @@ class Infra:
     prometheus_port: int
     phoenix_port: int
     phoenix_grpc_port: int
+    phoenix_json_port: int      # OTLP/HTTP as JSON (Triton's exporter), handed on to Phoenix
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class Observability:
     retention_bytes: int = 256 << 20
     trace_sampling: float = 1.0       # share of requests traced (decided at the edge)
     trace_retention_s: float = 7 * 86400
+    trace_storage_bytes: int = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,7 @@ class Topology:
             "triton http": i.triton_http_port, "triton grpc": i.triton_grpc_port,
             "triton metrics": i.triton_metrics_port, "prometheus": i.prometheus_port,
             "phoenix": i.phoenix_port, "phoenix otlp": i.phoenix_grpc_port,
+            "phoenix otlp json": i.phoenix_json_port,
         }
         for service, instance in self.instances():
             ports[instance.name] = instance.port
@@ -300,6 +303,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         triton_metrics_port=port(infra["triton"]["metrics_port"]),
         prometheus_port=port(infra["prometheus"]["port"]),
         phoenix_port=port(infra["phoenix"]["port"]), phoenix_grpc_port=port(infra["phoenix"]["grpc_port"]),
+        phoenix_json_port=port(infra["phoenix"]["json_port"]),
     )
     services = {}
     methods = contract_methods()
@@ -332,7 +336,8 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         evaluation_interval_s=seconds(seen.get("evaluation_interval", "15s")),
         alert_for_s=seconds(seen.get("alert_for", "1m")), retention_bytes=size(seen.get("retention", "256MiB")),
         trace_sampling=_sampling(seen.get("trace_sampling", "100%")),
-        trace_retention_s=seconds(seen.get("trace_retention", "7d")))
+        trace_retention_s=seconds(seen.get("trace_retention", "7d")),
+        trace_storage_bytes=size(seen.get("trace_storage", "1GiB")))
     return Topology(gateway=gateway, infra=infra, services=services, observability=observability,
                     retention=Retention.parse(raw.get("retention") or {}),
                     identity=_identity(raw.get("identity") or {}, services, seconds),

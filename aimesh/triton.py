@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aimesh.models
 import aimesh.paths
+from aimesh import traces
 from aimesh.component import Component
 from aimesh.topology import Infra
 
@@ -187,6 +188,21 @@ def admin_headers(state_dir: Path) -> dict[str, str]:
     return {ADMIN_HEADER: admin_key(state_dir)}
 
 
+def trace_flags(url: str) -> list[str]:
+    """Triton traces the requests that carry a trace context (rate 0: only those, so the callers'
+    sampling decides) and sends the spans (the request, each model, the compute: under the
+    caller's client span) as OTLP/HTTP JSON to `url`. Fixed at start."""
+    return ["--trace-config=mode=opentelemetry", "--trace-config=rate=0", "--trace-config=count=-1",
+            "--trace-config=level=TIMESTAMPS", f"--trace-config=opentelemetry,url={url}",
+            "--trace-config=opentelemetry,resource=service.name=triton",
+            "--trace-config=opentelemetry,bsp_schedule_delay=500"]
+
+
+def tracing(infra: Infra, state_dir: Path) -> list[str]:
+    """Into the mesh's Phoenix, while it runs (as the services: a Triton started before it does not)."""
+    return trace_flags(traces.json_endpoint(infra)) if traces.running(state_dir) else []
+
+
 def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
               repository: Path | None = None) -> Component:
     """Triton serving `models` from the project's repository (assembled here), or from
@@ -219,6 +235,7 @@ def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
         # Triton takes the key on its command line: local users see it in the process list.
         f"--http-restricted-api={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
         f"--grpc-restricted-protocol={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
+        *tracing(infra, state_dir),
     ]
     return Component(
         name="triton", argv=argv, env=env(), cwd=work_dir,

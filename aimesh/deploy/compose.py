@@ -21,6 +21,7 @@ from .workloads import (
     JAEGER_UI_PORT,
     NATS_CONFIG,
     NATS_IMAGE,
+    OTLP_HTTP_PORT,
     POSTGRES_IMAGE,
     PROMETHEUS_IMAGE,
     PROMETHEUS_PORT,
@@ -83,9 +84,10 @@ def compose(topo: Topology) -> dict:
         "triton": {
             "build": {"context": ".", "dockerfile": TRITON_DOCKERFILE},
             "image": f"aimesh/triton:{TAG}",
-            "command": triton_args(topo),
+            "command": triton_args(topo, otlp_http=f"http://jaeger:{OTLP_HTTP_PORT}/v1/traces"),
             "shm_size": "1gb",               # the python backend passes tensors through /dev/shm
-            # Plaintext gRPC: only Envoy shares this network with it (docs/deploy.md).
+            # Plaintext gRPC: only Envoy (and Jaeger, which takes its spans) share this network
+            # with it (docs/deploy.md).
             "networks": ["inference"],
             "deploy": {"resources": {"reservations": {"devices": [
                 {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}},
@@ -132,8 +134,9 @@ def compose(topo: Topology) -> dict:
         "ports": [f"127.0.0.1:{PROMETHEUS_PORT}:{PROMETHEUS_PORT}"],
     }
     containers["jaeger"] = {
-        "image": JAEGER_IMAGE,                # receives OTLP from Envoy and every service
+        "image": JAEGER_IMAGE,                # receives OTLP from Envoy, Triton and every service
         "ports": [f"127.0.0.1:{JAEGER_UI_PORT}:{JAEGER_UI_PORT}"],
+        "networks": ["default", "inference"],   # Triton's network has no other way out
     }
     containers["grafana"] = {
         "image": GRAFANA_IMAGE,

@@ -81,6 +81,7 @@ NATS_CONFIG = "/etc/nats/nats.conf"
 
 
 OTLP_PORT = 4317                            # Jaeger's OTLP gRPC receiver
+OTLP_HTTP_PORT = 4318                       # and OTLP/HTTP (Triton's exporter sends JSON: Jaeger takes it)
 
 
 JAEGER_UI_PORT = 16686
@@ -242,15 +243,16 @@ def nats_config(topo: Topology) -> dict:
     return infra.nats_config(topo, "/data", tls, host="0.0.0.0")
 
 
-def triton_args(topo: Topology) -> list[str]:
+def triton_args(topo: Topology, otlp_http: str = "") -> list[str]:
     """The local runner's server flags (aimesh.triton), on every interface, for the image's
-    repository."""
+    repository; tracing into `otlp_http` (OTLP/HTTP) when given."""
     i = topo.infra
     return [f"--model-repository={TRITON_REPOSITORY}", "--model-control-mode=explicit",
             # text_embedding's ensemble and the models it is made of (aimesh.triton.IMAGE_FOLDERS)
             *(f"--load-model={m}" for m in triton.folders(image=True)), "--exit-on-error=true",
             f"--http-port={i.triton_http_port}", f"--grpc-port={i.triton_grpc_port}",
-            f"--metrics-port={i.triton_metrics_port}", "--exit-timeout-secs=10"]
+            f"--metrics-port={i.triton_metrics_port}", "--exit-timeout-secs=10",
+            *(triton.trace_flags(otlp_http) if otlp_http else [])]
 
 
 def postgres_init(topo: Topology) -> str:

@@ -2,7 +2,8 @@
 API), from PyPI in a virtualenv of its own (requirements-phoenix.txt, built once per its content by
 bin/venv, like the runtime's). Started by `aimesh up --traces`: about 420 MB and 20 s to start on
 this machine, too much for every run. Bound to loopback (serve.py), telemetry off, its SQLite
-database in the state dir. While it runs, Envoy and every service export their spans to it."""
+database in the state dir, capped by age and size. While it runs, Envoy, Triton and every service
+export their spans to it (Triton's as OTLP/JSON, on a port of its own: serve.py)."""
 from __future__ import annotations
 
 import json
@@ -32,29 +33,43 @@ def otlp_endpoint(infra: Infra) -> str:
     return f"http://127.0.0.1:{infra.phoenix_grpc_port}"
 
 
+def running(state_dir: Path) -> bool:
+    from ..supervisor import Supervisor
+    return Supervisor(Path(state_dir)).pid("phoenix") is not None
+
+
 def exporting_to(infra: Infra, state_dir: Path) -> str:
     """Where spans go: this mesh's Phoenix while it runs, else what the environment names
     (OTEL_EXPORTER_OTLP_ENDPOINT), else nowhere ("")."""
-    from ..supervisor import Supervisor
-    if Supervisor(Path(state_dir)).pid("phoenix") is not None:
+    if running(state_dir):
         return otlp_endpoint(infra)
     return os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+
+
+def json_endpoint(infra: Infra) -> str:
+    """Where Triton sends its spans (OTLP/HTTP as JSON, translated by serve.py)."""
+    return f"http://127.0.0.1:{infra.phoenix_json_port}/v1/traces"
 
 
 def ui(infra: Infra) -> str:
     return f"http://127.0.0.1:{infra.phoenix_port}"
 
 
-def component(infra: Infra, state_dir: Path, retention_s: float = 7 * 86400) -> Component:
+def component(infra: Infra, state_dir: Path, retention_s: float = 7 * 86400,
+              storage_bytes: int = 1 << 30) -> Component:
     data = Path(state_dir) / "phoenix"
     data.mkdir(parents=True, exist_ok=True)
     return Component(
         name="phoenix", argv=[str(venv() / "bin" / "python"), str(SERVE)], cwd=data,
         env={"PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(infra.phoenix_port),
              "PHOENIX_GRPC_PORT": str(infra.phoenix_grpc_port), "PHOENIX_WORKING_DIR": str(data),
+             "PHOENIX_OTLP_JSON_PORT": str(infra.phoenix_json_port),
              "PHOENIX_TELEMETRY_ENABLED": "false",
-             # storage: capped by age (Phoenix has no size cap), in whole days, at least one
-             "PHOENIX_DEFAULT_RETENTION_POLICY_DAYS": str(max(1, round(retention_s / 86400)))},
+             # storage: traces older than the retention are deleted (in whole days, at least
+             # one); past the size cap new spans are refused until the retention frees room
+             "PHOENIX_DEFAULT_RETENTION_POLICY_DAYS": str(max(1, round(retention_s / 86400))),
+             "PHOENIX_DATABASE_ALLOCATED_STORAGE_CAPACITY_GIBIBYTES": f"{storage_bytes / (1 << 30):g}",
+             "PHOENIX_DATABASE_USAGE_INSERTION_BLOCKING_THRESHOLD_PERCENTAGE": "100"},
         healthy=lambda: http_ok(f"{ui(infra)}/healthz"), start_timeout_s=90)
 
 

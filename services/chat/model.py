@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import numpy as np
+from opentelemetry import trace
 
 from aimesh.search.v1 import search_pb2
 from services import kit
@@ -79,7 +80,8 @@ class ChatModel:
         self.triton, self.temperature = triton, temperature
 
     async def generate(self, prompt: list[dict], max_tokens: int, deadline_s: float,
-                       hits: list[search_pb2.SearchResult]) -> AsyncGenerator[Piece]:
+                       hits: list[search_pb2.SearchResult], span: trace.Span | None = None,
+                       ) -> AsyncGenerator[Piece]:
         """The answer's pieces as Triton produces them; the last one carries the finish reason and
         token counts. The answer may quote only the retrieved titles (chat_lm's CITED grammar).
         ModelBusy when the model refuses for load, kit.Unavailable when it cannot answer."""
@@ -88,7 +90,7 @@ class ChatModel:
                   "TEMPERATURE": np.array([self.temperature], dtype=np.float32),
                   "STOP": np.array([json.dumps(ONE_PARAGRAPH).encode()], dtype=np.object_),
                   "CITED": np.array([json.dumps(cited(hits)).encode()], dtype=np.object_)}
-        stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s)
+        stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s, under=span)
         async with contextlib.aclosing(stream):   # closing this closes the Triton call at once
             try:
                 async for outputs in stream:

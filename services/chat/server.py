@@ -152,7 +152,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         usage = chat_pb2.Usage()
         opening = lead(hits)     # the answer's first line, which the model continues
         try:
-            async with contextlib.aclosing(self.model.generate(prompt, max_tokens, TURN_DEADLINE_S, hits)) as pieces:
+            generating = self.model.generate(prompt, max_tokens, TURN_DEADLINE_S, hits, span=generation)
+            async with contextlib.aclosing(generating) as pieces:
                 async for piece in pieces:
                     if cancel.is_set():   # leaving the loop cancels the generation in Triton
                         finish = chat_pb2.FINISH_REASON_CANCELLED

@@ -3,6 +3,8 @@ through the east-west listener. Any failure is kit.Unavailable, so callers with 
 catch one error type."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import yaml
+from opentelemetry import trace
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import (
     deserialize_bytes_tensor,
@@ -23,6 +26,7 @@ from .errors import Unavailable
 # Names the model on every call, so the gateway can tell one model's calls from another's
 # (`aimesh fault triton --model recommender`): the model is otherwise only inside the body.
 MODEL_HEADER = "x-aimesh-model"
+STREAM_END_S = 1.0       # how long a finished stream may take to say it ended
 
 
 def _raw(array: np.ndarray) -> bytes:
@@ -49,6 +53,15 @@ def _request(model: str, inputs: dict[str, np.ndarray], version: str = "") -> se
 def _outputs(reply: service_pb2.ModelInferResponse) -> dict[str, np.ndarray]:
     return {output.name: _array(output, raw)
             for output, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
+
+
+async def _read_to_end(call: grpc.aio.StreamStreamCall) -> None:
+    """A decoupled request's last response is also its final one, so its stream ends right after.
+    Reading that end, rather than cancelling the call, closes the call's span and Triton's."""
+    with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+        async with asyncio.timeout(STREAM_END_S):
+            async for _ in call:
+                pass
 
 
 class ModelVersions:
@@ -101,11 +114,14 @@ class Triton:
         return _outputs(reply)
 
     async def stream(self, model: str, inputs: dict[str, np.ndarray], *, last_output: str,
-                     timeout_s: float | None = None) -> AsyncGenerator[dict[str, np.ndarray]]:
+                     timeout_s: float | None = None, under: trace.Span | None = None,
+                     ) -> AsyncGenerator[dict[str, np.ndarray]]:
         """A decoupled model's responses as they come, up to the one carrying `last_output`.
         Leaving the loop early (or being cancelled) cancels the call, and Triton tells the
-        model, which stops generating."""
-        call = self.stub.ModelStreamInfer(timeout=timeout_s, metadata=((MODEL_HEADER, model),))
+        model, which stops generating. The call's span hangs under `under` when given (a span
+        the caller started but cannot enter: a generator must not hold a context across yields)."""
+        with trace.use_span(under, end_on_exit=False) if under else contextlib.nullcontext():
+            call = self.stub.ModelStreamInfer(timeout=timeout_s, metadata=((MODEL_HEADER, model),))
         try:
             await call.write(_request(model, inputs))
             await call.done_writing()
@@ -113,9 +129,11 @@ class Triton:
                 if response.error_message:
                     raise Unavailable(f"model {model}: {response.error_message}")
                 outputs = _outputs(response.infer_response)
-                yield outputs
                 if last_output in outputs:
+                    await _read_to_end(call)
+                    yield outputs
                     return
+                yield outputs
             raise Unavailable(f"model {model}: the stream ended before its last response")
         except grpc.aio.AioRpcError as failure:
             raise Unavailable(f"model {model}: {failure.code().name} {failure.details()}") from failure

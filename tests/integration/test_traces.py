@@ -1,7 +1,8 @@
 """Trace-based tests: every RPC the gateway routes, called through the edge with a trace id of
 the test's own, then its span graph read back from the real trace backend (Phoenix, `up
 --traces`): Envoy's edge span, under it the service's server span with the status the client got,
-and the spans of what the call does downstream. Adding an RPC adds one row."""
+and the spans of what the call does downstream — Triton's own among them — each hanging under the
+edge's through parents that all arrived. Adding an RPC adds one row."""
 from __future__ import annotations
 
 import random
@@ -22,7 +23,8 @@ from aimesh.user.v1 import user_pb2
 from services.user import demo
 from tests.integration.client import bearer, wait_for
 
-EMBED = "/inference.GRPCInferenceService/ModelInfer"       # text_embedding, the recommender
+INFER = "/inference.GRPCInferenceService/ModelInfer"        # a service's call to Triton
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"   # chat_lm's stream
 NOBODYS = str(uuid.uuid4())   # no such content: NOT_FOUND
 
 
@@ -51,20 +53,23 @@ ROWS = [
     Row("/aimesh.user.v1.UserService/RotateSigningKey", user_pb2.RotateSigningKeyRequest()),   # not an admin
     Row("/aimesh.search.v1.SearchService/IndexDocuments", search_pb2.IndexDocumentsRequest()),
     Row("/aimesh.search.v1.SearchService/Search", search_pb2.SearchRequest(query="heist", page_size=1),
-        below=(EMBED,)),
+        below=(INFER, "InferRequest", "text_embedding", "compute"),   # Triton's own spans under the call's
+        attributes={"text_embedding": {"triton.model_name": "text_embedding"}}),
     Row("/aimesh.search.v1.SearchService/DeleteDocument", search_pb2.DeleteDocumentRequest()),
     Row("/aimesh.search.v1.SearchService/SubmitIndexJob", search_pb2.SubmitIndexJobRequest()),
     Row("/aimesh.search.v1.SearchService/GetJob", search_pb2.GetJobRequest()),
     Row("/aimesh.recommend.v1.RecommendService/Recommend", recommend_pb2.RecommendRequest(
-        limit=3, exclude_item_ids=[random.randint(10**6, 10**9)]), below=(EMBED,)),
+        limit=3, exclude_item_ids=[random.randint(10**6, 10**9)]), below=(INFER, "recommender"),
+        attributes={"recommender": {"triton.model_name": "recommender"}}),
     Row("/aimesh.chat.v1.ChatService/Ask", chat_pb2.AskRequest(message=chat_pb2.UserMessage(
         text="a film about toys", max_tokens=4)), kind="server_stream",
-        below=("retrieve", "/aimesh.search.v1.SearchService/Search", "build prompt", "chat chat_lm"),
+        below=("retrieve", "/aimesh.search.v1.SearchService/Search", "text_embedding", "build prompt",
+               "chat chat_lm", STREAM_INFER, "chat_lm"),
         attributes={"chat chat_lm": {"gen_ai.operation.name": "chat", "gen_ai.request.model": "chat_lm",
                                      "gen_ai.usage.output_tokens": 4, "gen_ai.request.max_tokens": 4}}),
     Row("/aimesh.chat.v1.ChatService/Chat", [chat_pb2.ChatRequest(message=chat_pb2.UserMessage(
         text="a film about space", max_tokens=4))], kind="bidi",
-        below=("retrieve", "/aimesh.search.v1.SearchService/Search", "chat chat_lm")),
+        below=("retrieve", "/aimesh.search.v1.SearchService/Search", "chat chat_lm", STREAM_INFER)),
     Row("/aimesh.notify.v1.NotificationService/ListNotifications", notify_pb2.ListNotificationsRequest()),
     Row("/aimesh.notify.v1.NotificationService/MarkRead", notify_pb2.MarkReadRequest()),
     Row("/aimesh.notify.v1.NotificationService/Subscribe", notify_pb2.SubscribeRequest(), kind="server_stream",
@@ -145,7 +150,7 @@ def test_the_span_graph_of_each_rpc(mesh, traced_calls, row):
         for server in (s for s in spans if s["name"] == row.path):
             edge = by_id.get(server["parent_id"])
             if edge and edge["name"] == "ingress" and edge["parent_id"] not in by_id \
-                    and wanted <= {s["name"] for s in spans}:
+                    and wanted <= {s["name"] for s in spans if reaches(s, edge, by_id)}:
                 return edge, server, spans
         return None
     edge, server, spans = wait_for(complete, timeout_s=45, interval_s=1,
@@ -157,6 +162,16 @@ def test_the_span_graph_of_each_rpc(mesh, traced_calls, row):
     for name, expected in row.attributes.items():
         found = next(s for s in spans if s["name"] == name)["attributes"]
         assert {k: found.get(k) for k in expected} == expected
+
+
+def reaches(span: dict, root: dict, by_id: dict) -> bool:
+    """One trace, end to end: the span hangs, through parents that all arrived, under `root`."""
+    seen = 0
+    while span is not root and seen < len(by_id):
+        span, seen = by_id.get(span["parent_id"]), seen + 1
+        if span is None:
+            return False
+    return span is root
 
 
 def _service(mesh, row: Row) -> str:
