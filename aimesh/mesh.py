@@ -52,6 +52,10 @@ class Mesh:
         return traces.component(self.topo.infra, self.state_dir, seen.trace_retention_s,
                                 seen.trace_storage_bytes)
 
+    def model_server(self) -> Component:
+        return triton.component(self.topo.infra, self.state_dir,
+                                trace_sampling=self.topo.observability.trace_sampling)
+
     def renewer(self) -> Component:
         """Renews every workload's certificate while the mesh runs (aimesh/certs.py)."""
         lifetime = self.topo.identity.certificate_lifetime_s
@@ -65,7 +69,7 @@ class Mesh:
     def _makers(self) -> dict:
         makers: dict[str, Callable[[], Component]] = {"envoy": self.envoy,
                   "certs": self.renewer,
-                  "triton": lambda: triton.component(self.topo.infra, self.state_dir),
+                  "triton": self.model_server,
                   "postgres": lambda: infra.postgres(self.topo, self.state_dir),
                   "nats": lambda: infra.nats(self.topo, self.state_dir),
                   "phoenix": self.trace_backend}
@@ -117,7 +121,7 @@ class Mesh:
             if with_traces:   # before anything that sends spans
                 self._start_and_wait([self.trace_backend()], on_progress)
                 self._export_traces()
-            model_server = triton.component(self.topo.infra, self.state_dir)
+            model_server = self.model_server()
             stores = [infra.postgres(self.topo, self.state_dir),
                       infra.nats(self.topo, self.state_dir)]
             self._start([model_server, *stores], on_progress)

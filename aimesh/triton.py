@@ -188,23 +188,30 @@ def admin_headers(state_dir: Path) -> dict[str, str]:
     return {ADMIN_HEADER: admin_key(state_dir)}
 
 
-def trace_flags(url: str) -> list[str]:
-    """Triton traces the requests that carry a trace context (rate 0: only those, so the callers'
-    sampling decides) and sends the spans (the request, each model, the compute: under the
-    caller's client span) as OTLP/HTTP JSON to `url`. Fixed at start."""
-    return ["--trace-config=mode=opentelemetry", "--trace-config=rate=0", "--trace-config=count=-1",
-            "--trace-config=level=TIMESTAMPS", f"--trace-config=opentelemetry,url={url}",
+# Triton traces every request that carries a trace context, whatever the rate, and one in RATE of
+# the others: the rarest rate its trace API takes (it refuses 0 while tracing is on).
+TRACE_RATE = 2**31 - 1
+
+
+def trace_flags(url: str, level: str = "TIMESTAMPS") -> list[str]:
+    """Triton traces the requests that carry a trace context at `level` (OFF or TIMESTAMPS,
+    changeable live through its trace API) and sends the spans (the request, each model, the
+    compute: under the caller's client span) as OTLP/HTTP JSON to `url`."""
+    return ["--trace-config=mode=opentelemetry", f"--trace-config=rate={TRACE_RATE}", "--trace-config=count=-1",
+            f"--trace-config=level={level}", f"--trace-config=opentelemetry,url={url}",
             "--trace-config=opentelemetry,resource=service.name=triton",
             "--trace-config=opentelemetry,bsp_schedule_delay=500"]
 
 
-def tracing(infra: Infra, state_dir: Path) -> list[str]:
+def tracing(infra: Infra, state_dir: Path, sampling: float) -> list[str]:
     """Into the mesh's Phoenix, while it runs (as the services: a Triton started before it does not)."""
-    return trace_flags(traces.json_endpoint(infra)) if traces.running(state_dir) else []
+    if not traces.running(state_dir):
+        return []
+    return trace_flags(traces.json_endpoint(infra), traces.triton_level(sampling))
 
 
 def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
-              repository: Path | None = None) -> Component:
+              repository: Path | None = None, trace_sampling: float = 1.0) -> Component:
     """Triton serving `models` from the project's repository (assembled here), or from
     `repository`, one already put together (a benchmark's own)."""
     from aimesh import hotswap
@@ -235,7 +242,7 @@ def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
         # Triton takes the key on its command line: local users see it in the process list.
         f"--http-restricted-api={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
         f"--grpc-restricted-protocol={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
-        *tracing(infra, state_dir),
+        *tracing(infra, state_dir, trace_sampling),
     ]
     return Component(
         name="triton", argv=argv, env=env(), cwd=work_dir,

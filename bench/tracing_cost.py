@@ -1,9 +1,11 @@
 """What tracing costs: Search through the gateway with 0%, 10% and 100% of requests traced, in
 one run on one mesh (`up --traces`: spans go to Phoenix). The edge decides which requests are
 traced and the services follow its decision, so the share is set live through Envoy's runtime
-key tracing.random_sampling; rows are interleaved in rounds, so drift on a shared machine falls on
-every row alike. Each row: p50/p99 at concurrency 1 and requests/s at concurrency 16. Also the
-trace backend's memory (RSS) and the mesh's start time with it.
+key tracing.random_sampling (and Triton's tracing with it: on at 100% only); rows are interleaved
+in rounds, so drift on a shared machine falls on every row alike, and each starts once the trace
+backend has ingested the spans of the row before. Each row: p50/p99 at concurrency 1 and
+requests/s at concurrency 16. Also the trace backend's memory (RSS) and the mesh's start time with
+it.
 
 Prints figures and asserts none. Its own mesh with demo data in /tmp/aimesh-bench-traces-state on
 AIMESH_PORT_OFFSET=2000 (override with those two variables), bench/topology.yaml; wipes that state
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -23,7 +24,7 @@ import psutil
 from helpers import loadgen
 from helpers.common import machine
 
-from aimesh import demo
+from aimesh import demo, traces
 from aimesh.harness import MeshUnderTest
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.supervisor import Supervisor
@@ -37,8 +38,21 @@ QUERIES = ["Star Wars", "animated film for children", "film noir detective", "ro
 
 
 def set_sampling(mesh: MeshUnderTest, percent: int) -> None:
-    url = f"http://127.0.0.1:{mesh.topo.gateway.admin_port}/runtime_modify?tracing.random_sampling={percent}"
-    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).read()
+    traces.sample(mesh.topo, mesh.state, percent / 100)
+
+
+def settle(phoenix: psutil.Process, bound_s: float = 60) -> None:
+    """Until the trace backend has taken the last row's spans: the services send theirs every
+    5 s, then Phoenix's CPU falls under 5% of a core for two half-second windows. Without this the
+    next row ran while Phoenix ingested the previous one's spans on the same cores."""
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in (phoenix, *phoenix.children(recursive=True)))
+    time.sleep(5.5)
+    quiet, deadline = 0, time.monotonic() + bound_s
+    while quiet < 2 and time.monotonic() < deadline:
+        before = cpu()
+        time.sleep(0.5)
+        quiet = quiet + 1 if cpu() - before < 0.025 else 0
 
 
 def row(stub, metadata) -> tuple[np.ndarray, float]:
@@ -69,6 +83,7 @@ def main() -> None:
             for _ in range(ROUNDS):
                 for share in SHARES:
                     set_sampling(mesh, share)
+                    settle(phoenix)
                     sequential, throughput = row(stub, metadata)
                     latencies[share].append(sequential)
                     rates[share].append(throughput)
@@ -81,7 +96,7 @@ def main() -> None:
             base = base or (p50, rate)
             print(f"  traced {share:>3}%: p50 {p50:6.2f} ms ({p50 / base[0]:.3f}x), p99 {p99:6.2f} ms, "
                   f"{rate:6.1f} requests/s ({rate / base[1]:.3f}x of untraced)")
-        time.sleep(6)     # the services' span batches go out every 5 s
+        settle(phoenix)
         rss = phoenix.memory_info().rss + sum(c.memory_info().rss for c in phoenix.children(recursive=True))
         print(f"\ntrace backend (Phoenix) RSS after the run: {rss / 2**20:.0f} MiB")
     finally:

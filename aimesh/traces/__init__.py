@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from ..component import Component, http_ok
 from ..paths import ROOT
-from ..topology import Infra
+from ..topology import Infra, Topology
 
 REQUIREMENTS = ROOT / "requirements-phoenix.txt"
 SERVE = Path(__file__).with_name("serve.py")
@@ -71,6 +72,28 @@ def component(infra: Infra, state_dir: Path, retention_s: float = 7 * 86400,
              "PHOENIX_DATABASE_ALLOCATED_STORAGE_CAPACITY_GIBIBYTES": f"{storage_bytes / (1 << 30):g}",
              "PHOENIX_DATABASE_USAGE_INSERTION_BLOCKING_THRESHOLD_PERCENTAGE": "100"},
         healthy=lambda: http_ok(f"{ui(infra)}/healthz"), start_timeout_s=90)
+
+
+def triton_level(sampling: float) -> str:
+    """Triton traces every call that carries a trace context, sampled or not (it cannot tell), so
+    it traces only while every request is: at a lower share its spans would be orphans."""
+    return "TIMESTAMPS" if sampling >= 1.0 else "OFF"
+
+
+def sample(topo: Topology, state_dir: Path, sampling: float) -> None:
+    """Set the share of requests traced, live: the edge's decision (Envoy's runtime key, which the
+    services follow) and Triton's tracing with it."""
+    from .. import triton
+    admin = f"http://127.0.0.1:{topo.gateway.admin_port}/runtime_modify?tracing.random_sampling={sampling * 100:g}"
+    urllib.request.urlopen(urllib.request.Request(admin, method="POST"), timeout=5).read()
+    setting = urllib.request.Request(
+        f"http://127.0.0.1:{topo.infra.triton_http_port}/v2/trace/setting", method="POST",
+        data=json.dumps({"trace_level": [triton_level(sampling)], "trace_rate": str(triton.TRACE_RATE)}).encode(),
+        headers=triton.admin_headers(state_dir))
+    try:
+        urllib.request.urlopen(setting, timeout=5).read()
+    except urllib.error.HTTPError as refused:
+        raise RuntimeError(f"Triton refused its trace level: {refused.read().decode()}") from refused
 
 
 def spans(infra: Infra, trace_id: str) -> list[dict]:
