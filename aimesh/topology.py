@@ -50,6 +50,7 @@ class Service:
     timeout_s: float
     public: tuple[str, ...] = ()
     streams: tuple[str, ...] = ()
+    client_streams: tuple[str, ...] = ()  # of those, where the client sends a stream
     idempotent: tuple[str, ...] = ()      # unary methods safe to retry ("*": all of them)
     rate_limit: RateLimit | None = None   # per user and tier, at the edge
     jwks_port: int = 0
@@ -235,6 +236,7 @@ class Method:
     name: str
     streaming: bool          # either side streams
     idempotent: bool         # idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT: safe to retry
+    client_streaming: bool = False   # the client sends a stream (else exactly one message)
 
 
 @functools.cache
@@ -251,7 +253,7 @@ def contract_methods(descriptor_set: Path | None = None) -> dict[str, dict[str, 
     safe = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT)
     return {f"{file.package}.{service.name}": {
         method.name: Method(method.name, method.client_streaming or method.server_streaming,
-                            method.options.idempotency_level in safe)
+                            method.options.idempotency_level in safe, method.client_streaming)
         for method in service.method} for file in files for service in file.service}
 
 
@@ -319,7 +321,9 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             timeout_s=float(s["timeout_s"]), public=tuple(s.get("public", ())),
             # From the contracts: streaming, and `option idempotency_level` (either level may be
             # retried); the topology may add "*" for a service without contracts (the catalog).
-            streams=tuple(m.name for m in described if m.streaming),
+            # A service without contracts of ours (the catalog's reflection) names its client streams.
+            streams=(*(m.name for m in described if m.streaming), *s.get("client_streams", ())),
+            client_streams=(*(m.name for m in described if m.client_streaming), *s.get("client_streams", ())),
             idempotent=(*(m.name for m in described if m.idempotent), *s.get("idempotent", ())),
             rate_limit=RateLimit(**s["rate_limit_per_minute"]) if "rate_limit_per_minute" in s else None,
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from aimesh.topology import Topology
 
 from .common import (
+    HTTP2_WINDOWS,
     JWKS_CLUSTER,
     OTLP_CLUSTER,
     TRITON,
@@ -105,7 +106,7 @@ def _plain_cluster(name: str, hosts: list[tuple[str, int]], *, http2: bool = Tru
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {"http2_protocol_options": HTTP2_WINDOWS},
             },
         }
     return cluster

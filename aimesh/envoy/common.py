@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aimesh.topology import Service, Topology
+from services.kit.config import Config
 
 LOOPBACK = "127.0.0.1"
 
@@ -38,7 +39,7 @@ MAX_WEB_FILE_BYTES = 4 * 1024 * 1024       # Envoy's default cap on a direct res
 # inference has no side effects, so every call may be retried.
 TRITON = Service(name="triton", grpc_services=("inference.GRPCInferenceService",), instances=(),
                  timeout_s=10,             # callers set tighter deadlines; this only bounds a hang
-                 streams=("ModelStreamInfer",), idempotent=("*",))
+                 streams=("ModelStreamInfer",), client_streams=("ModelStreamInfer",), idempotent=("*",))
 
 
 OTLP_CLUSTER = "otlp"                      # where spans go, when an OTLP endpoint is configured
@@ -75,13 +76,32 @@ FAULT_FILTER = "envoy.filters.http.fault"   # inert on the listener; `aimesh fau
 GRPC_STATS_FILTER = "envoy.filters.http.grpc_stats"
 
 
+# A request of one message (unary and server-streaming calls) is read whole by the gateway (on
+# both listeners) and refused past the services' own limit plus its frame, before it reaches a
+# service; a client's stream passes as it comes (each of its messages bounded by the service).
+BUFFER_FILTER = "envoy.filters.http.buffer"
+
+# HTTP/2 flow control windows on both sides of the gateway (Envoy's defaults are 256 MiB a
+# stream): a client that stops reading a stream holds at most these, and the service's writes
+# wait, as Envoy's edge guidance has it.
+HTTP2_WINDOWS = {"initial_stream_window_size": 65536, "initial_connection_window_size": 1048576}
+MAX_REQUEST_BYTES = Config.max_message_bytes + 5
+
+
+# The edge checks a call's framing before a service sees it (grpc_check.lua); each method route
+# names its check, "one_message" or "client_stream"; other routes (the page's files) get none.
+LUA_FILTER = "envoy.filters.http.lua"
+
+
 MAX_USERS_TRACKED = 10000                  # per-user buckets kept per route (least recently used go)
 
 
 RATE_LIMITED_MESSAGE = "local_rate_limited"   # Envoy's grpc-message for a limited call
 
 
-RESOURCE_EXHAUSTED = "8"                        # the gRPC status code, as a grpc-status header
+RESOURCE_EXHAUSTED = "8"                        # gRPC status codes, as grpc-status headers
+INVALID_ARGUMENT = "3"
+DEADLINE_EXCEEDED = "4"
 
 
 GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-model-version"

@@ -2,18 +2,25 @@
 JSON, CORS, tracing and the access log."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from aimesh.topology import TRITON as TRITON_NAME
 from aimesh.topology import Topology
 from services.kit.identity import CLAIM_HEADERS, JWKS_PATH
 from services.kit.tls import spiffe_id
 
 from .common import (
+    BUFFER_FILTER,
     CORS_FILTER,
+    DEADLINE_EXCEEDED,
     FAULT_FILTER,
     GRPC_STATS_FILTER,
     GRPC_WEB_HEADERS,
+    INVALID_ARGUMENT,
     JWKS_CLUSTER,
     JWT_PROVIDER,
+    LUA_FILTER,
+    MAX_REQUEST_BYTES,
     OTLP_CLUSTER,
     RATE_LIMIT_FILTER,
     RATE_LIMITED_MESSAGE,
@@ -64,30 +71,53 @@ def client_filters(topo: Topology, descriptor_set: str) -> list[dict]:
             "proto_descriptor": descriptor_set,
             "services": services,
             "convert_grpc_status": True,          # a gRPC error becomes an HTTP status + JSON body
+            "max_request_body_size": MAX_REQUEST_BYTES,   # as for gRPC (413 past it)
             "print_options": {"always_print_primitive_fields": True},
         }},
     ]
 
 
-def grpc_web_local_replies() -> dict:
-    """A rate-limited grpc-web call reads RESOURCE_EXHAUSTED, as over gRPC. Envoy decides whether
-    a local reply is gRPC from the request as it arrived, and grpc-web is not gRPC there: the
-    limiter's reply goes out as HTTP 429, which the grpc_web filter then turns into UNAVAILABLE
-    (gRPC's HTTP mapping). So a 429 to a grpc-web client (they all send x-grpc-web) is rewritten
-    here into what the grpc_web filter passes through untouched: a trailers-only grpc-web reply."""
-    rate_limited = {"status_code_filter": {"comparison": {"op": "EQ", "value": {
-        "default_value": 429, "runtime_key": "local_reply.rate_limited_status"}}}}
+def local_replies(*, edge: bool) -> dict:
+    """What the gateway's own refusals read, in gRPC's words whatever the protocol.
+    - A request past the size limit (the buffer filter's HTTP 413) is RESOURCE_EXHAUSTED, as the
+      services say it; Envoy's HTTP-to-gRPC mapping would make it UNKNOWN.
+    - A rate-limited grpc-web call (edge) is RESOURCE_EXHAUSTED, as over gRPC. Envoy decides
+      whether a local reply is gRPC from the request as it arrived, and grpc-web is not gRPC
+      there: the limiter's HTTP 429 would become UNAVAILABLE in the grpc_web filter.
+    - A grpc-web client's 400 (the grpc_web filter's refusal) is INVALID_ARGUMENT, and its 504 (the
+      route's duration bound) DEADLINE_EXCEEDED, as over gRPC.
+    A grpc-web client's reply (they all send x-grpc-web) is written here in the form the grpc_web
+    filter passes through untouched: trailers-only, no body."""
+    def status(code: int, runtime_key: str) -> dict:
+        return {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+            "default_value": code, "runtime_key": runtime_key}}}}
+    too_large = status(413, "local_reply.too_large_status")
+    rate_limited = status(429, "local_reply.rate_limited_status")
     grpc_web_client = {"header_filter": {"header": {"name": "x-grpc-web", "present_match": True}}}
-    trailers = {"grpc-status": RESOURCE_EXHAUSTED,
-                "grpc-message": RATE_LIMITED_MESSAGE}
-    return {"mappers": [{
-        "filter": {"and_filter": {"filters": [rate_limited, grpc_web_client]}},
-        "status_code": 200,
-        "headers_to_add": [{"header": {"key": k, "value": v},
-                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in trailers.items()],
-        # No body, so the headers end the reply: grpc-web's trailers-only form.
-        "body_format_override": {"text_format": "", "content_type": "application/grpc-web+proto"},
-    }]}
+
+    def trailers(grpc_status: str, message: str) -> list[dict]:
+        return [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                for k, v in {"grpc-status": grpc_status, "grpc-message": message}.items()]
+    trailers_only_web = {"status_code": 200,
+                         "body_format_override": {"text_format": "", "content_type": "application/grpc-web+proto"}}
+    too_large_message = f"request larger than {MAX_REQUEST_BYTES} bytes"
+    mappers = [
+        {"filter": {"and_filter": {"filters": [too_large, grpc_web_client]}},
+         "headers_to_add": trailers(RESOURCE_EXHAUSTED, too_large_message), **trailers_only_web},
+        {"filter": too_large, "headers_to_add": trailers(RESOURCE_EXHAUSTED, too_large_message)},
+    ]
+    if edge:
+        mappers.append({"filter": {"and_filter": {"filters": [rate_limited, grpc_web_client]}},
+                        "headers_to_add": trailers(RESOURCE_EXHAUSTED, RATE_LIMITED_MESSAGE),
+                        **trailers_only_web})
+        # The grpc_web filter's own refusal (base64 that is not) says INTERNAL; the route's
+        # duration bound, HTTP 504 to a grpc-web client, would read UNAVAILABLE.
+        for code, grpc_status, message in ((400, INVALID_ARGUMENT, "request: not a grpc-web message"),
+                                           (504, DEADLINE_EXCEEDED, "deadline exceeded at the gateway")):
+            mappers.append({"filter": {"and_filter": {"filters": [status(code, f"local_reply.web_{code}"),
+                                                                  grpc_web_client]}},
+                            "headers_to_add": trailers(grpc_status, message), **trailers_only_web})
+    return {"mappers": mappers}
 
 
 def cors_policy(topo: Topology) -> dict:
@@ -103,15 +133,35 @@ def cors_policy(topo: Topology) -> dict:
 
 def http_filters(topo: Topology, public_prefixes: tuple[str, ...],
                  public_paths: tuple[str, ...], addressing: Addressing,
-                 token_optional: tuple[str, ...] = ()) -> list[dict]:
+                 token_optional: tuple[str, ...] = (), *, check_requests: bool = False) -> list[dict]:
     # Order matters: strip forged identity, then verify the token and write the real identity,
-    # then count the call against the user's limit (it reads that identity), then count its gRPC
-    # status per cluster (injected faults included, so a faulty canary shows in its version's
-    # stats), then inject faults, then route.
+    # then count the call against the user's limit (it reads that identity), then read a unary
+    # request whole and refuse it past the size limit, then (at the edge) check its framing, then
+    # count its gRPC status per cluster (injected faults included, so a faulty canary shows in its
+    # version's stats), then inject faults, then route.
     return [_strip_identity_filter(),
             _jwt_filter(topo, public_prefixes, public_paths, addressing, token_optional),
-            _rate_limit_filter(), _grpc_stats_filter(), _fault_filter(),
-            _router_filter()]
+            _rate_limit_filter(), _buffer_filter(), *([_check_filter()] if check_requests else []),
+            _grpc_stats_filter(), _fault_filter(), _router_filter()]
+
+
+GRPC_CHECK = Path(__file__).with_name("grpc_check.lua").read_text()
+
+
+def _check_filter() -> dict:
+    """Lua, with one named source per check in grpc_check.lua; routes that name none pass."""
+    def source(check: str) -> dict:
+        return {"inline_string": f"{GRPC_CHECK}\nfunction envoy_on_request(handle)\n  check_{check}(handle)\nend\n"}
+    return {"name": LUA_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": "function envoy_on_request(handle) end"},
+        "source_codes": {check: source(check) for check in ("one_message", "client_stream")}}}
+
+
+def _buffer_filter() -> dict:
+    return {"name": BUFFER_FILTER, "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": MAX_REQUEST_BYTES}}
 
 
 def _strip_identity_filter() -> dict:

@@ -5,8 +5,16 @@ from typing import Any
 
 from aimesh.topology import Topology
 
-from .common import CORS_FILTER, HANDSHAKE_FAILED, MAX_WEB_FILE_BYTES, Addressing, seconds, socket_address
-from .filters import access_log, cors_policy, grpc_web_local_replies, http_filters, tracer
+from .common import (
+    CORS_FILTER,
+    HANDSHAKE_FAILED,
+    HTTP2_WINDOWS,
+    MAX_WEB_FILE_BYTES,
+    Addressing,
+    seconds,
+    socket_address,
+)
+from .filters import access_log, cors_policy, http_filters, local_replies, tracer
 from .routes import method_routes
 from .tls import Tls
 
@@ -31,6 +39,7 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
                  ".v3.HttpConnectionManager",
         "stat_prefix": name,
         "codec_type": "AUTO",                       # gRPC clients speak h2c; AUTO detects it
+        "http2_protocol_options": HTTP2_WINDOWS,
         "generate_request_id": True,
         # The edge is the trust boundary: with the peer address as the client's, Envoy treats the
         # call as external and replaces a client-chosen x-request-id (without it, it keeps it).
@@ -41,10 +50,9 @@ def build_listener(name: str, port: int, extra_routes: list[dict], *, topo: Topo
         "access_log": [access_log(name, access_log_path)],
         "route_config": route_config,
         "http_filters": [*edge_filters, *http_filters(topo, public_prefixes, public_paths, addressing,
-                                                           token_optional)],
+                                                           token_optional, check_requests=edge)],
     }
-    if edge:
-        hcm["local_reply_config"] = grpc_web_local_replies()
+    hcm["local_reply_config"] = local_replies(edge=edge)
     if tracing:
         hcm["tracing"] = tracer(name, topo.observability.trace_sampling)
     chain: dict[str, Any] = {"filters": [{"name": "envoy.filters.network.http_connection_manager",

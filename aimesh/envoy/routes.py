@@ -11,7 +11,9 @@ from services.kit.inference import MODEL_HEADER
 from services.kit.tls import spiffe_id
 
 from .common import (
+    BUFFER_FILTER,
     FAULT_FILTER,
+    LUA_FILTER,
     MAX_USERS_TRACKED,
     PIN_HEADER,
     RATE_LIMIT_FILTER,
@@ -82,7 +84,15 @@ def _policy(service: Service, method: str, target: dict, topo: Topology, *,
         action = {**target, "max_stream_duration": {"max_stream_duration": seconds(service.timeout_s)}}
         if idempotent:
             action["retry_policy"] = _retry_policy(topo)
-    filters = {}
+    filters: dict[str, dict] = {}
+    client_stream = method in service.client_streams
+    if client_stream:
+        filters[BUFFER_FILTER] = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+            "disabled": True}
+    if edge:
+        filters[LUA_FILTER] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                               "name": "client_stream" if client_stream else "one_message"}
     if edge and (public or service.rate_limit):
         limit, descriptors = (_per_address(topo) if public or service.rate_limit is None
                               else _per_user(service.rate_limit))

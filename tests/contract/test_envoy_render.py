@@ -140,7 +140,8 @@ def test_identity_headers_are_stripped_before_the_token_check(config):
     assert [f["name"] for f in filters] == [
         "envoy.filters.http.cors", "envoy.filters.http.grpc_web",
         "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.header_mutation",
-        "envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit", "envoy.filters.http.buffer",
+        "envoy.filters.http.lua",
         "envoy.filters.http.grpc_stats", "envoy.filters.http.fault", "envoy.filters.http.router"]
     removed = filters[3]["typed_config"]["mutations"]
     assert {m["remove"] for m in removed["request_mutations"]} == {

@@ -6,6 +6,9 @@ import hashlib
 import hmac
 import json
 import time
+import urllib.error
+import urllib.request
+import uuid
 
 import grpc
 import jwt
@@ -16,8 +19,10 @@ from aimesh import topology
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2
+from bench.helpers import fuzz, gateway_fuzz
 from services import kit
-from tests.integration.client import bearer, signing_key, token
+from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER
+from tests.integration.client import bearer, grpc_web, signing_key, token
 
 
 def test_a_body_that_is_not_the_message_is_invalid_argument(mesh, alice):
@@ -147,12 +152,49 @@ def test_forged_tokens_are_refused(mesh, users, forgery):
     assert refused.value.code() == expected
 
 
-def test_a_message_over_the_limit_is_refused_cleanly(mesh, users, alice):
-    """4 MiB (the kit's max_message_bytes): a larger request never reaches a handler, and the
-    service answers the next call as before."""
+def test_a_message_over_the_limit_is_refused_by_the_gateway_in_every_protocol(mesh, users, alice):
+    """4 MiB (the kit's max_message_bytes, which the gateway reads whole requests up to): gRPC and
+    grpc-web get RESOURCE_EXHAUSTED, JSON HTTP 413, and the next call is answered as before."""
+    big = user_pb2.UpdateProfileRequest(display_name="x" * (5 << 20))
     with pytest.raises(grpc.RpcError) as refused:
-        users.UpdateProfile(user_pb2.UpdateProfileRequest(display_name="x" * (5 << 20)),
-                            metadata=bearer(alice), timeout=10)
+        users.UpdateProfile(big, metadata=bearer(alice), timeout=10)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    web = grpc_web(mesh.gateway, "/aimesh.user.v1.UserService/UpdateProfile", big,
+                   user_pb2.UpdateProfileResponse, metadata=bearer(alice))
+    assert web.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+    request = urllib.request.Request(f"http://{mesh.gateway}/v1/profile", method="PATCH",
+                                     data=json.dumps({"displayName": big.display_name}).encode(),
+                                     headers={"content-type": "application/json", **dict(bearer(alice))})
+    with pytest.raises(urllib.error.HTTPError) as too_large:
+        urllib.request.urlopen(request, timeout=10)
+    assert too_large.value.code == 413
     profile = users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(alice), timeout=5)
     assert profile.profile.email == "alice@demo.aimesh"
+
+
+def test_behind_the_gateway_the_service_refuses_the_same_size(mesh):
+    """The service's own limit stands for a caller that reaches its port some other way."""
+    instance = mesh.topo.services["user"].instances[0].name
+    with mesh.direct(instance, "user") as channel:
+        update = channel.unary_unary("/aimesh.user.v1.UserService/UpdateProfile",
+                                     request_serializer=user_pb2.UpdateProfileRequest.SerializeToString)
+        with pytest.raises(grpc.RpcError) as refused:
+            update(user_pb2.UpdateProfileRequest(display_name="x" * (5 << 20)), timeout=10,
+                   metadata=[(USER_ID_HEADER, str(uuid.uuid4())), (TIER_HEADER, "free"),
+                             (ROLE_HEADER, "user")])
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_request_that_is_not_one_grpc_message_is_refused_at_the_edge(mesh, alice):
+    """A frame cut short, a compressed flag with no encoding, two messages for a unary call: the
+    gateway refuses them naming `request` (a service would answer INTERNAL, or wait for the rest
+    until the deadline). The gateway's fuzzing (tests/chaos/test_gateway_fuzz.py) tries more."""
+    profile = next(r for r in fuzz.rpcs(mesh.topo) if r.path.endswith("/GetProfile"))
+    sender = gateway_fuzz.Gateway(mesh.gateway, alice)
+    try:
+        frame = gateway_fuzz.frame
+        for body in (frame(b"x" * 40)[:20], frame(b"", flag=1), frame(b"") + frame(b"")):
+            answer = sender.grpc(profile, body)
+            assert (answer.grpc, answer.message.split(":")[0]) == (3, "request"), answer
+    finally:
+        sender.close()
