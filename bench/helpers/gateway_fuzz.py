@@ -39,7 +39,7 @@ from bench.helpers import fuzz
 CRASHES = (2, 13)            # UNKNOWN, INTERNAL
 INVALID_ARGUMENT = 3
 TIMEOUT_S = 30
-STREAM_S = 3                 # server streams are cut by their deadline here (Subscribe is live)
+STREAM_S = 1                 # server streams are cut by their deadline here (Subscribe is live)
 SOURCE = "127.0.0.77"        # the fuzzer's own client address
 
 
