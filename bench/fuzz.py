@@ -1,12 +1,17 @@
-"""The long fuzzing run: hypothesis-generated hostile requests (bench/helpers/fuzz.py) to every
-RPC on each service's own port, as the gateway sends them; prints the status codes per RPC, and
-fails at the first INTERNAL/UNKNOWN or field-less INVALID_ARGUMENT (the smallest such request,
-saved under tests/chaos/fuzz-examples, is tried first by every later run and by the tests).
+"""The long fuzzing runs: hypothesis-generated hostile requests from the contracts to every RPC.
 
-Runs its own mesh with demo data (/tmp/aimesh-bench-fuzz-state on AIMESH_PORT_OFFSET=2000) and
-brings it down; checks no process died or restarted.
+- By default (bench/helpers/fuzz.py) on each service's own port, as the gateway sends them.
+- With --gateway (bench/helpers/gateway_fuzz.py) at the gateway's edge, each in gRPC, grpc-web and
+  JSON, with the hand-made malformed requests too, as an admin.
 
-  bin/aimesh bench fuzz [--examples N] [--only SUBSTRING]
+Prints the answers per RPC (and protocol); fails at an INTERNAL/UNKNOWN, a field-less
+INVALID_ARGUMENT, an HTTP 5xx (at the gateway) or a dead process. A failing request of the
+services' run is saved under tests/chaos/fuzz-examples and tried first by every later run.
+
+Runs its own mesh with demo data (/tmp/aimesh-bench-fuzz-state on AIMESH_PORT_OFFSET=2000,
+bench/topology.yaml: limits no run reaches) and brings it down; checks no process died or restarted.
+
+  bin/aimesh bench fuzz [--examples N] [--only SUBSTRING] [--gateway]
 """
 from __future__ import annotations
 
@@ -16,43 +21,64 @@ import shutil
 import sys
 import time
 
-from helpers import fuzz
+from helpers import fuzz, gateway_fuzz
 from helpers.common import machine
 
+from aimesh import demo
 from aimesh.harness import MeshUnderTest
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="aimesh bench fuzz")
-    parser.add_argument("--examples", type=int, default=10_000, help="requests per RPC")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="requests per RPC (and protocol, at the gateway): 10,000 / 300 by default")
     parser.add_argument("--only", default="", help="only RPCs whose path contains this")
+    parser.add_argument("--gateway", action="store_true", help="at the gateway, in every protocol")
     args = parser.parse_args()
+    examples = args.examples or (300 if args.gateway else 10_000)
+    where = "at the gateway, per protocol" if args.gateway else "on each service's port"
     mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-fuzz-state")
-    print(f"aimesh fuzz: {args.examples} requests per RPC\nmachine: {machine()}")
+    print(f"aimesh fuzz {where}: {examples} generated requests per RPC\nmachine: {machine()}")
     shutil.rmtree(mesh.state, ignore_errors=True)
     outcomes: collections.Counter = collections.Counter()
-    failed = False
+    failures: list[str] = []
     try:
         print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
         before = mesh.pids()
+        gateway = (gateway_fuzz.Gateway(mesh.gateway, demo.login(mesh.gateway, "admin@demo.aimesh"))
+                   if args.gateway else None)
         for rpc in fuzz.rpcs(mesh.topo):
             if args.only not in rpc.path:
                 continue
             started = time.monotonic()
-            with mesh.direct(fuzz.instance_of(mesh.topo, rpc.service), rpc.service) as channel:
-                try:
-                    fuzz.fuzz(rpc, channel, args.examples, outcomes)
-                except AssertionError as failure:
-                    print(f"FAILED {rpc.path}: {failure}")
-                    failed = True
-            print(f"  {rpc.path}: {time.monotonic() - started:.0f} s", flush=True)
-        print(fuzz.report(outcomes))
+            if gateway is not None:
+                found = gateway_fuzz.run_malformed(rpc, gateway, outcomes)
+                found += gateway_fuzz.run_generated(rpc, gateway, examples, outcomes)
+            else:
+                found = _at_the_service(mesh, rpc, examples, outcomes)
+            failures += found
+            print(f"  {rpc.path}: {time.monotonic() - started:.0f} s, {len(found)} failed", flush=True)
+        if gateway is not None:
+            gateway.close()
+            print(gateway_fuzz.report(outcomes) + "\n" + gateway_fuzz.summary(outcomes))
+        else:
+            print(fuzz.report(outcomes))
+        for failure in failures[:50]:
+            print(f"FAILED {failure}")
         restarted = mesh.pids() != before
         print("no process died or restarted" if not restarted else "A PROCESS DIED OR RESTARTED")
-        failed |= restarted
     finally:
         clean = mesh.down_and_report()
-    return 1 if failed or not clean else 0
+    return 1 if failures or restarted or not clean else 0
+
+
+def _at_the_service(mesh: MeshUnderTest, rpc: fuzz.Rpc, examples: int, outcomes: collections.Counter) -> list[str]:
+    with mesh.direct(fuzz.instance_of(mesh.topo, rpc.service), rpc.service) as channel:
+        try:
+            fuzz.fuzz(rpc, channel, examples, outcomes)
+        except AssertionError as failure:
+            return [f"{rpc.path}: {failure}"]
+    return []
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ grpc-web trailer frame) that is neither INTERNAL nor UNKNOWN; an INVALID_ARGUMEN
 names its field. Sent with a real token (the caller's tier and limits apply), from a client
 address of its own so per-address limits stay apart from other callers'.
 
-Used by tests/chaos/test_gateway_fuzz.py (a short run on the tests' mesh) and bench/gateway_fuzz.py
-(the long run on a mesh of its own)."""
+Used by tests/chaos/test_gateway_fuzz.py (a short run on the tests' mesh) and `bin/aimesh bench
+fuzz --gateway` (the long run on a mesh of its own)."""
 from __future__ import annotations
 
 import base64

@@ -3,7 +3,7 @@ grpc-web and JSON, generated from the contracts and malformed by hand (garbage, 
 content types, bad JSON), to every RPC the gateway routes, with an admin's token: each gets a
 clear answer (no HTTP 5xx, never INTERNAL or UNKNOWN, an INVALID_ARGUMENT names its field) and no
 process dies or restarts. With the chaos tests, last: it leaves junk behind.
-The long run: bin/aimesh bench gateway_fuzz."""
+The long run: bin/aimesh bench fuzz --gateway."""
 import collections
 
 import pytest
