@@ -13,6 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.client import wait_for
+
 MODEL = "chat_lm"
 RESPONSE_WITHIN_S = 120     # a bound on waiting for one response on a shared, slow machine
 STORY = [{"role": "system", "content": "You are a storyteller who writes at great length."},
@@ -54,6 +56,25 @@ def streams(mesh):
     yield open_one
     for client, _ in opened:
         close_stream(client)
+    if opened:
+        wait_until_free(mesh)
+
+
+def wait_until_free(mesh) -> None:
+    """A cancelled generation ends at its next token, a waiting one gives its place up when its
+    turn comes: poll until the model takes a request again, so the next test finds it free."""
+    def takes_one() -> bool:
+        client, responses = open_stream(mesh)
+        try:
+            ask(client, [{"role": "user", "content": "Hi"}], max_tokens=1)
+            answer(responses)
+            return True
+        except grpcclient.InferenceServerException as refused:
+            assert "chat model busy" in str(refused), refused
+            return False
+        finally:
+            close_stream(client)
+    wait_for(takes_one, timeout_s=60, interval_s=0.2, what="chat_lm to take a request again")
 
 
 def string_input(name: str, text: str) -> grpcclient.InferInput:
