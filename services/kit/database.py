@@ -4,9 +4,12 @@ from __future__ import annotations
 import asyncpg
 
 # A database that is down, restarting or unreachable (not a bad query): the call is UNAVAILABLE,
-# which a client may retry, rather than INTERNAL.
+# which a client may retry, rather than INTERNAL. asyncpg's InternalClientError is what a pooled
+# connection whose server died mid-operation raises at its next use ("cannot switch to state 15;
+# another operation is in progress"): seen when Postgres is SIGKILLed under load.
 UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-               asyncpg.InterfaceError, ConnectionError, TimeoutError)
+               asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, ConnectionError,
+               TimeoutError)
 
 
 def unreachable(error: BaseException) -> bool:

@@ -1,5 +1,6 @@
 """Kit errors become gRPC statuses once, crashes leak nothing, identity comes from the gateway's
 headers; plus the request validators and the environment config."""
+import asyncpg
 import grpc
 import pytest
 
@@ -52,6 +53,19 @@ async def test_unexpected_exception_is_internal_and_leaks_nothing(users):
     assert error.code() == grpc.StatusCode.INTERNAL
     assert error.details() == "internal error"
     assert "secret" not in str(error) and "Traceback" not in str(error)
+
+
+@pytest.mark.parametrize("error", [
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+    asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    # a pooled connection whose server was SIGKILLed mid-operation, at its next use
+    asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+    ConnectionRefusedError(111, "Connect call failed"),
+], ids=lambda error: type(error).__name__)
+async def test_a_database_that_is_away_is_unavailable_not_internal(users, error):
+    _, refused = await run_in_handler(users, raise_(error))
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.details() == "database unavailable; try again"
 
 
 async def test_caller_without_identity_headers_is_unauthenticated(users):
