@@ -4,8 +4,10 @@ traced and the services follow its decision, so the share is set live through En
 key tracing.random_sampling (and Triton's tracing with it: on at 100% only); rows are interleaved
 in rounds, so drift on a shared machine falls on every row alike, and each starts once the trace
 backend has ingested the spans of the row before. Each row: p50/p99 at concurrency 1 and
-requests/s at concurrency 16. Also the trace backend's memory (RSS) and the mesh's start time with
-it.
+requests/s at concurrency 16, and the CPU each row cost per request (from the row's start until the
+backend has ingested its spans, less what each process spends idle): the mesh's own (Envoy, services,
+Triton, Postgres, ...) apart from the trace backend's, which shares these two cores here but runs
+elsewhere in a deployment. Also the trace backend's memory (RSS) and the mesh's start time with it.
 
 Prints figures and asserts none. Its own mesh with demo data in /tmp/aimesh-bench-traces-state on
 AIMESH_PORT_OFFSET=2000 (override with those two variables), bench/topology.yaml; wipes that state
@@ -23,6 +25,7 @@ import numpy as np
 import psutil
 from helpers import loadgen
 from helpers.common import machine
+from helpers.cpu import CLIENT, CpuMeter
 
 from aimesh import demo, traces
 from aimesh.harness import MeshUnderTest
@@ -33,6 +36,8 @@ STATE = "/tmp/aimesh-bench-traces-state"
 SHARES = (0, 10, 100)            # percent of requests traced
 ROUNDS = 4
 SEQUENTIAL, CONCURRENT, CONCURRENCY = 100, 300, 16
+BACKEND = "phoenix"
+IDLE_S = 10
 QUERIES = ["Star Wars", "animated film for children", "film noir detective", "romantic comedy",
            "horror movie with a killer", "war film about soldiers", "space adventure", "western"]
 
@@ -53,6 +58,32 @@ def settle(phoenix: psutil.Process, bound_s: float = 60) -> None:
         before = cpu()
         time.sleep(0.5)
         quiet = quiet + 1 if cpu() - before < 0.025 else 0
+
+
+class RowCpu:
+    """CPU ms per request of a row, per component, less each component's idle spending (health
+    checks, scrapes, timers) over the row's wall time, which the settle makes long."""
+
+    def __init__(self, mesh: MeshUnderTest):
+        self.meter = CpuMeter(mesh)
+        self.meter.start()
+        time.sleep(IDLE_S)
+        self.idle_ms_per_s = {name: ms / IDLE_S for name, ms in self.meter.per_request_ms(1).items()}
+
+    def start(self) -> None:
+        self.meter.start()
+        self.started = time.monotonic()
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        return {name: ms - self.idle_ms_per_s.get(name, 0.0) * elapsed / requests
+                for name, ms in self.meter.per_request_ms(requests).items()}
+
+
+def split(cpu: dict[str, float]) -> tuple[float, float]:
+    """(the mesh's CPU, the trace backend's) from a row's per-component figures."""
+    mesh = sum(ms for name, ms in cpu.items() if name not in (BACKEND, CLIENT))
+    return mesh, cpu.get(BACKEND, 0.0)
 
 
 def row(stub, metadata) -> tuple[np.ndarray, float]:
@@ -76,15 +107,22 @@ def main() -> None:
         metadata = [("authorization", f"Bearer {demo.login(mesh.gateway, 'bob@demo.aimesh')}")]
         latencies: dict[int, list[np.ndarray]] = {share: [] for share in SHARES}
         rates: dict[int, list[float]] = {share: [] for share in SHARES}
+        cpus: dict[int, list[tuple[float, float]]] = {share: [] for share in SHARES}
         with grpc.insecure_channel(mesh.gateway) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
             set_sampling(mesh, 100)
             row(stub, metadata)                 # warm-up
+            set_sampling(mesh, 0)
+            settle(phoenix)
+            cpu = RowCpu(mesh)
             for _ in range(ROUNDS):
                 for share in SHARES:
                     set_sampling(mesh, share)
                     settle(phoenix)
+                    cpu.start()
                     sequential, throughput = row(stub, metadata)
+                    settle(phoenix)
+                    cpus[share].append(split(cpu.per_request_ms(SEQUENTIAL + CONCURRENT)))
                     latencies[share].append(sequential)
                     rates[share].append(throughput)
         print(f"\nSearch through the gateway, {ROUNDS} rounds interleaved: concurrency 1 ({SEQUENTIAL * ROUNDS} "
@@ -96,6 +134,14 @@ def main() -> None:
             base = base or (p50, rate)
             print(f"  traced {share:>3}%: p50 {p50:6.2f} ms ({p50 / base[0]:.3f}x), p99 {p99:6.2f} ms, "
                   f"{rate:6.1f} requests/s ({rate / base[1]:.3f}x of untraced)")
+        print("\nCPU a request (median of the rounds; from the row's start until the backend took its spans, "
+              "idle spending taken off)")
+        base_cpu = None
+        for share in SHARES:
+            mesh_ms, backend_ms = np.median(np.array(cpus[share]), axis=0)
+            base_cpu = base_cpu or mesh_ms
+            print(f"  traced {share:>3}%: the mesh {mesh_ms:6.2f} ms ({mesh_ms / base_cpu:.3f}x of untraced), "
+                  f"the trace backend {backend_ms:5.2f} ms")
         settle(phoenix)
         rss = phoenix.memory_info().rss + sum(c.memory_info().rss for c in phoenix.children(recursive=True))
         print(f"\ntrace backend (Phoenix) RSS after the run: {rss / 2**20:.0f} MiB")
