@@ -1,19 +1,24 @@
 """Hostile input through the gateway, as a client sends it: bytes that are not the request
-message, a NUL character in a text field, calls without a token to every RPC that needs one, and
-forged tokens."""
+message, a NUL character in a text field, calls without a token to every RPC that needs one,
+forged tokens, messages past the size limit, and a stream client that never reads."""
 import base64
 import hashlib
 import hmac
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from aimesh import topology
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
@@ -198,3 +203,59 @@ def test_a_request_that_is_not_one_grpc_message_is_refused_at_the_edge(mesh, ali
             assert (answer.grpc, answer.message.split(":")[0]) == (3, "request"), answer
     finally:
         sender.close()
+
+
+def _ask_without_reading(gateway: str, path: str, frame: bytes, stalled_s: float = 3) -> int:
+    """On one HTTP/2 stream, send `frame` as often as flow control lets us and never read an
+    answer (our window stays shut); stop once nobody has opened our send window for `stalled_s`.
+    Returns how many were sent."""
+    host, port = gateway.rsplit(":", 1)
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    with socket.create_connection((host, int(port)), timeout=stalled_s) as peer:
+        connection.initiate_connection()
+        stream = connection.get_next_available_stream_id()
+        connection.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":authority", gateway),
+                                         (":path", path), ("content-type", "application/grpc"),
+                                         ("te", "trailers")])
+        peer.sendall(connection.data_to_send())
+        sent, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            fits = min(connection.local_flow_control_window(stream), connection.max_outbound_frame_size)
+            if fits >= len(frame):
+                connection.send_data(stream, frame * (fits // len(frame)))
+                sent += fits // len(frame)
+            else:
+                try:
+                    data = peer.recv(65536)
+                except TimeoutError:
+                    return sent
+                assert data, "the gateway closed the connection"
+                for event in connection.receive_data(data):   # data is never acknowledged
+                    assert not isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)), event
+            peer.sendall(connection.data_to_send())
+    raise AssertionError(f"the gateway took {sent} requests in 60 s and still asked for more")
+
+
+def test_a_stream_client_that_never_reads_costs_the_servers_a_window_not_what_it_asked(mesh):
+    """A bidi stream (reflection, public) asked for hundreds of MiB of answers by a client that
+    never reads them: flow control stops the client, and the catalog and Envoy hold about what
+    the HTTP/2 windows hold, not the answers asked for. The catalog answers normally afterwards."""
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="aimesh.chat.v1.ChatService")
+    with mesh.channel() as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answer_bytes = next(reflection.ServerReflectionInfo(iter([request]), timeout=5)).ByteSize()
+    processes = mesh.processes()
+
+    def rss_mib(name: str) -> float:
+        return sum(p.memory_info().rss for p in processes[name]) / 2**20
+
+    before = {name: rss_mib(name) for name in ("catalog", "envoy")}
+    sent = _ask_without_reading(mesh.gateway, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                gateway_fuzz.frame(request.SerializeToString()))
+    grown = {name: rss_mib(name) - before[name] for name in before}
+    asked_mib = sent * answer_bytes / 2**20
+    assert asked_mib > 4 * 32, f"only {asked_mib:.0f} MiB asked: the test proves nothing"
+    assert all(mib < 32 for mib in grown.values()), (grown, f"{asked_mib:.0f} MiB asked")
+    with mesh.channel() as channel:
+        again = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]), timeout=5)
+        assert next(again).file_descriptor_response.file_descriptor_proto
