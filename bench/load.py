@@ -17,8 +17,9 @@ second), each `--step-s` long after a few seconds' ramp; stops at the first step
 misses its SLO (or has an error), and prints per route its rate at the last step within every
 SLO, where it broke and why, and the load generator's own CPU.
 
-Soak: a constant rate for `--minutes`; every 10 s the resident memory and open file descriptors
-of every component and the number of Postgres connections; prints errors and the growth after
+Soak: a constant rate for `--minutes`; every 10 s the resident memory (all of it, and the
+anonymous part: heaps, without shared buffers or mapped files) and open file descriptors of every
+component and the number of Postgres connections; prints errors and the growth after
 a minute's warm-up, and writes a PNG of RSS and fds over time (soak.png in the state dir).
 
 Runs its own mesh (bench/topology.yaml: per-user limits out of reach) in
@@ -255,21 +256,30 @@ def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float
 
 # --- soak ----------------------------------------------------------------------------------------
 
-def sample(mesh: MeshUnderTest) -> dict[str, tuple[float, int]]:
-    """component -> (RSS MiB, open fds), with its children; and Postgres's connection count."""
+def sample(mesh: MeshUnderTest) -> dict[str, tuple[float, int, float]]:
+    """component -> (RSS MiB, open fds, anonymous RSS MiB), with its children; and Postgres's
+    connection count. RSS counts shared memory a process has touched (Postgres's shared buffers,
+    mapped files) besides what it allocated; anonymous RSS (RssAnon) is its heaps alone, where a
+    leak shows."""
     out = {}
     for name, processes in mesh.processes().items():
-        rss, fds = 0.0, 0
+        rss, fds, anon = 0.0, 0, 0.0
         for process in processes:
             try:
                 rss += process.memory_info().rss / 2**20
                 fds += process.num_fds()
-            except psutil.Error:
+                anon += _anonymous_kib(process.pid) / 2**10
+            except (psutil.Error, OSError):
                 pass
-        out[name] = (rss, fds)
+        out[name] = (rss, fds, anon)
     out["postgres connections"] = (0.0, sum(_is_client_backend(p) for p in
-                                            mesh.processes().get("postgres", [])[1:]))
+                                            mesh.processes().get("postgres", [])[1:]), 0.0)
     return out
+
+
+def _anonymous_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
 
 
 def _is_client_backend(process: psutil.Process) -> bool:
@@ -296,11 +306,14 @@ def soak(env: Environment, mesh: MeshUnderTest, rate: float, minutes: float,
     print(f"  {calls} calls, {errors} errors")
     warm = next((s for t, s in series if t >= min(60, minutes * 60 / 3)), series[0][1])
     last = series[-1][1]
-    print(f"  {'component':<22} {'RSS MiB warm':>12} {'last':>8} {'growth':>8} {'fds warm':>9} {'last':>6}")
+    print(f"  {'component':<22} {'RSS MiB warm':>12} {'last':>8} {'growth':>8} {'anon warm':>10} {'last':>8} "
+          f"{'growth':>8} {'fds warm':>9} {'last':>6}")
     for name in last:
-        (rss0, fd0), (rss1, fd1) = warm.get(name, last[name]), last[name]
+        (rss0, fd0, anon0), (rss1, fd1, anon1) = warm.get(name, last[name]), last[name]
         growth = (rss1 - rss0) / rss0 * 100 if rss0 else 0.0
-        print(f"  {name:<22} {rss0:12.1f} {rss1:8.1f} {growth:7.1f}% {fd0:9d} {fd1:6d}")
+        anon_growth = (anon1 - anon0) / anon0 * 100 if anon0 else 0.0
+        print(f"  {name:<22} {rss0:12.1f} {rss1:8.1f} {growth:7.1f}% {anon0:10.1f} {anon1:8.1f} "
+              f"{anon_growth:7.1f}% {fd0:9d} {fd1:6d}")
     plot(series, mesh.state / "soak.png")
     if report:
         Path(report).write_text(json.dumps({"calls": calls, "errors": errors, "series": series}))
@@ -315,8 +328,8 @@ def plot(series, path) -> None:
     figure, (rss, fds) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
     minutes = [t / 60 for t, _ in series]
     for name in names:
-        rss.plot(minutes, [s.get(name, (0, 0))[0] for _, s in series], label=name)
-        fds.plot(minutes, [s.get(name, (0, 0))[1] for _, s in series], label=name)
+        rss.plot(minutes, [s.get(name, (0, 0, 0))[0] for _, s in series], label=name)
+        fds.plot(minutes, [s.get(name, (0, 0, 0))[1] for _, s in series], label=name)
     rss.set_ylabel("RSS (MiB)")
     rss.set_yscale("log")      # Triton and Postgres beside 60 MiB services
     fds.set_yscale("log")
