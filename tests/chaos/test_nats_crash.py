@@ -5,13 +5,13 @@ outbox keeps what JetStream had not acknowledged, JetStream keeps what it had), 
 import collections
 import re
 
-from tests.integration.client import Purchases, new_user, stored, wait_for
+from tests.integration.client import new_user, purchases, stored, wait_for
 
 
 def test_no_event_is_lost_or_doubled_when_nats_is_killed_mid_flow(mesh, users):
     email, token = new_user(users, "natscrash")
-    with Purchases(mesh, token) as purchases:
-        acknowledged = purchases.acknowledged
+    with purchases(mesh, token) as purchased:
+        acknowledged = purchased.acknowledged
         wait_for(lambda: len(acknowledged) >= 8, timeout_s=30, what="purchases before the kill")
         killed = mesh.cli("stop", "nats", "--kill")
         assert killed.returncode == 0, killed.stderr

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -140,38 +141,47 @@ def next_of_kind(live, kind: str):
     raise AssertionError(f"the stream ended before a {kind} notification")
 
 
-class Purchases:
-    """Purchases of items 1, 2, 3, ... recorded through the gateway every `pace_s` on a thread
-    of their own, while a test breaks something: which were acknowledged, which calls failed."""
+class Writes:
+    """One kind of write through the gateway every `pace_s` on a thread of its own, while a test
+    breaks something. `write(channel, n)` makes the n-th call and returns its key: which keys were
+    tried and acknowledged, and the status of each call that failed."""
 
-    def __init__(self, mesh, token: str, pace_s: float = 0.25):   # 4 a second: under the free tier
-        self.mesh, self.token, self.pace_s = mesh, token, pace_s
-        self.acknowledged: list[int] = []
+    def __init__(self, mesh, write: Callable[[grpc.Channel, int], object], pace_s: float = 0.25):
+        self.mesh, self.write, self.pace_s = mesh, write, pace_s
+        self.tried: list = []
+        self.acknowledged: list = []
         self.failures: list[grpc.StatusCode] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._record)
+        self._thread = threading.Thread(target=self._run)
 
-    def _record(self) -> None:
+    def _run(self) -> None:
         with self.mesh.channel() as channel:
-            stub = user_pb2_grpc.UserServiceStub(channel)
-            item = 0
+            n = 0
             while not self._stop.is_set():
-                item += 1
+                n += 1
                 try:
-                    stub.RecordPurchase(user_pb2.RecordPurchaseRequest(item_id=item),
-                                        metadata=bearer(self.token), timeout=5)
-                    self.acknowledged.append(item)
+                    self.acknowledged.append(self.write(channel, n))
                 except grpc.RpcError as failed:
                     self.failures.append(failed.code())
+                self.tried.append(n)
                 time.sleep(self.pace_s)
 
-    def __enter__(self) -> Purchases:
+    def __enter__(self) -> Writes:
         self._thread.start()
         return self
 
     def __exit__(self, *_) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def purchases(mesh, token: str, pace_s: float = 0.25) -> Writes:   # 4 a second: under the free tier
+    """Purchases of items 1, 2, 3, ... by the token's user; the key is the item id."""
+    def purchase(channel: grpc.Channel, item: int) -> int:
+        user_pb2_grpc.UserServiceStub(channel).RecordPurchase(
+            user_pb2.RecordPurchaseRequest(item_id=item), metadata=bearer(token), timeout=5)
+        return item
+    return Writes(mesh, purchase, pace_s)
 
 
 def recommender_breakers_closed(mesh, token: str) -> None:
