@@ -140,32 +140,23 @@ def traced_calls(mesh, bob, admin):
     return results
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[row.path.rsplit("/", 1)[1] for row in ROWS])
-def test_the_span_graph_of_each_rpc(mesh, traced_calls, row):
-    trace_id, status = traced_calls[row.path]
-    wanted = {row.path, *row.below}
+# Spans Triton exports itself. Its exporter drops one now and then (2 of 33 chat_lm traces, and a
+# text_embedding span in about 1 of 10 runs of this table, while the call was answered): when only
+# these are missing, the row calls once more with a new trace id, so Triton must still show them.
+TRITON_OWN = {"InferRequest", "compute", *triton.MODELS}
 
-    def complete() -> tuple[dict, dict, list[dict]] | None:
-        """The edge's span, the service's under it, and all spans, once all have arrived (each
-        process exports on its own schedule)."""
-        spans = traces.spans(mesh.topo.infra, trace_id)
-        by_id = {s["context"]["span_id"]: s for s in spans}
-        # The edge's span is the root here (its parent is the client's, which sends no span); the
-        # service's server span hangs under it (a client span of the same name would hang elsewhere).
-        for server in (s for s in spans if s["name"] == row.path):
-            edge = by_id.get(server["parent_id"])
-            if edge and edge["name"] == "ingress" and edge["parent_id"] not in by_id \
-                    and wanted <= {_kind(s) for s in spans if reaches(s, edge, by_id)}:
-                return edge, server, spans
-        return None
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.path.rsplit("/", 1)[1] for row in ROWS])
+def test_the_span_graph_of_each_rpc(mesh, traced_calls, row, bob, admin):
+    trace_id, status = traced_calls[row.path]
     try:
-        edge, server, spans = wait_for(complete, timeout_s=45, interval_s=1,
-                                       what=f"edge span > {row.path}, and {sorted(row.below)} in trace {trace_id}")
-    except BaseException:     # say what did arrive, and under what
-        arrived = traces.spans(mesh.topo.infra, trace_id)
-        names = {s["context"]["span_id"]: s["name"] for s in arrived}
-        print("\n".join(f"{_kind(s)} (under {names.get(s['parent_id'], s['parent_id'])})" for s in arrived))
-        raise
+        edge, server, spans = span_graph(mesh, row, trace_id)
+    except AssertionError as missed:
+        if not str(missed).startswith("Triton's own"):
+            raise
+        trace_id = uuid.uuid4().hex
+        status = call(mesh, row, {"bob": bob, "admin": admin, "": ""}[row.who], trace_id)
+        edge, server, spans = span_graph(mesh, row, trace_id)
     assert edge["attributes"]["upstream_cluster"].startswith(_service(mesh, row))
     assert edge["attributes"]["grpc.path"] == row.path
     if row.status_checked:
@@ -187,6 +178,35 @@ def reaches(span: dict, root: dict, by_id: dict) -> bool:
         if span is None:
             return False
     return span is root
+
+
+def span_graph(mesh, row: Row, trace_id: str) -> tuple[dict, dict, list[dict]]:
+    """The edge's span, the service's under it, and all spans, once all have arrived (each
+    process exports on its own schedule)."""
+    wanted = {row.path, *row.below}
+
+    def complete() -> tuple[dict, dict, list[dict]] | None:
+        spans = traces.spans(mesh.topo.infra, trace_id)
+        by_id = {s["context"]["span_id"]: s for s in spans}
+        # The edge's span is the root here (its parent is the client's, which sends no span); the
+        # service's server span hangs under it (a client span of the same name would hang elsewhere).
+        for server in (s for s in spans if s["name"] == row.path):
+            edge = by_id.get(server["parent_id"])
+            if edge and edge["name"] == "ingress" and edge["parent_id"] not in by_id \
+                    and wanted <= {_kind(s) for s in spans if reaches(s, edge, by_id)}:
+                return edge, server, spans
+        return None
+    try:
+        return wait_for(complete, timeout_s=45, interval_s=1,
+                        what=f"edge span > {row.path}, and {sorted(row.below)} in trace {trace_id}")
+    except BaseException:     # say what did arrive, and under what
+        arrived = traces.spans(mesh.topo.infra, trace_id)
+        names = {s["context"]["span_id"]: s["name"] for s in arrived}
+        print("\n".join(f"{_kind(s)} (under {names.get(s['parent_id'], s['parent_id'])})" for s in arrived))
+        missing = wanted - {_kind(s) for s in arrived}
+        if missing and missing <= TRITON_OWN:
+            raise AssertionError(f"Triton's own spans {sorted(missing)} missing from trace {trace_id}") from None
+        raise
 
 
 def _service(mesh, row: Row) -> str:
