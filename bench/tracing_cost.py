@@ -67,6 +67,7 @@ class RowCpu:
     def __init__(self, mesh: MeshUnderTest):
         self.meter = CpuMeter(mesh)
         self.meter.start()
+        self.started = time.monotonic()
         time.sleep(IDLE_S)
         self.idle_ms_per_s = {name: ms / IDLE_S for name, ms in self.meter.per_request_ms(1).items()}
 
