@@ -279,24 +279,21 @@ def _merged(base: dict, override: dict) -> dict:
     return merged
 
 
-def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
-    """Read the topology; every port is shifted by AIMESH_PORT_OFFSET (tests run beside a dev mesh)."""
+def _shifter(port_offset: int | None):
+    """Every port is shifted by AIMESH_PORT_OFFSET (tests run beside a dev mesh)."""
     if port_offset is None:
         port_offset = int(os.environ.get("AIMESH_PORT_OFFSET", "0"))
-    raw = read(path or default_file())
+    return lambda value: int(value) + port_offset
 
-    def port(value: int) -> int:
-        return int(value) + port_offset
 
-    g, infra = raw["gateway"], raw["infra"]
-    gateway = Gateway(
-        edge_port=port(g["edge_port"]), mesh_port=port(g["mesh_port"]),
-        admin_port=port(g["admin_port"]), audience=g["audience"], issuer=g["issuer"],
-        stream_idle_timeout_s=float(g["stream_idle_timeout_s"]), web_origin=g["web_origin"],
-        public_rate_limit_per_minute=int(g["public_rate_limit_per_minute"]),
-        resilience=Resilience(**g["resilience"]), jwks_cache_s=float(g["jwks_cache_s"]),
-    )
-    infra = Infra(
+def load_infra(path: Path | None = None, port_offset: int | None = None) -> Infra:
+    """The infrastructure's ports alone, read without the contracts or the kit: for what starts
+    only those, where neither is at hand (bench/gpu_throughput.py on a bare GPU machine)."""
+    return _infra(read(path or default_file())["infra"], _shifter(port_offset))
+
+
+def _infra(infra: dict, port) -> Infra:
+    return Infra(
         postgres_port=port(infra["postgres"]["port"]),
         nats_port=port(infra["nats"]["port"]),
         nats_monitor_port=port(infra["nats"]["monitor_port"]),
@@ -307,6 +304,21 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         phoenix_port=port(infra["phoenix"]["port"]), phoenix_grpc_port=port(infra["phoenix"]["grpc_port"]),
         phoenix_json_port=port(infra["phoenix"]["json_port"]),
     )
+
+
+def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
+    """Read the topology; every port is shifted by AIMESH_PORT_OFFSET (tests run beside a dev mesh)."""
+    raw = read(path or default_file())
+    port = _shifter(port_offset)
+    g = raw["gateway"]
+    gateway = Gateway(
+        edge_port=port(g["edge_port"]), mesh_port=port(g["mesh_port"]),
+        admin_port=port(g["admin_port"]), audience=g["audience"], issuer=g["issuer"],
+        stream_idle_timeout_s=float(g["stream_idle_timeout_s"]), web_origin=g["web_origin"],
+        public_rate_limit_per_minute=int(g["public_rate_limit_per_minute"]),
+        resilience=Resilience(**g["resilience"]), jwks_cache_s=float(g["jwks_cache_s"]),
+    )
+    infra = _infra(raw["infra"], port)
     services = {}
     methods = contract_methods()
     for name, s in raw["services"].items():

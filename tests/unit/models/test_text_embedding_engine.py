@@ -2,28 +2,19 @@
 runs and agrees with onnxruntime, otherwise onnxruntime, so a broken GPU engine never fails the
 model or serves wrong vectors. torch and CUDA are stood in for; onnxruntime and the built ONNX
 graph are real."""
-import importlib.util
-import sys
-import types
-
 import numpy as np
 import pytest
 
-from aimesh import models, paths
+from aimesh import models
+from tests.unit.models.served import text_embedding
 
 GPU = {"model_instance_kind": "GPU", "model_instance_device_id": "0"}
 
 
 @pytest.fixture
-def served(monkeypatch):
+def served():
     """triton_models/text_embedding/1/model.py on the built artifact, with CUDA 'available'."""
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils",
-                        types.ModuleType("triton_python_backend_utils"))
-    path = paths.TRITON_MODELS / "text_embedding" / "1" / "model.py"
-    spec = importlib.util.spec_from_file_location("served_text_embedding", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.ARTIFACT = models.output("text_embedding")
+    module = text_embedding(models.output("text_embedding"))
     module.cuda_torch = lambda: True
     return module
 
