@@ -141,15 +141,19 @@ def worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def gpu_memory() -> str:
-    """GPU memory per process, as the driver sees it (this process, Triton's stub)."""
+    """GPU memory in use, the whole device's and per process, as the driver sees it."""
     import subprocess
-    try:
-        lines = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
-                                "--format=csv,noheader"], capture_output=True, text=True,
-                               timeout=30).stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError) as error:
-        return f"nvidia-smi failed: {error}"
-    return "; ".join(line.strip() for line in lines) or "no process listed"
+
+    def query(*args: str) -> str:
+        try:
+            lines = subprocess.run(["nvidia-smi", *args, "--format=csv,noheader"], capture_output=True,
+                                   text=True, timeout=30).stdout.strip().splitlines()
+        except (OSError, subprocess.SubprocessError) as error:
+            return f"nvidia-smi failed: {error}"
+        return "; ".join(line.strip() for line in lines) or "none listed"
+
+    return (f"device {query('--query-gpu=memory.used,memory.total')}; processes "
+            f"{query('--query-compute-apps=pid,process_name,used_memory')}")
 
 
 def in_process_embedding(model, ids, mask, batch_size: int, sentences: int) -> float:
@@ -368,14 +372,20 @@ def through_triton(table: Table, repo: Path, ids, mask, users, options, sentence
     import recommender_latency
 
     infra = topology.load_infra(port_offset=int(os.environ.get("AIMESH_PORT_OFFSET", "2000")))
-    with lone_triton.serving((EMBEDDING, RECOMMENDER), infra, repository=repo) as client:
+    # The served recommender hands Triton numpy arrays, which this Triton's python backend (built
+    # for numpy 1) reads wrong under numpy 2: the project's environment pins numpy 1.
+    recommender = int(np.__version__.split(".")[0]) < 2
+    if not recommender:
+        table.notes.append(f"recommender through Triton not measured: numpy {np.__version__} here")
+    served = (EMBEDDING, RECOMMENDER) if recommender else (EMBEDDING,)
+    with lone_triton.serving(served, infra, repository=repo) as client:
         where = instance_device(infra.triton_metrics_port, EMBEDDING)
         if best is not None:
             embedding_through_triton(client, ids, mask, 64, 1, 500)                # warm up
-            served = np.concatenate([embed_through_triton(client, ids[i:i + 1], mask[i:i + 1])
-                                     for i in range(len(ids))])
+            vectors = np.concatenate([embed_through_triton(client, ids[i:i + 1], mask[i:i + 1])
+                                      for i in range(len(ids))])
             table.notes.append(f"Triton ({where}) vs onnxruntime (CPU): worst cosine "
-                               f"{worst_cosine(served, reference(repo, ids, mask)):.6f} over "
+                               f"{worst_cosine(vectors, reference(repo, ids, mask)):.6f} over "
                                f"{len(ids)} rows, one a request")
         for concurrency in ints(options.concurrency) if best is not None else ():
             for per_request in ints(options.rows_per_request):
@@ -391,7 +401,7 @@ def through_triton(table: Table, repo: Path, ids, mask, users, options, sentence
                           f"{inferences / executions:.0f}", rate, f"{rate / best:.0%} of best")
         if where != "CPU":
             table.notes.append(f"GPU memory with Triton serving: {gpu_memory()}")
-        for version in RECOMMENDER_VERSIONS:
+        for version in RECOMMENDER_VERSIONS if recommender else ():
             recommender_latency.latencies(client, version, 8, 200, users)          # warm up
             for concurrency in (1, 32):
                 rate = recommender_latency.latencies(client, version, concurrency,
