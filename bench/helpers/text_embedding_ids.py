@@ -5,10 +5,12 @@ INPUT_IDS, ATTENTION_MASK (int64, one row per request, padded on the right) -> E
 [384]). On the GPU machine numpy is 2.x, which this Triton's python backend (built for numpy 1)
 gets wrong: string tensors crash it, and numbers it reads through numpy come out empty. So the
 tensors here are token ids, passed in and out through DLPack under numpy 2 (which does not go
-through numpy's C API there; under numpy 1 that crashes the stub, so numpy 1 keeps as_numpy). The benchmark copies this file as model.py into its own model repository,
-beside a copy of triton_models/text_embedding/1/model.py named served.py and the `artifact` folder
-that one reads, so the engine (torch fp16 on a GPU, onnxruntime on the CPU) and the length-sorted
-chunking are the served model's own.
+through numpy's C API there; under numpy 1 that crashes the stub, so numpy 1 keeps as_numpy).
+
+The benchmark copies this file as model.py into its own model repository, beside a copy of
+triton_models/text_embedding/1/model.py named served.py and the `artifact` folder that one reads,
+so the engine (torch fp16 on a GPU, onnxruntime on the CPU) and the length-sorted chunking are the
+served model's own.
 """
 import sys
 from pathlib import Path
