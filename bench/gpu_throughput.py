@@ -49,7 +49,6 @@ import sysconfig
 import tempfile
 import time
 import types
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -247,13 +246,10 @@ def reference(repo: Path, ids, mask) -> np.ndarray:
     return model.embed(ids, mask)
 
 
-def instance_device(metrics_port: int, model: str) -> str:
-    """Where Triton runs the model, from the gpu_uuid label of its metrics (absent on the CPU)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf'^nv_inference_count\{{[^}}]*model="{model}"[^}}]*\}}', text, re.MULTILINE)
-    uuid = re.search(r'gpu_uuid="([^"]+)"', match.group(0)) if match else None
-    return f"GPU {uuid.group(1)}" if uuid else "CPU"
+def instance_device(log: Path) -> str:
+    """Which engine serves the embedding in Triton, and where: the line its model.py logs."""
+    lines = re.findall(r"text_embedding: (\w+ on (?:GPU|CPU)\b.*)", log.read_text(errors="replace"))
+    return lines[-1].strip() if lines else "engine not logged"
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -332,7 +328,7 @@ def main() -> None:
             if on_gpu:
                 import torch
                 table.notes.append(f"in-process {engine} vs onnxruntime (CPU): worst cosine "
-                                   f"{worst_cosine(model.embed(ids, mask), reference(repo, ids, mask)):.6f}"
+                                   f"{worst_cosine(model.embed(ids, mask), reference(repo, ids, mask)):.7f}"
                                    f" over {len(ids)} rows; torch's peak GPU memory "
                                    f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
             del model
@@ -378,14 +374,15 @@ def through_triton(table: Table, repo: Path, ids, mask, users, options, sentence
     if not recommender:
         table.notes.append(f"recommender through Triton not measured: numpy {np.__version__} here")
     served = (EMBEDDING, RECOMMENDER) if recommender else (EMBEDDING,)
-    with lone_triton.serving(served, infra, repository=repo) as client:
-        where = instance_device(infra.triton_metrics_port, EMBEDDING)
+    log: list[Path] = []
+    with lone_triton.serving(served, infra, repository=repo, log=log) as client:
+        where = instance_device(log[0])
         if best is not None:
             embedding_through_triton(client, ids, mask, 64, 1, 500)                # warm up
             vectors = np.concatenate([embed_through_triton(client, ids[i:i + 1], mask[i:i + 1])
                                       for i in range(len(ids))])
             table.notes.append(f"Triton ({where}) vs onnxruntime (CPU): worst cosine "
-                               f"{worst_cosine(vectors, reference(repo, ids, mask)):.6f} over "
+                               f"{worst_cosine(vectors, reference(repo, ids, mask)):.7f} over "
                                f"{len(ids)} rows, one a request")
         for concurrency in ints(options.concurrency) if best is not None else ():
             for per_request in ints(options.rows_per_request):
@@ -396,10 +393,11 @@ def through_triton(table: Table, repo: Path, ids, mask, users, options, sentence
                 rate = embedding_through_triton(client, ids, mask, concurrency, per_request, requests)
                 after = triton.inference_counts(infra.triton_metrics_port, EMBEDDING)
                 inferences, executions = (a - b for a, b in zip(after, before, strict=True))
+                batch = inferences / executions
                 table.add("text_embedding", f"Triton ({where})",
-                          f"conc {concurrency}, {per_request}/req, mean batch "
-                          f"{inferences / executions:.0f}", rate, f"{rate / best:.0%} of best")
-        if where != "CPU":
+                          f"conc {concurrency}, {per_request}/req, mean batch {batch:.0f}", rate,
+                          f"{rate / best:.0%} of best, {table.of_in_process(rate, batch)}")
+        if "GPU" in where:
             table.notes.append(f"GPU memory with Triton serving: {gpu_memory()}")
         for version in RECOMMENDER_VERSIONS if recommender else ():
             recommender_latency.latencies(client, version, 8, 200, users)          # warm up
@@ -428,6 +426,16 @@ class Table:
     def add(self, model: str, called: str, load: str, rate: float, ratio: str = "") -> None:
         self.rows.append((model, called, load, rate, ratio))
         print(self.line(*self.rows[-1]), flush=True)
+
+    def of_in_process(self, rate: float, batch: float) -> str:
+        """`rate` against in-process at the largest measured batch size not above `batch`."""
+        sizes = {int(load.split()[1]): r for model, called, load, r, _ in self.rows
+                 if model == "text_embedding" and called.startswith("in-process")}
+        below = [size for size in sizes if size <= max(batch, 1)]
+        if not below:
+            return "no in-process row"
+        size = max(below)
+        return f"{rate / sizes[size]:.0%} of in-process batch {size}"
 
     def failed(self, what: str, error: Exception) -> None:
         self.notes.append(f"{what} failed: {type(error).__name__}: {str(error).strip()[-2000:]}")

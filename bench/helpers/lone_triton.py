@@ -14,12 +14,15 @@ from aimesh.topology import Infra
 
 
 @contextlib.contextmanager
-def serving(model: str | tuple[str, ...], infra: Infra,
-            repository: Path | None = None) -> Iterator[grpcclient.InferenceServerClient]:
-    """Triton serving one model (or several), from the project's repository or `repository`."""
+def serving(model: str | tuple[str, ...], infra: Infra, repository: Path | None = None,
+            log: list[Path] | None = None) -> Iterator[grpcclient.InferenceServerClient]:
+    """Triton serving one model (or several), from the project's repository or `repository`.
+    `log`, if given, gets the path of Triton's log (gone when this ends)."""
     models = (model,) if isinstance(model, str) else model
     with tempfile.TemporaryDirectory(prefix=f"aimesh-bench-{models[0]}-") as state:
         supervisor = Supervisor(Path(state))
+        if log is not None:
+            log.append(supervisor.log_path("triton"))
         component = triton.component(infra, Path(state), models=models, repository=repository)
         supervisor.start(component)
         try:
