@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import ctypes.util
 import importlib.util
+import math
 import os
 import platform
 import re
@@ -428,13 +429,12 @@ class Table:
         print(self.line(*self.rows[-1]), flush=True)
 
     def of_in_process(self, rate: float, batch: float) -> str:
-        """`rate` against in-process at the largest measured batch size not above `batch`."""
+        """`rate` against in-process at the measured batch size nearest `batch` (by ratio)."""
         sizes = {int(load.split()[1]): r for model, called, load, r, _ in self.rows
                  if model == "text_embedding" and called.startswith("in-process")}
-        below = [size for size in sizes if size <= max(batch, 1)]
-        if not below:
+        if not sizes:
             return "no in-process row"
-        size = max(below)
+        size = min(sizes, key=lambda size: abs(math.log(size / max(batch, 1))))
         return f"{rate / sizes[size]:.0%} of in-process batch {size}"
 
     def failed(self, what: str, error: Exception) -> None:
