@@ -3,6 +3,10 @@ all of it on the device, and embeds as the ONNX graph does on the CPU under onnx
 
 Both engines come from the same random weights of the real architecture, made by the build's own
 code (text_embedding.build_random), since the GPU machine has torch but not the shipped weights.
+The built copy itself (real weights, traced by `aimesh models build` here, with this machine's
+torch) is checked against sentence-transformers' reference vectors where it is at hand: the
+artifact when current, or the folder AIMESH_BUILT_TEXT_EMBEDDING names (encoder.pt, tokenizer.json,
+reference.json: 47 MB, small enough to carry to the GPU machine without model.onnx).
 Skips where torch or a CUDA device is missing (CI: its environment has no torch). On the GPU
 machine (bench/README.md), without the project's conftest (its mesh needs our environment):
 
@@ -10,9 +14,14 @@ machine (bench/README.md), without the project's conftest (its mesh needs our en
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from aimesh import models
 from aimesh.models.text_embedding import ARCHITECTURE, CLS, SEP, build_random
 from tests.unit.models.served import text_embedding
 
@@ -55,3 +64,23 @@ def test_the_gpu_embeds_as_onnxruntime_does_on_the_cpu(served, rows, width):
     assert on_gpu.dtype == np.float32 and on_gpu.shape == (rows, served.DIM)
     cosines = np.sum(on_gpu * on_cpu, axis=1) / np.linalg.norm(on_gpu, axis=1)
     assert cosines.min() >= AGREEMENT
+
+
+@pytest.fixture
+def built() -> Path:
+    if os.environ.get("AIMESH_BUILT_TEXT_EMBEDDING"):
+        return Path(os.environ["AIMESH_BUILT_TEXT_EMBEDDING"])
+    if not models.is_current("text_embedding"):
+        pytest.skip("no built text_embedding here (nor AIMESH_BUILT_TEXT_EMBEDDING)")
+    return models.output("text_embedding")
+
+
+def test_the_built_copy_embeds_on_the_gpu_as_sentence_transformers_does(built):
+    served = text_embedding(built)
+    model = served.TritonPythonModel()
+    model.encode = served.TorchEncoder(0)
+    reference = json.loads((built / "reference.json").read_text())
+    ids, mask = served.Tokens(built / "tokenizer.json")(reference["sentences"])
+    vectors = model.embed(ids, mask)                 # length-sorted chunks, as Triton runs them
+    cosines = np.sum(vectors * np.array(reference["embeddings"], dtype=np.float32), axis=1)
+    assert len(cosines) == len(reference["sentences"]) and cosines.min() >= AGREEMENT
