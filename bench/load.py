@@ -20,7 +20,8 @@ SLO, where it broke and why, and the load generator's own CPU.
 Soak: a constant rate for `--minutes`; every 10 s the resident memory (all of it, and the
 anonymous part: heaps, without shared buffers or mapped files) and open file descriptors of every
 component and the number of Postgres connections; prints errors and the growth after
-a minute's warm-up, and writes a PNG of RSS and fds over time (soak.png in the state dir).
+a minute's warm-up (and of anonymous memory over the second half alone), and writes a PNG of
+RSS and fds over time (soak.png in the state dir).
 
 Runs its own mesh (bench/topology.yaml: per-user limits out of reach) in
 /tmp/aimesh-bench-load-state on AIMESH_PORT_OFFSET=2000, or, with --attach, the mesh that
@@ -305,15 +306,20 @@ def soak(env: Environment, mesh: MeshUnderTest, rate: float, minutes: float,
     calls = sum(e.num_requests for e in env.stats.entries.values())
     print(f"  {calls} calls, {errors} errors")
     warm = next((s for t, s in series if t >= min(60, minutes * 60 / 3)), series[0][1])
+    # Growth over the second half alone: a part still warming up slows down, a leak does not.
+    half = next((s for t, s in series if t >= minutes * 60 / 2), series[0][1])
     last = series[-1][1]
     print(f"  {'component':<22} {'RSS MiB warm':>12} {'last':>8} {'growth':>8} {'anon warm':>10} {'last':>8} "
-          f"{'growth':>8} {'fds warm':>9} {'last':>6}")
+          f"{'growth':>8} {'2nd half':>9} {'fds warm':>9} {'last':>6}")
+
+    def growth(before: float, after: float) -> float:
+        return (after - before) / before * 100 if before else 0.0
+
     for name in last:
         (rss0, fd0, anon0), (rss1, fd1, anon1) = warm.get(name, last[name]), last[name]
-        growth = (rss1 - rss0) / rss0 * 100 if rss0 else 0.0
-        anon_growth = (anon1 - anon0) / anon0 * 100 if anon0 else 0.0
-        print(f"  {name:<22} {rss0:12.1f} {rss1:8.1f} {growth:7.1f}% {anon0:10.1f} {anon1:8.1f} "
-              f"{anon_growth:7.1f}% {fd0:9d} {fd1:6d}")
+        anon_half = half.get(name, last[name])[2]
+        print(f"  {name:<22} {rss0:12.1f} {rss1:8.1f} {growth(rss0, rss1):7.1f}% {anon0:10.1f} {anon1:8.1f} "
+              f"{growth(anon0, anon1):7.1f}% {growth(anon_half, anon1):8.1f}% {fd0:9d} {fd1:6d}")
     plot(series, mesh.state / "soak.png")
     if report:
         Path(report).write_text(json.dumps({"calls": calls, "errors": errors, "series": series}))

@@ -18,6 +18,22 @@ from tests import ports
 TOPOLOGY = Path(__file__).with_name("topology.yaml")
 
 
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> list[str]:
+    """Lines a test reports (the counts it asserted on), printed at the end of the run."""
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(items):
     """Chaos tests stop and start parts of the shared mesh: run them after everything else."""
     items.sort(key=lambda item: "tests/chaos/" in str(item.path).replace(os.sep, "/"))

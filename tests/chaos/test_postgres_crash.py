@@ -35,7 +35,7 @@ def indexing(mesh, admin: str) -> Writes:
     return Writes(mesh, index, pace_s=0.5)
 
 
-def test_every_acknowledged_write_survives_a_postgres_crash(mesh, users, admin):
+def test_every_acknowledged_write_survives_a_postgres_crash(mesh, users, admin, figures):
     email, token = new_user(users, "crash")
     writers = {"purchases": purchases(mesh, token), "registrations": registrations(mesh),
                "documents": indexing(mesh, admin)}
@@ -70,3 +70,10 @@ def test_every_acknowledged_write_survives_a_postgres_crash(mesh, users, admin):
               for n in writers["documents"].tried}
     assert all(halves[n] == 2 for n in writers["documents"].acknowledged), halves
     assert set(halves.values()) <= {0, 2}, {n: count for n, count in halves.items() if count == 1}
+    present = {"purchases": set(writers["purchases"].acknowledged) & set(bought or []),
+               "registrations": set(writers["registrations"].acknowledged) & set(registered or []),
+               "documents": {n for n in writers["documents"].acknowledged if halves[n] == 2}}
+    figures.append("Postgres SIGKILLed mid-write, acknowledged / present: " + ", ".join(
+        f"{name} {len(writers[name].acknowledged)} / {len(present[name])}" for name in writers)
+        + f"; batches stored in part: {sum(count == 1 for count in halves.values())}"
+        + f"; calls refused while down: {sum(len(w.failures) for w in writers.values())}")
