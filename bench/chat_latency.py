@@ -15,7 +15,6 @@ brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import statistics
@@ -64,9 +63,8 @@ def engine_settings() -> generation.Settings:
     """The engine's settings as chat_lm's config.pbtxt gives them."""
     config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
     found = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "(-?\d+)" \}', config))
-    return generation.Settings(**{field.name: int(found[field.name])
-                                  for field in dataclasses.fields(generation.Settings)
-                                  if field.name in found})
+    return generation.Settings(**{name: int(found[name]) for name in
+                                  ("slots", "context_per_slot", "threads", "gpu_layers")})
 
 
 def together(work, count: int) -> tuple[list[Stream], float]:

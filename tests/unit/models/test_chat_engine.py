@@ -84,14 +84,3 @@ def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, gener
     held = answer(generation.cited_only(["Toy Story"], ["1995"]))
     assert set(re.findall(r"\((\d{4})", held)) <= {"1995"}
     assert set(re.findall(r'"([^"]*)"', held)) <= {"Toy Story"}
-
-
-def test_every_engine_parameter_of_the_served_config_reaches_the_engine(generation):
-    """A key config.pbtxt sets but Settings lacks would be ignored without a word: the prompt cache's
-    bound among them (unbounded, llama.cpp's own default grew chat_lm's memory for hours)."""
-    import dataclasses
-    config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
-    keys = set(re.findall(r'parameters \{ key: "(\w+)"', config))
-    fields = {field.name for field in dataclasses.fields(generation.Settings)}
-    assert keys - {"queue"} == fields
-    assert 0 < int(re.search(r'key: "prompt_cache_mib" value: \{ string_value: "(\d+)"', config)[1]) <= 256

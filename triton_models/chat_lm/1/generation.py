@@ -37,9 +37,6 @@ class Settings:
     context_per_slot: int = 2048    # tokens each generation may hold: prompt and answer
     threads: int = 2
     gpu_layers: int = 0             # layers offloaded to a GPU (-1: all) with a CUDA build
-    # llama.cpp keeps finished prompts' state in host memory to reuse their prefixes: bounded
-    # here, as its default (8 GiB) grew chat_lm by ~10 MB a minute in the soak
-    prompt_cache_mib: int = 64
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,6 @@ class Engine:
         params.cpuparams.n_threads = settings.threads
         params.cpuparams_batch.n_threads = settings.threads
         params.n_gpu_layers = settings.gpu_layers
-        params.cache_ram_mib = settings.prompt_cache_mib
         params.verbosity = -1     # llama.cpp logs every slot's timings otherwise
         self.settings = settings
         self.server = xllamacpp.Server(params)
