@@ -8,6 +8,9 @@ import sys
 from aimesh import paths
 
 SLACK_FDS = 16           # a connection opened late (a pool growing to its size) is not a leak
+# Each service's pool opens connections on demand (1 to 10): a peak of the mix late in the minute
+# adds a few (31 -> 34 seen); a leak adds one a call or more, hundreds in the minute.
+SLACK_CONNECTIONS = 6
 # Postgres's backends open a table's files the first time they touch it, up to its
 # max_files_per_process: its fds grow by design, and its connections are what must stay flat.
 FDS_GROW_BY_DESIGN = {"postgres"}
@@ -28,6 +31,7 @@ def test_a_minute_of_the_mix_has_no_error_and_no_climbing_fds_or_connections(mes
     last = series[-1][1]
     for component, (_, fds, _) in last.items():
         if component == "postgres connections":
-            assert fds <= warm[component][1] + 2, f"Postgres connections {warm[component][1]} -> {fds}"
+            assert fds <= warm[component][1] + SLACK_CONNECTIONS, \
+                f"Postgres connections {warm[component][1]} -> {fds}"
         elif component not in FDS_GROW_BY_DESIGN:
             assert fds <= warm[component][1] + SLACK_FDS, f"{component}: fds {warm[component][1]} -> {fds}"
