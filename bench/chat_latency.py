@@ -15,6 +15,7 @@ brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import statistics
@@ -63,8 +64,9 @@ def engine_settings() -> generation.Settings:
     """The engine's settings as chat_lm's config.pbtxt gives them."""
     config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
     found = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "(-?\d+)" \}', config))
-    return generation.Settings(**{name: int(found[name]) for name in
-                                  ("slots", "context_per_slot", "threads", "gpu_layers")})
+    return generation.Settings(**{field.name: int(found[field.name])
+                                  for field in dataclasses.fields(generation.Settings)
+                                  if field.name in found})
 
 
 def together(work, count: int) -> tuple[list[Stream], float]:

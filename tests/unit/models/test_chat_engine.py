@@ -1,7 +1,10 @@
 """chat_lm's engine in-process (triton_models/chat_lm/1/generation.py, the real model): prompts too
 long for a slot lose their oldest turns and keep the system prompt and the question; a stop asked
-for by the caller ends the generation; the counts are the engine's tokens."""
+for by the caller ends the generation; the counts are the engine's tokens; a greedy answer does not
+depend on what the engine served before."""
+import concurrent.futures
 import importlib.util
+import random
 import re
 import sys
 
@@ -84,3 +87,39 @@ def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, gener
     held = answer(generation.cited_only(["Toy Story"], ["1995"]))
     assert set(re.findall(r"\((\d{4})", held)) <= {"1995"}
     assert set(re.findall(r'"([^"]*)"', held)) <= {"Toy Story"}
+
+
+def test_every_engine_parameter_of_the_served_config_reaches_the_engine(generation):
+    """A key config.pbtxt sets but Settings lacks would be ignored without a word: the prompt cache's
+    bound among them (unbounded, llama.cpp's own default grew chat_lm's memory for hours)."""
+    import dataclasses
+    config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
+    keys = set(re.findall(r'parameters \{ key: "(\w+)"', config))
+    fields = {field.name for field in dataclasses.fields(generation.Settings)}
+    assert keys - {"queue"} == fields
+    assert 0 < int(re.search(r'key: "prompt_cache_mib" value: \{ string_value: "(\d+)"', config)[1]) <= 256
+
+
+def test_a_greedy_answer_depends_on_its_prompt_alone(generation):
+    """With the served settings (8 slots, the bounded prompt cache), after the cache has filled with
+    other prompts, the same greedy prompt writes the same text: the content tests rely on it, and a
+    saga step run again writes what it wrote. (Resuming from others' cached prefixes changed it.)"""
+    engine = generation.Engine(generation.Settings())
+    asked = [{"role": "system", "content": "You are aimesh's film writer. Write what is asked, in plain "
+                                           "prose, and nothing else."},
+             {"role": "user", "content": "Write a very short story (one paragraph) on its theme. "
+                                         "Subject: the villain's speech in an action film, word for word"}]
+
+    def answer(messages, temperature=0.0, max_tokens=120) -> str:
+        pieces = []
+        engine.generate(messages, max_tokens, lambda text: pieces.append(text) and False,
+                        temperature=temperature, stop=["\n\n"])
+        return "".join(pieces)
+    first = answer(asked)
+    rng, words = random.Random(1), "film toy space dog villain hero story night city love war ship".split()
+    others = [[{"role": "system", "content": "You are a helpful film assistant. "
+                                             + " ".join(rng.choice(words) for _ in range(300))},
+               {"role": "user", "content": f"Tell me about {words[i % len(words)]}"}] for i in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda messages: answer(messages, 0.7, 8), others))
+    assert answer(asked) == first

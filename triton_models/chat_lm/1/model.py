@@ -11,6 +11,7 @@ generation at the next token, or before it starts while it waits.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections import deque
@@ -159,9 +160,9 @@ def settings(model_config: dict) -> tuple[generation.Settings, int]:
     """The engine's settings and the queue's bound, from config.pbtxt's parameters."""
     parameters = {key: int(value["string_value"])
                   for key, value in model_config.get("parameters", {}).items()}
-    engine = generation.Settings(**{name: parameters[name] for name in
-                                    ("slots", "context_per_slot", "threads", "gpu_layers")
-                                    if name in parameters})
+    engine = generation.Settings(**{field.name: parameters[field.name]
+                                    for field in dataclasses.fields(generation.Settings)
+                                    if field.name in parameters})
     return engine, parameters.get("queue", engine.slots)
 
 
