@@ -33,9 +33,19 @@ def test_utilization_is_arrival_rate_times_demand(mm1):
 
 
 def test_a_delay_is_what_the_measured_p50_has_beyond_cpu():
-    costs = {"routes": {"r": {"cpu_ms": {"envoy": 1.0, "user": 2.0, "noise": 5.0}, "p50_ms": 10.0}}}
+    costs = {"routes": {"r": {"cpu_ms": {"envoy": 1.0, "user": 2.0, "noise": 5.0}, "p50_ms": 10.0, "p99_ms": 10.0}}}
     [route] = model.routes_from_costs(costs, {"r": 3.0})
     assert route.bursts == (("envoy", 1.0), ("user", 2.0)) and route.delay_ms == 7.0
+    assert route.delay_sigma == 0.0     # p99 = p50: the delay never varies
+
+
+def test_the_delays_spread_gives_back_the_measured_tail_at_low_load():
+    costs = {"routes": {"r": {"cpu_ms": {"envoy": 0.1}, "p50_ms": 10.0, "p99_ms": 40.0}}}
+    [route] = model.routes_from_costs(costs, {"r": 5.0})
+    idle = model.Placement(pools={"host": 1}, components={"envoy": model.Component()})
+    result = model.simulate(idle, [route], seconds=2000, seed=3)
+    assert result.p("r", 50) == pytest.approx(10.0, rel=0.1)
+    assert result.p("r", 99) == pytest.approx(40.0, rel=0.15)
 
 
 def test_a_shared_pool_slows_what_runs_on_it():
