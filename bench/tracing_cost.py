@@ -2,8 +2,8 @@
 one run on one mesh (`up --traces`: spans go to Phoenix). The edge decides which requests are
 traced and the services follow its decision, so the share is set live through Envoy's runtime
 key tracing.random_sampling (and Triton's tracing with it: on at 100% only), with the trace backend
-at the lower CPU priority it runs at (traces.NICENESS) and, in one more row at 10%, at normal
-priority (set live on each of its threads; needs root); rows are interleaved
+at the lower CPU priority it runs at (traces.NICENESS) and, in two more rows at 10%, at normal
+priority and at SCHED_IDLE (set live on each of its threads; needs root); rows are interleaved
 in rounds, so drift on a shared machine falls on every row alike, and each starts once the trace
 backend has ingested the spans of the row before. Each row: p50/p99 at concurrency 1 and
 requests/s at concurrency 16, and the CPU each row cost per request (from the row's start until the
@@ -36,9 +36,11 @@ from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.supervisor import Supervisor
 
 STATE = "/tmp/aimesh-bench-traces-state"
-# (percent of requests traced, the trace backend's niceness): as shipped (traces.NICENESS), and
-# 10% with the backend at normal priority, which it had before
-ROWS = ((0, traces.NICENESS), (10, traces.NICENESS), (10, 0), (100, traces.NICENESS))
+# (percent of requests traced, the trace backend's priority: a niceness, or IDLE for Linux's
+# SCHED_IDLE, which runs it only on cores nothing else wants): as shipped (traces.NICENESS), and
+# 10% with the backend at normal priority, which it had before, and at SCHED_IDLE
+IDLE = "idle"
+ROWS = ((0, traces.NICENESS), (10, traces.NICENESS), (10, 0), (10, IDLE), (100, traces.NICENESS))
 ROUNDS = 4
 SEQUENTIAL, CONCURRENT, CONCURRENCY = 100, 300, 16
 BACKEND = "phoenix"
@@ -86,16 +88,21 @@ class RowCpu:
                 for name, ms in self.meter.per_request_ms(requests).items()}
 
 
-def prioritise(backend: psutil.Process, niceness: int) -> None:
-    """Every thread of the trace backend at this niceness (Linux sets it per thread). Raising a
-    priority back needs root (CAP_SYS_NICE)."""
+def prioritise(backend: psutil.Process, priority: int | str) -> None:
+    """Every thread of the trace backend at this niceness, or SCHED_IDLE (Linux sets both per
+    thread). Raising a priority back needs root (CAP_SYS_NICE)."""
     for process in (backend, *backend.children(recursive=True)):
         for thread in process.threads():
-            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+            if priority == IDLE:
+                os.sched_setscheduler(thread.id, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                os.sched_setscheduler(thread.id, os.SCHED_OTHER, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, thread.id, int(priority))
 
 
-def label(share: int, niceness: int) -> str:
-    return f"traced {share:>3}%" + ("" if niceness == traces.NICENESS else f", backend at nice {niceness}")
+def label(share: int, priority: int | str) -> str:
+    return f"traced {share:>3}%" + ("" if priority == traces.NICENESS else
+                                    ", backend at SCHED_IDLE" if priority == IDLE else f", backend at nice {priority}")
 
 
 def split(cpu: dict[str, float]) -> tuple[float, float]:
@@ -123,9 +130,9 @@ def main() -> None:
         phoenix = psutil.Process(Supervisor(mesh.state).pid("phoenix"))
         print(f"mesh up with the trace backend in {took:.1f} s (the state dir was empty; demo data indexed)")
         metadata = [("authorization", f"Bearer {demo.login(mesh.gateway, 'bob@demo.aimesh')}")]
-        rows = [r for r in ROWS if r[1] >= traces.NICENESS or os.geteuid() == 0]
+        rows = [r for r in ROWS if r[1] == traces.NICENESS or os.geteuid() == 0]
         if len(rows) < len(ROWS):
-            print("(not root: the backend cannot be set back to normal priority, so that row is left out)")
+            print("(not root: the backend's priority cannot be set back, so the rows at other priorities are left out)")
         latencies: dict[tuple, list[np.ndarray]] = {r: [] for r in rows}
         rates: dict[tuple, list[float]] = {r: [] for r in rows}
         cpus: dict[tuple, list[tuple[float, float]]] = {r: [] for r in rows}
@@ -139,7 +146,7 @@ def main() -> None:
             for _ in range(ROUNDS):
                 for share, niceness in rows:
                     set_sampling(mesh, share)
-                    prioritise(phoenix, niceness)
+                    prioritise(phoenix, niceness)   # also on threads it started since
                     settle(phoenix)
                     cpu.start()
                     sequential, throughput = row(stub, metadata)
