@@ -112,7 +112,7 @@ def routes_from_costs(costs: dict, rates: dict[str, float], min_ms: float = 0.05
     """The mix's routes at `rates` (route -> calls/s) with their measured bursts (in the order the
     call crosses them), background work and delay: the p50 at low load (the route alone, or
     `p50_ms`) less the CPU before it, spread so that the route alone's p99 is its 99th percentile."""
-    out = []
+    out, sigma = [], delay_spread(costs)
     for name, rate in rates.items():
         measured = dict(costs["routes"][name])
         if p50_ms and name in p50_ms:
@@ -125,7 +125,7 @@ def routes_from_costs(costs: dict, rates: dict[str, float], min_ms: float = 0.05
         waited = bursts[:names.index(first)] if first in names else bursts
         cpu = sum(ms for _, ms in waited)
         out.append(Route(name, rate, bursts, delay_ms=max(measured["p50_ms"] - cpu, 0.0),
-                         delay_sigma=delay_spread(costs),
+                         delay_sigma=sigma,
                          background=tuple((c, ms) for c, ms in measured["cpu_ms"].items()
                                           if c in background and ms >= min_ms),
                          first_reply_before=first))
@@ -170,7 +170,6 @@ def simulate(placement: Placement, routes: list[Route], seconds: float = 60.0, w
 
     def call(route: Route):
         started = env.now
-
         delay_s = route.delay_ms * math.exp(route.delay_sigma * rng.gauss(0, 1)) / 1000
 
         def answered() -> None:

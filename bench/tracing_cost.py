@@ -144,16 +144,16 @@ def main() -> None:
             settle(phoenix)
             cpu = RowCpu(mesh)
             for _ in range(ROUNDS):
-                for share, niceness in rows:
+                for share, priority in rows:
                     set_sampling(mesh, share)
-                    prioritise(phoenix, niceness)   # also on threads it started since
+                    prioritise(phoenix, priority)   # also on threads it started since
                     settle(phoenix)
                     cpu.start()
                     sequential, throughput = row(stub, metadata)
                     settle(phoenix)
-                    cpus[share, niceness].append(split(cpu.per_request_ms(SEQUENTIAL + CONCURRENT)))
-                    latencies[share, niceness].append(sequential)
-                    rates[share, niceness].append(throughput)
+                    cpus[share, priority].append(split(cpu.per_request_ms(SEQUENTIAL + CONCURRENT)))
+                    latencies[share, priority].append(sequential)
+                    rates[share, priority].append(throughput)
             prioritise(phoenix, traces.NICENESS)
         print(f"\nSearch through the gateway, {ROUNDS} rounds interleaved: concurrency 1 ({SEQUENTIAL * ROUNDS} "
               f"calls a row), concurrency {CONCURRENCY} ({CONCURRENT * ROUNDS} calls a row); the trace "

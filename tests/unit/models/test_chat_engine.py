@@ -3,6 +3,7 @@ long for a slot lose their oldest turns and keep the system prompt and the quest
 for by the caller ends the generation; the counts are the engine's tokens; a greedy answer does not
 depend on what the engine served before."""
 import concurrent.futures
+import dataclasses
 import importlib.util
 import random
 import re
@@ -92,7 +93,6 @@ def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, gener
 def test_every_engine_parameter_of_the_served_config_reaches_the_engine(generation):
     """A key config.pbtxt sets but Settings lacks would be ignored without a word: the prompt cache's
     bound among them (unbounded, llama.cpp's own default grew chat_lm's memory for hours)."""
-    import dataclasses
     config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
     keys = set(re.findall(r'parameters \{ key: "(\w+)"', config))
     fields = {field.name for field in dataclasses.fields(generation.Settings)}
