@@ -6,7 +6,10 @@ settings read from its config.pbtxt).
 Both columns answer the same prompts: the in-process side builds each prompt as chat-svc does
 (services/chat/model.py: messages, the CITED grammar, one paragraph) from the same Search results,
 with chat-svc's temperature and max_tokens. Levels alternate between the two sides, so load from
-elsewhere on the machine falls on both alike; they never run at the same time. Prints figures and
+elsewhere on the machine falls on both alike; they never run at the same time. The gateway side
+also prints the CPU each token cost per process: outside Triton (chat-svc, Envoy) it is what
+carrying the pieces costs, taken from the cores the engine decodes on (the client is this process,
+which also holds the in-process engine, so it is left out). Prints figures and
 asserts none. Runs its own mesh (bench/topology.yaml: no rate limit or per-user cap reached; each
 chat is its own user anyway) in /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always
 brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 import grpc
 from helpers.common import machine
+from helpers.cpu import CpuMeter
 
 from aimesh import paths
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
@@ -42,6 +46,7 @@ import generation  # noqa: E402
 MAX_TOKENS = 128
 LEVELS = (1, 4, 8)
 ROUNDS = 2          # each level this many times on each side
+PATH = ("chat", "envoy", "triton")    # CPU a token: what carries the pieces, and the model
 QUESTIONS = [
     "Tell me about a film with space battles.",
     "Which film would you pick for a rainy evening, and why?",
@@ -60,11 +65,17 @@ class Stream:
     tokens: int              # completion tokens, as the engine counted them
 
 
+def parameters() -> dict[str, int]:
+    """chat_lm's config.pbtxt parameters."""
+    config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
+    return {key: int(value) for key, value in
+            re.findall(r'key: "(\w+)" value: \{ string_value: "(-?\d+)" \}', config)}
+
+
 def engine_settings() -> generation.Settings:
     """The engine's settings as chat_lm's config.pbtxt gives them."""
-    config = (paths.TRITON_MODELS / "chat_lm" / "config.pbtxt").read_text()
-    found = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "(-?\d+)" \}', config))
-    return generation.Settings(**{field.name: int(found[field.name])
+    found = parameters()
+    return generation.Settings(**{field.name: found[field.name]
                                   for field in dataclasses.fields(generation.Settings)
                                   if field.name in found})
 
@@ -152,7 +163,8 @@ def main() -> int:
     settings = engine_settings()
     temperature = mesh.topo.services["chat"].temperature     # as chat-svc samples
     print(f"aimesh chat latency: {machine()}\nchat_lm: {settings}; max_tokens {MAX_TOKENS}, "
-          f"temperature {temperature}; levels {LEVELS}, {ROUNDS} rounds each per side\n")
+          f"temperature {temperature}; flush_ms {parameters().get('flush_ms', 0)}; levels {LEVELS}, "
+          f"{ROUNDS} rounds each per side\n")
     shutil.rmtree(mesh.state, ignore_errors=True)
     try:
         print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
@@ -165,9 +177,13 @@ def main() -> int:
             mesh_work, local_work = via_gateway(channel, tokens), in_process(engine, built, temperature)
             together(mesh_work, 1), together(local_work, 1)     # first-call costs, untimed
             runs = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
+            cpu: dict[int, list[dict[str, float]]] = {level: [] for level in LEVELS}
+            meter = CpuMeter(mesh)
             for _ in range(ROUNDS):
                 for level in LEVELS:
+                    meter.start()
                     runs["gateway", level].append(together(mesh_work, level))
+                    cpu[level].append(meter.per_request_ms(sum(s.tokens for s in runs["gateway", level][-1][0])))
                     runs["in-process", level].append(together(local_work, level))
     finally:
         clean = mesh.down_and_report()
@@ -180,6 +196,10 @@ def main() -> int:
     print("\ngateway / in-process, aggregate tokens/s (target >= 90%):")
     for level in LEVELS:
         print(f"  {level} chats: {table['gateway', level]['rate'] / table['in-process', level]['rate']:.0%}")
+    print("\nCPU ms a token on the gateway side (median of the rounds; triton includes the engine):")
+    for level in LEVELS:
+        print(f"  {level} chats: " + ", ".join(
+            f"{name} {statistics.median(row.get(name, 0.0) for row in cpu[level]):.2f}" for name in PATH))
     return 0 if clean else 1
 
 

@@ -65,8 +65,8 @@ class ModelBusy(kit.Unavailable):
 class Piece:
     text: str
     finish_reason: str = ""      # set on the last piece only
-    prompt_tokens: int = 0       # the engine's counts, on the last piece
-    completion_tokens: int = 0
+    prompt_tokens: int = 0       # the engine's count, on the last piece
+    completion_tokens: int = 0   # the engine's count so far (a piece may hold several tokens)
 
 
 def cited(hits: list[search_pb2.SearchResult]) -> dict[str, list[str]]:
@@ -95,11 +95,12 @@ class ChatModel:
             try:
                 async for outputs in stream:
                     text = outputs["DELTA"][0].decode("utf-8", errors="replace")
+                    made = int(outputs["COMPLETION_TOKENS"][0])
                     if "FINISH_REASON" not in outputs:
-                        yield Piece(text)
+                        yield Piece(text, completion_tokens=made)
                         continue
                     yield Piece(text, outputs["FINISH_REASON"][0].decode(),
-                                int(outputs["PROMPT_TOKENS"][0]), int(outputs["COMPLETION_TOKENS"][0]))
+                                int(outputs["PROMPT_TOKENS"][0]), made)
             except kit.Unavailable as why:
                 if BUSY in why.message:
                     raise ModelBusy(BUSY) from why

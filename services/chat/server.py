@@ -157,11 +157,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 async for piece in pieces:
                     if cancel.is_set():   # leaving the loop cancels the generation in Triton
                         finish = chat_pb2.FINISH_REASON_CANCELLED
-                        usage.completion_tokens = len(sent) - bool(opening)   # a piece per token
                         break
                     if opening and not sent:
                         sent.append(opening)
                         yield delta(opening)
+                    usage.completion_tokens = piece.completion_tokens
                     if piece.text:
                         sent.append(piece.text)
                         yield delta(piece.text)
@@ -172,7 +172,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         except kit.Unavailable as why:
             if sent:   # it failed mid-answer: the turn ends with what was said
                 reason = f"chat model failed mid-answer: {why}"
-                usage.completion_tokens = len(sent) - bool(opening)
             else:
                 source = common_pb2.SOURCE_FALLBACK
                 busy = isinstance(why, ModelBusy)

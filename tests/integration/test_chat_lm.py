@@ -156,6 +156,22 @@ def test_answer_streams_in_several_pieces_before_the_final_response(stream):
     assert "".join(deltas).strip()
 
 
+def test_each_response_counts_the_tokens_made_so_far_and_the_first_goes_alone(stream):
+    """Tokens made within flush_ms of the last response go out together in the next, so a
+    response may hold several; each carries the count so far, which callers report if the
+    answer is cut short."""
+    client, responses = stream
+    ask(client, STORY, max_tokens=40)
+    counts = []
+    while True:
+        result, error = responses.get(timeout=RESPONSE_WITHIN_S)
+        assert error is None, error
+        counts.append(int(result.as_numpy("COMPLETION_TOKENS")[0]))
+        if result.as_numpy("FINISH_REASON") is not None:
+            break
+    assert counts[0] == 1 and counts == sorted(counts) and 1 < counts[-1] <= 40, counts
+
+
 def test_small_max_tokens_ends_with_length(stream):
     client, responses = stream
     ask(client, STORY, max_tokens=5)

@@ -1,8 +1,10 @@
-"""chat_lm: SmolLM2-135M-Instruct, streaming its answer one text piece per response (decoupled),
-many answers at once.
+"""chat_lm: SmolLM2-135M-Instruct, streaming its answer as text pieces (decoupled), many answers at
+once.
 
-Each request is answered by a stream of responses carrying DELTA; the last one also carries
-FINISH_REASON (stop, length, or cancelled), the token counts, and the final flag. `execute` only
+Each request is answered by a stream of responses carrying DELTA and COMPLETION_TOKENS (so far);
+the last one also carries FINISH_REASON (stop, length, or cancelled), the prompt's tokens, and the
+final flag. The first token goes out at once; tokens made within `flush_ms` of the last response
+go out together in the next, as each response costs CPU all the way to the client. `execute` only
 queues a request: `slots` worker threads take them in arrival order, each running one generation on
 the engine, which decodes all running generations together. Past the slots, up to `queue` requests
 wait; beyond that a request is refused at once with an error starting "chat model busy", so a
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections import deque
 
 import generation
@@ -111,15 +114,44 @@ def error(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
-def response(delta: str, result: generation.Result | None = None) -> pb_utils.InferenceResponse:
-    tensors = [pb_utils.Tensor("DELTA", np.array([delta.encode("utf-8")], dtype=np.object_))]
+def response(delta: str, completion_tokens: int, result: generation.Result | None = None,
+             ) -> pb_utils.InferenceResponse:
+    if result is not None:
+        completion_tokens = result.completion_tokens
+    tensors = [pb_utils.Tensor("DELTA", np.array([delta.encode("utf-8")], dtype=np.object_)),
+               pb_utils.Tensor("COMPLETION_TOKENS", np.array([completion_tokens], dtype=np.int32))]
     if result is not None:
         tensors += [
             pb_utils.Tensor("FINISH_REASON", np.array([result.finish_reason.encode()], dtype=np.object_)),
             pb_utils.Tensor("PROMPT_TOKENS", np.array([result.prompt_tokens], dtype=np.int32)),
-            pb_utils.Tensor("COMPLETION_TOKENS", np.array([result.completion_tokens], dtype=np.int32)),
         ]
     return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+class Coalescer:
+    """An answer's tokens into responses: the first goes at once; tokens made within `flush_s` of
+    the last response wait and go with the next one (so a token waits at most until the next is
+    made), and whatever is left goes with the final response."""
+
+    def __init__(self, flush_s: float):
+        self.flush_s = flush_s
+        self.tokens = 0             # made so far
+        self.pending: list[str] = []
+        self.sent_at = float("-inf")
+
+    def add(self, text: str, now: float) -> str | None:
+        """The text to send now, or None while it waits."""
+        self.pending.append(text)
+        self.tokens += 1
+        if now - self.sent_at < self.flush_s:
+            return None
+        self.sent_at = now
+        return self.rest()
+
+    def rest(self) -> str:
+        text = "".join(self.pending)
+        self.pending.clear()
+        return text
 
 
 class Waiting:
@@ -156,19 +188,26 @@ class Waiting:
             self.changed.notify_all()
 
 
-def settings(model_config: dict) -> tuple[generation.Settings, int]:
-    """The engine's settings and the queue's bound, from config.pbtxt's parameters."""
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    queue: int          # requests waiting for a slot, at most
+    flush_s: float      # tokens made within this of the last response wait for the next
+
+
+def settings(model_config: dict) -> tuple[generation.Settings, Serving]:
+    """The engine's settings and how requests are served, from config.pbtxt's parameters."""
     parameters = {key: int(value["string_value"])
                   for key, value in model_config.get("parameters", {}).items()}
     engine = generation.Settings(**{field.name: parameters[field.name]
                                     for field in dataclasses.fields(generation.Settings)
                                     if field.name in parameters})
-    return engine, parameters.get("queue", engine.slots)
+    return engine, Serving(queue=parameters.get("queue", engine.slots),
+                           flush_s=parameters.get("flush_ms", 0) / 1000)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        engine_settings, queue_bound = settings(json.loads(args["model_config"]))
+        engine_settings, self.serving = settings(json.loads(args["model_config"]))
         self.engine = generation.Engine(engine_settings)
         self.context_tokens = engine_settings.context_per_slot
         # Generations counted per finish reason on Triton's metrics endpoint: operators see
@@ -189,7 +228,7 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER)
         self.refused = self.refused_family.Metric(labels={})
         # Requests wait here in arrival order for a slot; one worker per engine slot.
-        self.waiting = Waiting(queue_bound)
+        self.waiting = Waiting(self.serving.queue)
         self.workers = [threading.Thread(target=self.work, name=f"chat_lm-slot-{slot}", daemon=True)
                         for slot in range(engine_settings.slots)]
         for worker in self.workers:
@@ -219,20 +258,21 @@ class TritonPythonModel:
     def close_cancelled(self, sender) -> None:
         """A request given up while it waited: it never started."""
         count(self.generations["cancelled"])
-        sender.send(response("", generation.Result("cancelled", 0, 0)), final=True)
+        sender.send(response("", 0, generation.Result("cancelled", 0, 0)), final=True)
 
     def answer(self, sender, arguments: dict) -> None:
         if sender.is_cancelled():
             self.close_cancelled(sender)
             return
-        streamed = 0
+        streamed, pieces = 0, Coalescer(self.serving.flush_s)
 
         def on_piece(text: str) -> bool:
             nonlocal streamed
             if sender.is_cancelled():
                 return True
-            sender.send(response(text))
-            streamed += 1
+            if (ready := pieces.add(text, time.monotonic())) is not None:
+                sender.send(response(ready, pieces.tokens))
+                streamed += 1
             return False
 
         try:
@@ -249,7 +289,7 @@ class TritonPythonModel:
             # Counted once per generation: each metric update is a round trip to Triton.
             count(self.pieces, streamed)
         count(self.generations[result.finish_reason])
-        sender.send(response("", result), final=True)
+        sender.send(response(pieces.rest(), pieces.tokens, result), final=True)
 
     def finalize(self):
         self.waiting.stop(len(self.workers))
