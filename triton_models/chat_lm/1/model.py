@@ -18,11 +18,13 @@ import json
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 import generation
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+ARTIFACT = Path(__file__).parent / "artifact"   # aimesh/models/chat_lm.py's build, linked here
 ROLES = {"system", "user", "assistant"}
 FINISH_REASONS = ("stop", "length", "cancelled")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -208,7 +210,7 @@ def settings(model_config: dict) -> tuple[generation.Settings, Serving]:
 class TritonPythonModel:
     def initialize(self, args):
         engine_settings, self.serving = settings(json.loads(args["model_config"]))
-        self.engine = generation.Engine(engine_settings)
+        self.engine = generation.Engine(ARTIFACT / "model.gguf", engine_settings)
         self.context_tokens = engine_settings.context_per_slot
         # Generations counted per finish reason on Triton's metrics endpoint: operators see
         # cancels and truncations, and tests see that a cancel really ended a generation. A family
