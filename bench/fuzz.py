@@ -47,6 +47,7 @@ def main() -> int:
         before = mesh.pids()
         gateway = (gateway_fuzz.Gateway(mesh.gateway, demo.login(mesh.gateway, "admin@demo.aimesh"))
                    if args.gateway else None)
+        run = None if args.gateway else fuzz.Run(mesh)
         for rpc in fuzz.rpcs(mesh.topo):
             if args.only not in rpc.path:
                 continue
@@ -55,14 +56,14 @@ def main() -> int:
                 found = gateway_fuzz.run_malformed(rpc, gateway, outcomes)
                 found += gateway_fuzz.run_generated(rpc, gateway, examples, outcomes)
             else:
-                found = _at_the_service(mesh, rpc, examples, outcomes)
+                found = _at_the_service(run, rpc, examples)
             failures += found
             print(f"  {rpc.path}: {time.monotonic() - started:.0f} s, {len(found)} failed", flush=True)
         if gateway is not None:
             gateway.close()
             print(gateway_fuzz.report(outcomes) + "\n" + gateway_fuzz.summary(outcomes))
         else:
-            print(fuzz.report(outcomes))
+            print(fuzz.report(run.outcomes))
         for failure in failures[:50]:
             print(f"FAILED {failure}")
         restarted = mesh.pids() != before
@@ -72,12 +73,11 @@ def main() -> int:
     return 1 if failures or restarted or not clean else 0
 
 
-def _at_the_service(mesh: MeshUnderTest, rpc: fuzz.Rpc, examples: int, outcomes: collections.Counter) -> list[str]:
-    with mesh.direct(fuzz.instance_of(mesh.topo, rpc.service), rpc.service) as channel:
-        try:
-            fuzz.fuzz(rpc, channel, examples, outcomes)
-        except AssertionError as failure:
-            return [f"{rpc.path}: {failure}"]
+def _at_the_service(run: fuzz.Run, rpc: fuzz.Rpc, examples: int) -> list[str]:
+    try:
+        run.fuzz(rpc, examples)
+    except AssertionError as failure:
+        return [f"{rpc.path}: {failure}"]
     return []
 
 

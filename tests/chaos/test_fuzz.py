@@ -4,8 +4,6 @@ status, never INTERNAL or UNKNOWN, an INVALID_ARGUMENT always names its field, a
 dies or restarts. With the chaos tests, last: it leaves junk (accounts, documents, jobs) behind.
 A failing request is saved under tests/chaos/fuzz-examples and tried first from then on.
 The long run: bin/aimesh bench fuzz."""
-import collections
-
 import pytest
 
 from aimesh import topology
@@ -13,7 +11,6 @@ from bench.helpers import fuzz
 
 EXAMPLES = 25     # per RPC here; the long run's are thousands
 RPCS = fuzz.rpcs(topology.load(port_offset=0))   # the contracts of the topology's services
-outcomes: collections.Counter = collections.Counter()
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +18,33 @@ def pids_before(mesh):
     return mesh.pids()
 
 
+@pytest.fixture(scope="module")
+def run(mesh, pids_before) -> fuzz.Run:
+    return fuzz.Run(mesh)
+
+
 def test_every_rpc_of_the_contracts_is_fuzzed():
     assert len(RPCS) >= 18 and any(r.path.endswith("/Chat") for r in RPCS)
 
 
 @pytest.mark.parametrize("rpc", RPCS, ids=[r.path for r in RPCS])
-def test_hostile_requests_get_a_clear_status(mesh, pids_before, rpc):
-    instance = fuzz.instance_of(mesh.topo, rpc.service)
-    with mesh.direct(instance, rpc.service) as channel:
-        fuzz.fuzz(rpc, channel, EXAMPLES, outcomes)
+def test_hostile_requests_get_a_clear_status(run, rpc):
+    run.fuzz(rpc, EXAMPLES)
     # a request with no fields (GetProfile's) has one example only
-    assert sum(n for (path, _), n in outcomes.items() if path == rpc.path) >= (
+    assert sum(n for (path, _), n in run.outcomes.items() if path == rpc.path) >= (
         EXAMPLES if rpc.request.fields else 1)
 
 
-def test_no_process_died_or_restarted_under_the_fuzzing(mesh, pids_before):
-    print("\n" + fuzz.report(outcomes))
+def test_requests_naming_ids_reach_past_the_lookup(run):
+    """Ids the mesh answered the run's caller with (its content, jobs, conversations, items) are
+    named by later requests: each RPC whose request names an id was answered at least once with
+    something other than NOT_FOUND or INVALID_ARGUMENT (random ids alone only ever found nothing)."""
+    naming = [rpc.path for rpc in RPCS if fuzz.names_ids(rpc.request)]
+    stuck = [path for path in naming if not any(
+        code not in ("NOT_FOUND", "INVALID_ARGUMENT") for (called, code) in run.outcomes if called == path)]
+    assert len(naming) >= 8 and not stuck, fuzz.report(run.outcomes)
+
+
+def test_no_process_died_or_restarted_under_the_fuzzing(mesh, pids_before, run):
+    print("\n" + fuzz.report(run.outcomes))
     assert mesh.pids() == pids_before
