@@ -20,8 +20,9 @@ SLO, where it broke and why, and the load generator's own CPU.
 Soak: a constant rate for `--minutes`; every 10 s the resident memory (all of it, and the
 anonymous part: heaps, without shared buffers or mapped files) and open file descriptors of every
 component and the number of Postgres connections; prints errors and the growth after
-a minute's warm-up (and of anonymous memory over the second half alone), and writes a PNG of
-RSS and fds over time (soak.png in the state dir).
+a minute's warm-up (and of anonymous memory over the second half alone), each compared by its
+floor over a minute (a moment's peak is not growth), and writes a PNG of RSS and fds over time
+(soak.png in the state dir).
 
 Runs its own mesh (bench/topology.yaml: per-user limits out of reach) in
 /tmp/aimesh-bench-load-state on AIMESH_PORT_OFFSET=2000, or, with --attach, the mesh that
@@ -291,6 +292,19 @@ def _is_client_backend(process: psutil.Process) -> bool:
         return False
 
 
+WINDOW_S = 60   # memory is compared by its floor over this long: see floor()
+
+
+def floor(series: list[tuple[float, dict]], start_s: float) -> dict[str, tuple[float, int, float]]:
+    """Each component's lowest RSS and anonymous RSS over the WINDOW_S from `start_s` (its fds at the
+    window's last sample). A moment's peak is not growth (a login's argon2 takes 64 MiB and gives it
+    back: one sample taken then made user-svc look 190% bigger); a leak raises the floor too."""
+    window = [s for t, s in series if start_s <= t <= start_s + WINDOW_S] or [series[-1][1]]
+    return {name: (min(s[name][0] for s in window if name in s), latest[1],
+                   min(s[name][2] for s in window if name in s))
+            for name, latest in window[-1].items()}
+
+
 def soak(env: Environment, mesh: MeshUnderTest, rate: float, minutes: float,
          report: str | None = None) -> int:
     users = max(1, round(rate))
@@ -305,10 +319,10 @@ def soak(env: Environment, mesh: MeshUnderTest, rate: float, minutes: float,
     errors = sum(e.num_failures for e in env.stats.entries.values())
     calls = sum(e.num_requests for e in env.stats.entries.values())
     print(f"  {calls} calls, {errors} errors")
-    warm = next((s for t, s in series if t >= min(60, minutes * 60 / 3)), series[0][1])
+    warm = floor(series, min(60, minutes * 60 / 3))
     # Growth over the second half alone: a part still warming up slows down, a leak does not.
-    half = next((s for t, s in series if t >= minutes * 60 / 2), series[0][1])
-    last = series[-1][1]
+    half = floor(series, minutes * 60 / 2)
+    last = floor(series, series[-1][0] - WINDOW_S)
     print(f"  {'component':<22} {'RSS MiB warm':>12} {'last':>8} {'growth':>8} {'anon warm':>10} {'last':>8} "
           f"{'growth':>8} {'2nd half':>9} {'fds warm':>9} {'last':>6}")
 
