@@ -20,7 +20,7 @@ def test_a_minute_of_the_mix_has_no_error_and_no_climbing_fds_or_connections(mes
     report = tmp_path / "soak.json"
     run = subprocess.run(
         [sys.executable, str(paths.ROOT / "bench" / "load.py"), "--soak", "--attach",
-         "--minutes", "1", "--rate", "8", "--accounts", "5", "--json", str(report)],
+         "--minutes", "1", "--warmup", "0", "--rate", "8", "--accounts", "5", "--json", str(report)],
         env={**mesh.env, "PYTHONPATH": f"{paths.ROOT}:{paths.GEN / 'python'}"},
         cwd=paths.ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
