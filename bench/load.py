@@ -10,8 +10,8 @@ counted against availability.
 
   bin/aimesh load [--users N] [--minutes M] [--step-s S]     # capacity: steps up to N users
   bin/aimesh load --soak --minutes 10 [--warmup W] [--rate R]   # soak at R calls/s (default:
-                                                 # half the capacity at the SLOs' loads), judged after
-                                                 # W minutes' warm-up at the same rate (default 10)
+                                                 # half the SLOs' stated load), judged after W
+                                                 # minutes' warm-up at the same rate (default 10)
 
 Capacity: steps of 0.5x, 1x, 2x, 3x, ... of the SLO loads (the mix at 1x is about 42 calls a
 second), each `--step-s` long after a few seconds' ramp; stops at the first step where a route
@@ -22,10 +22,13 @@ Soak: a constant rate for `--warmup` minutes and then `--minutes` more; every 10
 memory (all of it, and the anonymous part: heaps, without shared buffers or mapped files) and open
 file descriptors of every component and the number of Postgres connections; prints errors and each
 component's growth over the minutes after the warm-up, compared by its floor over a minute (a
-moment's peak is not growth), fails past 5% after a warm-up (or at any error), and writes a PNG of RSS and fds over
-the whole run (soak.png in the state dir). Why a warm-up as long as the soak: NATS's JetStream
-store and Prometheus's head block take their working memory in steps over the first ~10 minutes
-at half capacity (measured: +14% each over minutes 5-10 of a 20-minute soak, then within 1.5%).
+moment's peak is not growth), fails past 5% after a warm-up (or at any error), and writes a PNG
+of RSS and fds over the whole run (soak.png in the state dir). Why a warm-up as long as the soak:
+Prometheus's head block and chat_lm's prompt cache take their working memory over the first ~10
+minutes at half capacity (measured: +14% and +5% over minutes 5-10 of a 20-minute soak, then
+within 1.5%). NATS's JetStream write cache grows by steps until each stream's 8 MiB block is full,
+hours at this rate (bench/nats_memory.py shows where it stops), so NATS may step in the judged
+minutes.
 
 Runs its own mesh (bench/topology.yaml: per-user limits out of reach) in
 /tmp/aimesh-bench-load-state on AIMESH_PORT_OFFSET=2000, or, with --attach, the mesh that
