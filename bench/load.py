@@ -25,10 +25,10 @@ component's growth over the minutes after the warm-up, compared by its floor ove
 moment's peak is not growth), fails past 5% after a warm-up (or at any error), and writes a PNG
 of RSS and fds over the whole run (soak.png in the state dir). Why a warm-up as long as the soak:
 Prometheus's head block and chat_lm's prompt cache take their working memory over the first ~10
-minutes at half capacity (measured: +14% and +5% over minutes 5-10 of a 20-minute soak, then
-within 1.5%). NATS's JetStream write cache grows by steps until each stream's 8 MiB block is full,
-hours at this rate (bench/nats_memory.py shows where it stops), so NATS may step in the judged
-minutes.
+minutes at half capacity (measured: Prometheus +14% from minute 5 to 20 of a 20-minute soak,
+within 1.5% from minute 10; Triton +5% over minutes 5-10 of a 10-minute one). NATS's JetStream
+write cache grows by steps until each stream's 8 MiB block is full, hours at this rate
+(bench/nats_memory.py shows where it stops), so NATS may step in the judged minutes.
 
 Runs its own mesh (bench/topology.yaml: per-user limits out of reach) in
 /tmp/aimesh-bench-load-state on AIMESH_PORT_OFFSET=2000, or, with --attach, the mesh that
