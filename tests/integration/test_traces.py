@@ -24,6 +24,7 @@ from aimesh.search.v1 import search_pb2
 from aimesh.user.v1 import user_pb2
 from services.user import demo
 from tests.integration.client import bearer, wait_for
+from tests.integration.content import HARMLESS
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"        # a service's call to Triton
 STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"   # chat_lm's stream
@@ -81,9 +82,10 @@ ROWS = [
         timeout_s=1, status_checked=False),
     Row("/aimesh.ops.v1.OpsService/GetOverview", ops_pb2.GetOverviewRequest(), who="admin"),
     # The saga runs after the call returns, in the call's trace: its steps, their calls to Triton
-    # and search-svc (on content-svc's own behalf), and notify's handling of the outcome.
+    # and search-svc (on content-svc's own behalf), and notify's handling of the outcome. A prompt
+    # whose greedy blurb is published (tests/integration/content.py), so the saga reaches `index`.
     Row("/aimesh.content.v1.ContentService/CreateContent", content_pb2.CreateContentRequest(
-        prompt="a blurb for a film about toys that come alive", kind=content_pb2.CONTENT_KIND_BLURB),
+        prompt=HARMLESS, kind=content_pb2.CONTENT_KIND_BLURB),
         below=("saga check_prompt", "saga generate", "saga check_text", "saga index",
                "/aimesh.search.v1.SearchService/IndexDocuments", "process content.published"),
         attributes={"saga index": {"aimesh.saga.attempt": 1}}),
