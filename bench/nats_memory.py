@@ -35,6 +35,7 @@ from services.kit.events import Events
 
 STREAM, SUBJECT = "USERS", "user.purchased"
 PORT_SHIFT = 7     # clear of a bench mesh on the same offset
+IN_FLIGHT = 256    # publishes awaiting their acks at once
 
 
 def rss_mib(process: psutil.Process) -> tuple[float, float]:
@@ -48,14 +49,14 @@ async def publish(url: str, limits, mib: int, size: int, server: psutil.Process)
     info = await events.jetstream.stream_info(STREAM)
     print(f"stream {STREAM}: max_bytes {info.config.max_bytes / 2**20:.0f} MiB, "
           f"{size}-byte messages\n\n{'MiB published':>14} {'RSS MiB':>8} {'anon MiB':>9} {'msgs/s':>7}")
-    body, sent = b"x" * size, 0
-    print(f"{0:14d} {rss_mib(server)[0]:8.1f} {rss_mib(server)[1]:9.1f}")
-    per_mib = 2**20 // size
+    body, per_mib = b"x" * size, 2**20 // size
+    rss, anon = rss_mib(server)
+    print(f"{0:14d} {rss:8.1f} {anon:9.1f}")
     for step in range(1, mib + 1):
         started = time.monotonic()
-        for _ in range(0, per_mib, 256):     # 256 in flight at once
-            await asyncio.gather(*(events.jetstream.publish(SUBJECT, body) for _ in range(256)))
-            sent += 256
+        for first in range(0, per_mib, IN_FLIGHT):
+            await asyncio.gather(*(events.jetstream.publish(SUBJECT, body)
+                                   for _ in range(min(IN_FLIGHT, per_mib - first))))
         rate = per_mib / (time.monotonic() - started)
         rss, anon = rss_mib(server)
         print(f"{step:14d} {rss:8.1f} {anon:9.1f} {rate:7.0f}", flush=True)
