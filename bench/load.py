@@ -13,8 +13,8 @@ counted against availability.
                                                  # half the SLOs' stated load), judged after W
                                                  # minutes' warm-up at the same rate (default 10)
 
-Capacity: steps of 0.5x, 1x, 2x, 3x, ... of the SLO loads (the mix at 1x is about 42 calls a
-second), each `--step-s` long after a few seconds' ramp; stops at the first step where a route
+Capacity: steps of 0.5x, 1x, 1.5x, ... 3.5x, 4x, 5x, ... of the SLO loads (the mix at 1x is about 21
+calls a second), each `--step-s` long after a few seconds' ramp; stops at the first step where a route
 misses its SLO (or has an error), and prints per route its rate at the last step within every
 SLO, where it broke and why, and the load generator's own CPU.
 
@@ -72,7 +72,7 @@ QUERIES = ["Star Wars", "animated film for children", "film noir detective story
            "romantic comedy from 1995", "horror movie with a killer", "science fiction"]
 QUESTIONS = ["Suggest a film about space.", "What is a good comedy?", "A war film, please."]
 HISTORY = [50, 172, 181]     # each load account's first purchases
-MULTIPLES = [0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16]
+MULTIPLES = [0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 12, 16]
 RAMP_S = 5
 TIMEOUT_S = 30
 
@@ -259,7 +259,7 @@ def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float
     if json_path:   # the capacity model's validation reads it (bench/capacity_model.py)
         Path(json_path).write_text(json.dumps({
             "measured": time.strftime("%Y-%m-%d"), "machine": machine(), "step_s": step_s,
-            "steps": steps, "held": held, "broke_at": broke_at}, indent=1) + "\n")
+            "multiples": MULTIPLES, "steps": steps, "held": held, "broke_at": broke_at}, indent=1) + "\n")
 
 
 # --- soak ----------------------------------------------------------------------------------------

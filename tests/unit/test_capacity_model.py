@@ -61,3 +61,32 @@ def test_a_shared_pool_slows_what_runs_on_it():
         return sum(result.latencies_ms["a"]) / len(result.latencies_ms["a"])
     assert mean(alone) == pytest.approx(1000 / (50 - 20), rel=0.1)
     assert mean(together) == pytest.approx(1000 / (50 - 40), rel=0.2)
+
+
+def test_idle_work_keeps_its_share_of_the_pool_busy_and_slows_the_calls():
+    """Background work of 0.5 cores on one core: the pool half busy with no calls, and a station's
+    calls beside it served like an M/M/1 on what is left: its mean time in the system roughly doubles."""
+    quiet = model.simulate(one_station(), [], seconds=200, idle={"host": 0.5})
+    assert model.utilization(one_station(), quiet)["pool host"] == pytest.approx(0.5, rel=0.05)
+    route = model.Route("call", 20.0, bursts=(("svc", 10.0),))
+    alone = model.simulate(one_station(), [route], seconds=300, seed=5)
+    beside = model.simulate(one_station(), [route], seconds=300, seed=5, idle={"host": 0.5})
+    def mean(result: model.Result) -> float:
+        return sum(result.latencies_ms["call"]) / len(result.latencies_ms["call"])
+    assert 1.5 < mean(beside) / mean(alone) < 4
+
+
+def test_the_load_generator_runs_first_when_asked():
+    costs = {"routes": {"r": {"cpu_ms": {"envoy": 1.0}, "p50_ms": 10.0, "p99_ms": 10.0, "client_cpu_ms": 2.0}}}
+    [route] = model.routes_from_costs(costs, {"r": 3.0}, with_client=True)
+    assert route.bursts == (("client", 2.0), ("envoy", 1.0)) and route.delay_ms == 7.0
+
+
+@pytest.mark.parametrize(("steps", "reached"), [
+    ([(1, 0.5), (2, 1.5)], 1.5),               # halfway between the steps either side
+    ([(1, 0.4), (2, 0.8), (3, 0.9)], 3),       # never reached: the last step
+    ([(1, 0.5), (2, math.inf)], 1),            # broken by errors: the step before
+    ([(1, 2.0)], 0.5),                         # the first step already past: from zero load
+])
+def test_capacity_is_where_the_worst_p99_reaches_its_slo(steps, reached):
+    assert model.crossing(steps) == pytest.approx(reached)
