@@ -17,17 +17,18 @@ The model:
   p99 against its p50 (so the low-load tail is measured, not assumed);
 - a component is `replicas` × `slots` servers: a Python service's event loop runs one burst at
   a time per replica (the GIL), Envoy one per worker thread, Postgres one per backend; chat_lm's
-  engine spreads a burst over its `parallel` threads;
+  engine and argon2 spread a burst over their `parallel` threads;
 - components run on pools of cores: on this machine one pool of 2 cores shared by all; past one
   machine each component on cores of its own. A pool shares its cores round-robin in quanta of
   `quantum_ms` (the scheduler's time slice), which approximates processor sharing;
-- calls arrive as a Poisson process at the mix's shares (the topology's SLO rates).
+- calls arrive as a Poisson process at the mix's shares (the topology's SLO rates); on this
+  machine the mesh's idle work and the load generator's CPU run beside them.
 It reports per route the calls served, p50 and p99, and per component and pool the utilization
 (the busiest is the first bottleneck). What it leaves out: memory, the network's bandwidth,
 batching gains in Triton (measured small here), retries, and Postgres's lock waits.
 
-  bin/aimesh bench capacity_model validate [--load bench/results/load.json]
-  bin/aimesh bench capacity_model plan        # 1x / 10x / 100x sizing, docs/scale.md's figures
+  bin/aimesh bench capacity_model validate [--load bench/results/load.json ...]
+  bin/aimesh bench capacity_model plan [--load ...]   # 1x / 10x / 100x sizing, docs/scale.md's figures
 """
 from __future__ import annotations
 
@@ -329,11 +330,21 @@ ENOUGH_CALLS = 20
 
 
 def validate(args) -> None:
-    """The model's prediction for this machine against the load test's measurements."""
+    """The model's prediction for this machine against each load test's measurements."""
     costs = json.loads(Path(args.costs).read_text())
-    measured = json.loads(Path(args.load).read_text())
+    summaries = [validate_one(costs, Path(path), args.seconds) for path in args.load]
+    if len(summaries) > 1:
+        print(f"\ncosts {costs['measured']}: {'load test':<28} {'measured':>8} {'model':>6} {'error':>6} "
+              f"{'p50 err':>8} {'p99 factor':>10}")
+        for s in summaries:
+            print(f"{'':17}{s['load']:<28} {s['measured']:7.2f}x {s['model']:5.2f}x {s['error']:+6.0%} "
+                  f"{s['p50']:8.0%} {s['p99']:10.2f}")
+
+
+def validate_one(costs: dict, load: Path, seconds: float) -> dict:
+    measured = json.loads(load.read_text())
     placement = local()
-    print(f"costs: {costs['measured']} on {costs['machine']}\nload test: {measured['measured']}\n")
+    print(f"costs: {costs['measured']} on {costs['machine']}\nload test: {load.name}, {measured['measured']}\n")
     print(f"{'step':>5} {'route':<26} {'rate':>6} {'p50 meas':>9} {'p50 model':>9} {'err':>6} "
           f"{'p99 meas':>9} {'p99 model':>9}")
     # Calibration: each route's delay from the load test's first (lightest) step, where the mix runs
@@ -349,7 +360,7 @@ def validate(args) -> None:
     for step in measured["steps"][1:]:
         rates = {route: f["rate"] for route, f in step["routes"].items()}
         result = simulate(placement, routes_from_costs(costs, rates, p50_ms=floor, with_client=True),
-                          args.seconds, idle=idle)
+                          seconds, idle=idle)
         for route, f in step["routes"].items():
             model = result.p(route, 50)
             error = model / f["p50_ms"] - 1
@@ -365,7 +376,7 @@ def validate(args) -> None:
         print("      busiest: " + ", ".join(f"{k} {v:.0%}" for k, v in busiest)
               + (f"; the machine measured {busy / placement.pools['host']:.0%} busy" if busy else ""))
     multiples = measured.get("multiples") or [s["multiple"] for s in measured["steps"]]   # the model may hold further
-    held, reached, _ = capacity(placement, costs, multiples, args.seconds, floor, with_client=True, idle=idle)
+    held, reached, _ = capacity(placement, costs, multiples, seconds, floor, with_client=True, idle=idle)
     _, slos = slo_rates()
     mix = sum(slo.load_rps for slo in slos.values())
     measured_reach = crossing([(s["multiple"], measured_share(s, slos)) for s in measured["steps"]])
@@ -378,7 +389,9 @@ def validate(args) -> None:
           f"of the {len(sampled)} with {ENOUGH_CALLS} calls or more: median {np.median(sampled):.0%}, "
           f"max {max(sampled):.0%}, within 20% for {sum(e <= 0.2 for e in sampled)}")
     print(f"p99 off by a factor of: median {np.median(tails):.2f}, within 1.5x for {sum(t <= 1.5 for t in tails)} "
-          f"and within 2x for {sum(t <= 2 for t in tails)} of {len(tails)}")
+          f"and within 2x for {sum(t <= 2 for t in tails)} of {len(tails)}\n")
+    return {"load": load.name, "measured": measured_reach, "model": reached, "error": reached / measured_reach - 1,
+            "p50": float(np.median(sampled)), "p99": float(np.median(tails))}
 
 
 # --- past one machine -------------------------------------------------------------------------------
@@ -495,21 +508,22 @@ def plan(args) -> None:
 
     costs = json.loads(Path(args.costs).read_text())
     base_rates, slos = slo_rates()
-    # 1x: this machine's capacity as the load test measured it (bench/results/load.json); the
-    # model's own figure beside it
-    load = Path(args.load)
-    if not load.exists():
-        raise SystemExit(f"no {load}: measure this machine's capacity first (bin/aimesh load --json {load})")
-    measured = json.loads(load.read_text())
-    multiples = measured.get("multiples") or [s["multiple"] for s in measured["steps"]]
+    # 1x: this machine's capacity as the load tests measured it (the median of `--load`'s runs:
+    # one run's varies by a step or more); the model's own figure beside it
+    loads = [Path(path) for path in args.load]
+    for load in loads:
+        if not load.exists():
+            raise SystemExit(f"no {load}: measure this machine's capacity first (bin/aimesh load --json {load})")
+    runs = [json.loads(load.read_text()) for load in loads]
+    multiples = runs[0].get("multiples") or [s["multiple"] for s in runs[0]["steps"]]
     modelled, _, _ = capacity(local(), costs, multiples, args.seconds, with_client=True, idle=local_idle(costs))
-    held = measured["held"]
+    held = float(np.median([run["held"] for run in runs]))
     if not held:
         raise SystemExit("no SLO holds even at 0.5x the mix on this machine: check the costs")
     one_x = {route: rate * held for route, rate in base_rates.items()}
     mix = sum(one_x.values())
     print(f"this machine (2 shared cores) holds the SLO mix at {held}x = {mix:.1f} calls/s "
-          f"(measured; the model alone: {modelled}x)\n")
+          f"(measured: the median of {[run['held'] for run in runs]}; the model alone: {modelled}x)\n")
     plans, curves = {}, {}
     for scale in (1, 10, 100):
         rates = {route: rate * scale for route, rate in one_x.items()}
@@ -567,7 +581,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["validate", "plan"])
     parser.add_argument("--costs", default=str(COSTS))
-    parser.add_argument("--load", default=str(RESULTS / "load.json"))
+    parser.add_argument("--load", nargs="+", default=[str(RESULTS / "load.json")],
+                        help="load tests (bench/load.py --json): validate against each; plan from their median")
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated time per run")
     args = parser.parse_args()
     if args.mode == "validate":
