@@ -282,7 +282,7 @@ def slo_share(p99_ms: dict[str, float], slos) -> float:
 
 def crossing(steps: list[tuple[float, float]]) -> float:
     """The multiple of the mix where the worst p99 reaches its SLO, linear between the steps either
-    side (steps 20-50% apart: the last step held says less than the 20% the validation asks); the
+    side (steps 14-50% apart: the last step held says less than the 20% the validation asks); the
     last multiple if it never does. A step broken otherwise (errors: share inf) ends at the one before."""
     before = (0.0, 0.0)
     for multiple, share in steps:

@@ -226,6 +226,7 @@ def step(env: Environment, users: int, seconds: float, slos, meter: CpuMeter | N
 def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float,
              budget_s: float, json_path: str | None = None, meter: CpuMeter | None = None) -> None:
     print(f"  mix at 1x: {at_1x:.1f} calls/s; steps of {step_s:.0f} s after {RAMP_S} s ramp\n")
+    deadline = time.monotonic() + budget_s
     # A mesh just started answers slower for its first minute under load (connections, caches,
     # first calls): warm it at 1x first, unjudged, so the first step measures it as the others do
     step(env, max(1, round(at_1x)), WARMUP_S, slos)
@@ -233,7 +234,6 @@ def capacity(env: Environment, slos, at_1x: float, max_users: int, step_s: float
     last_good: dict[str, dict] = {}
     steps: list[dict] = []
     held, broke_at = 0.0, None
-    deadline = time.monotonic() + budget_s
     for multiple in MULTIPLES:
         users = max(1, round(at_1x * multiple))
         if users > max_users or time.monotonic() + step_s + RAMP_S > deadline:
