@@ -253,8 +253,9 @@ def local(cores: float = 2.0) -> Placement:
         "search": Component(replicas=2), "recommend": Component(replicas=2),
         "content": Component(replicas=2),
         "postgres": Component(slots=16),                 # a backend per connection
-        "user:argon2": Component(slots=6, parallel=4),   # asyncio's thread pool (argon2 drops the GIL);
-                                                         # a hash is argon2-cffi's 4 lanes on 4 threads
+        # a password check is argon2-cffi's 4 lanes on 4 threads, and user-svc runs cores / 4 at
+        # once (at least one: services/user/accounts.py)
+        "user:argon2": Component(slots=max(1, int(cores) // 4), parallel=4),
         "triton:chat_lm": Component(parallel=2),         # the engine's 2 threads
     })
 
@@ -415,7 +416,7 @@ SHAPES = {
     "postgres": Shape(cores=1, slots=4, min_replicas=1),   # one primary: its cores are what grows
     "nats": Shape(min_replicas=3),                         # a JetStream cluster of three
     "triton:chat_lm": Shape(cores=2, parallel=2),          # the engine's two threads
-    "user:argon2": Shape(slots=6, parallel=4),             # cores in user-svc's pods for the password check
+    "user:argon2": Shape(parallel=4),                      # cores in user-svc's pods for the password check
 }
 
 
