@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
-from helpers.common import machine
+from helpers.common import fresh_mesh
 
 from aimesh import demo
-from aimesh.harness import MeshUnderTest
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 
 PASSWORD = "burst password"
@@ -74,11 +72,7 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=2.0, help="seconds from one burst's start to the next")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-login-state")
-    print(f"login_burst: edge {mesh.gateway}\nmachine: {machine()}")
-    shutil.rmtree(mesh.state, ignore_errors=True)
-    try:
-        print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
+    with fresh_mesh("login_burst", "/tmp/aimesh-bench-login-state") as mesh:
         users = user_pb2_grpc.UserServiceStub(grpc.insecure_channel(mesh.gateway))
         emails = [f"burst-{i}@load.test" for i in range(args.burst)]
         for email in emails:
@@ -93,13 +87,11 @@ def main() -> int:
         burster.start()
         beside = probe(users, token, args.seconds)
         burster.join()
-        print(f"\n{args.burst} Logins at once every {args.every:g} s, {args.seconds:g} s each row:")
-        print(figures("GetProfile alone", alone))
-        print(figures("GetProfile beside the bursts", beside))
-        print(figures("Login, in the bursts", logins))
-        print(f"Logins failed: {sum(failed.values())}" + "".join(f"; {n} {why}" for why, n in failed.items()))
-    finally:
-        mesh.down_and_report()
+    print(f"\n{args.burst} Logins at once every {args.every:g} s, {args.seconds:g} s each row:")
+    print(figures("GetProfile alone", alone))
+    print(figures("GetProfile beside the bursts", beside))
+    print(figures("Login, in the bursts", logins))
+    print(f"Logins failed: {sum(failed.values())}" + "".join(f"; {n} {why}" for why, n in failed.items()))
     return 0
 
 

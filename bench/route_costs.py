@@ -25,14 +25,13 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import asyncpg  # noqa: E402
 import gevent  # noqa: E402
 import grpc  # noqa: E402
-from helpers.common import machine  # noqa: E402
+from helpers.common import fresh_mesh, machine  # noqa: E402
 from helpers.cpu import CLIENT, CpuMeter, grouped  # noqa: E402
 from locust.env import Environment  # noqa: E402
 
@@ -150,11 +149,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="measured per route")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
-    mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-costs-state")
-    print(f"route costs: edge {mesh.gateway}\nmachine: {machine()}")
-    shutil.rmtree(mesh.state, ignore_errors=True)
-    try:
-        print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
+    with fresh_mesh("route costs", "/tmp/aimesh-bench-costs-state") as mesh:
         load.Mix.channel = grpc.insecure_channel(mesh.gateway)
         load.Mix.accounts = load.register(mesh.gateway, 16)
         groups = {instance.name: service.name for service, instance in mesh.topo.instances()}
@@ -168,8 +163,6 @@ def main() -> int:
             costs[route] = measure(env, mesh, route, args.seconds, groups, idle_ms, idle_db)
         attribute(costs)
         env.runner.quit()
-    finally:
-        mesh.down_and_report()
     print(f"\n{'route':<26} {'calls/s':>7} {'p50 ms':>7} {'CPU ms':>7}  by component")
     for route, c in costs.items():
         print(f"{route:<26} {c['rate']:7.1f} {c['p50_ms']:7.1f} {sum(c['cpu_ms'].values()):7.2f}  "
