@@ -27,8 +27,8 @@ It reports per route the calls served, p50 and p99, and per component and pool t
 (the busiest is the first bottleneck). What it leaves out: memory, the network's bandwidth,
 batching gains in Triton (measured small here), retries, and Postgres's lock waits.
 
-  bin/aimesh bench capacity_model validate [--load bench/results/load.json ...]
-  bin/aimesh bench capacity_model plan [--load ...]   # 1x / 10x / 100x sizing, docs/scale.md's figures
+  bin/aimesh bench capacity_model validate --load bench/results/RUN.json ...
+  bin/aimesh bench capacity_model plan --load RUN.json ...   # 1x / 10x / 100x sizing, docs/scale.md's figures
 """
 from __future__ import annotations
 
@@ -582,7 +582,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["validate", "plan"])
     parser.add_argument("--costs", default=str(COSTS))
-    parser.add_argument("--load", nargs="+", default=[str(RESULTS / "load.json")],
+    parser.add_argument("--load", nargs="+", required=True,
                         help="load tests (bench/load.py --json): validate against each; plan from their median")
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated time per run")
     args = parser.parse_args()
