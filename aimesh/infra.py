@@ -196,10 +196,7 @@ def nats(topo: Topology, state_dir: Path) -> Component:
     store = state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     config = store / "nats.conf"
-    authority = certs.Authority(state_dir)
-    bundle = str(authority.bundle(certs.NATS))
-    tls = (bundle, bundle, str(authority.trust_bundle)) if topo.identity.mtls else None
-    config.write_text(json.dumps(nats_config(topo, str(store), tls), indent=1))
+    config.write_text(json.dumps(nats_config(topo, str(store), nats_tls(topo, state_dir)), indent=1))
     return Component(
         name="nats",
         argv=[venv_bin("nats-server"), "-c", str(config)],
@@ -207,6 +204,15 @@ def nats(topo: Topology, state_dir: Path) -> Component:
         start_timeout_s=20,
     )
 
+
+
+def nats_tls(topo: Topology, state_dir: Path) -> tuple[str, str, str] | None:
+    """NATS's certificate, key and CA files (nats_config's `tls`), or None without mTLS."""
+    if not topo.identity.mtls:
+        return None
+    authority = certs.Authority(state_dir)
+    bundle = str(authority.bundle(certs.NATS))
+    return bundle, bundle, str(authority.trust_bundle)
 
 
 def nats_url(topo: Topology) -> str:

@@ -1,6 +1,7 @@
-"""The long fuzzing runs: hypothesis-generated hostile requests from the contracts to every RPC.
+"""The long fuzzing runs: hypothesis-generated requests from the contracts to every RPC.
 
-- By default (bench/helpers/fuzz.py) on each service's own port, as the gateway sends them.
+- By default (bench/helpers/fuzz.py) to each service's handlers, set up in this process on a test
+  database (bench/helpers/inprocess.py) beside the mesh, whose models and services they call.
 - With --gateway (bench/helpers/gateway_fuzz.py) at the gateway's edge, each in gRPC, grpc-web and
   JSON, with the hand-made malformed requests too, as an admin.
 
@@ -21,7 +22,7 @@ import shutil
 import sys
 import time
 
-from helpers import fuzz, gateway_fuzz
+from helpers import fuzz, gateway_fuzz, inprocess
 from helpers.common import machine
 
 from aimesh import demo
@@ -36,21 +37,23 @@ def main() -> int:
     parser.add_argument("--gateway", action="store_true", help="at the gateway, in every protocol")
     args = parser.parse_args()
     examples = args.examples or (300 if args.gateway else 10_000)
-    where = "at the gateway, per protocol" if args.gateway else "on each service's port"
+    where = "at the gateway, per protocol" if args.gateway else "to each service's handlers in-process"
     mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-fuzz-state")
     print(f"aimesh fuzz {where}: {examples} generated requests per RPC\nmachine: {machine()}")
     shutil.rmtree(mesh.state, ignore_errors=True)
     outcomes: collections.Counter = collections.Counter()
     failures: list[str] = []
+    services = None
     try:
         print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
         before = mesh.pids()
         gateway = (gateway_fuzz.Gateway(mesh.gateway, demo.login(mesh.gateway, "admin@demo.aimesh"))
                    if args.gateway else None)
-        run = None if args.gateway else fuzz.Run(mesh)
-        for rpc in fuzz.rpcs(mesh.topo):
-            if args.only not in rpc.path:
-                continue
+        rpcs = [rpc for rpc in fuzz.rpcs(mesh.topo) if args.only in rpc.path]
+        if not args.gateway:   # user-svc always: the run's caller is an account of its own
+            services = inprocess.Services(mesh, sorted({"user", *(r.service for r in rpcs)}))
+        run = None if services is None else fuzz.Run(services)
+        for rpc in rpcs:
             started = time.monotonic()
             if gateway is not None:
                 found = gateway_fuzz.run_malformed(rpc, gateway, outcomes)
@@ -69,6 +72,8 @@ def main() -> int:
         restarted = mesh.pids() != before
         print("no process died or restarted" if not restarted else "A PROCESS DIED OR RESTARTED")
     finally:
+        if services is not None:
+            services.close()
         clean = mesh.down_and_report()
     return 1 if failures or restarted or not clean else 0
 
