@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import logging
 import shutil
 import sys
 import time
@@ -41,6 +42,8 @@ def main() -> int:
     mesh = MeshUnderTest.for_bench(state="/tmp/aimesh-bench-fuzz-state")
     print(f"aimesh fuzz {where}: {examples} generated requests per RPC\nmachine: {machine()}")
     shutil.rmtree(mesh.state, ignore_errors=True)
+    mesh.state.mkdir(parents=True)   # the in-process services' warnings go to a file there
+    logging.basicConfig(filename=mesh.state / "inprocess-services.log", level=logging.WARNING)
     outcomes: collections.Counter = collections.Counter()
     failures: list[str] = []
     services = None

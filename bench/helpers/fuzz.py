@@ -40,6 +40,7 @@ PINNED = {"max_tokens": 1}    # chat: one token, so a fuzzed turn costs the mode
 TIMEOUT_S = 30
 LIVE_STREAM_S = 10    # a stream that only ends with its deadline (Subscribe) is cut here
 MAX_DEPTH = 3
+PASSWORD = "fuzzing password"   # the run's account's; plausible requests name it too
 SEED = 20261203       # the same requests every run (after the saved failing ones)
 
 HOSTILE = ["", " ", "\x00", "a\x00b", "' OR 1=1 --", "'; DROP TABLE users; --", "{{7*7}}",
@@ -95,8 +96,15 @@ def _id_field(field: FieldDescriptor) -> str | None:
     return name if name.endswith("_id") else None
 
 
+def _learnt(field: FieldDescriptor) -> str | None:
+    """What a field's values are learnt and named as: its id (`_id_field`), or `email` (an
+    account's address, so a Login can name an account that exists)."""
+    return "email" if field.name == "email" else _id_field(field)
+
+
 class Known:
-    """The ids the mesh has answered with in this run, by field (`item_ids` counts as `item_id`)."""
+    """The ids (and addresses) the mesh has answered with in this run, by field (`item_ids`
+    counts as `item_id`)."""
 
     def __init__(self) -> None:
         self.ids: dict[str, list] = collections.defaultdict(list)
@@ -108,7 +116,7 @@ class Known:
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 for part in (value if field.is_repeated else [value]):
                     self.learn(part)
-            elif (name := _id_field(field)) is not None:
+            elif (name := _learnt(field)) is not None:
                 seen = self.ids[name]
                 for one in (value if field.is_repeated else [value]):
                     if one not in seen and len(seen) < 200:
@@ -117,7 +125,7 @@ class Known:
     def of(self, field: FieldDescriptor) -> st.SearchStrategy:
         """One of the ids learnt for this field (drawn as an index, so the choice replays);
         before any, a made-up one of the field's type."""
-        name, text = _id_field(field), field.type == FieldDescriptor.TYPE_STRING
+        name, text = _learnt(field), field.type == FieldDescriptor.TYPE_STRING
 
         def pick(i: int):
             seen = self.ids.get(name)
@@ -136,7 +144,9 @@ def _plausible(field: FieldDescriptor) -> st.SearchStrategy:
         if field.name.endswith("_id"):
             return st.uuids().map(str)
         printable = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))
-        return st.text(printable, min_size=8 if field.name == "password" else 1, max_size=60)
+        if field.name == "password":   # the run's own, so a Login can succeed
+            return st.one_of(st.just(PASSWORD), st.text(printable, min_size=8, max_size=60))
+        return st.text(printable, min_size=1, max_size=60)
     if kind in _INT_BOUNDS:
         return st.integers(0, 100)
     if kind in (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE):
@@ -156,6 +166,8 @@ def messages(descriptor: Descriptor, depth: int = 0, known: Known | None = None)
 def _messages(descriptor: Descriptor, depth: int, known: Known | None, *,
               plausible: bool) -> st.SearchStrategy[Message]:
     cls = message_factory.GetMessageClass(descriptor)
+    if not descriptor.fields:
+        return st.builds(cls)
     scalar = _plausible if plausible else _scalar
 
     def value(field: FieldDescriptor) -> st.SearchStrategy:
@@ -164,7 +176,7 @@ def _messages(descriptor: Descriptor, depth: int, known: Known | None, *,
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             return (_messages(field.message_type, depth + 1, known, plausible=plausible)
                     if depth < MAX_DEPTH else st.nothing())
-        if known is not None and _id_field(field) is not None:
+        if known is not None and _learnt(field) is not None:
             return st.one_of(known.of(field), scalar(field))
         return scalar(field)
 
@@ -278,9 +290,10 @@ class Run:
         self.services, self.known = services, Known()
         self.outcomes: collections.Counter = collections.Counter()
         account = user_pb2.RegisterRequest(email=f"fuzz-{uuid.uuid4().hex[:12]}@example.com",
-                                           password="fuzzing password", display_name="Fuzz")
+                                           password=PASSWORD, display_name="Fuzz")
         outcome = services.call(REGISTER, account.SerializeToString(), [], TIMEOUT_S)
         assert outcome.code == grpc.StatusCode.OK, outcome
+        self.known.learn(outcome.answers[0])
         user_id = outcome.answers[0].profile.user_id
         self.who = [(USER_ID_HEADER, user_id), (TIER_HEADER, "pro"), (ROLE_HEADER, "admin")]
 

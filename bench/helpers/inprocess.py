@@ -60,7 +60,6 @@ class Services:
         self.home = mesh.state / "inprocess"
         shutil.rmtree(self.home, ignore_errors=True)
         self.supervisor = Supervisor(self.home)
-        self.nats_url = self._start_nats()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="in-process services",
                                        daemon=True)
@@ -68,6 +67,7 @@ class Services:
         self.apps: list[kit.App] = []
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}    # by path: /package.Service/Method
         try:
+            self.nats_url = self._start_nats()
             self._run(self._drop_schemas()).result()
             for name in names:
                 self._run(self._set_up(name)).result()
