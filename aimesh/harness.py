@@ -4,6 +4,7 @@ clients a test or a benchmark needs (the edge, the east-west listener as the ope
 service's own port as the gateway, Postgres, NATS)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import subprocess
@@ -12,7 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.kit.events import Events
 from services.kit.tls import GATEWAY, Identity, dns_name
@@ -149,6 +154,30 @@ class MeshUnderTest:
 
     def postgres_dsn(self, role: str = infra.SUPERUSER) -> str:
         return infra.postgres_dsn(self.topo.infra, self.state_dir, role)
+
+    def signing_key(self) -> tuple[str, ec.EllipticCurvePrivateKey]:
+        """user-svc's newest signing key (its kid and private key), read from its table."""
+        async def newest():
+            connection = await asyncpg.connect(self.postgres_dsn())
+            try:
+                return await connection.fetchrow(
+                    'SELECT kid, private_pem FROM "user".signing_keys ORDER BY kid DESC LIMIT 1')
+            finally:
+                await connection.close()
+        row = asyncio.run(newest())
+        key = serialization.load_pem_private_key(row["private_pem"], None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return row["kid"], key
+
+    def token(self, *, key=None, kid: str | None = None, expires_in: int = 600, **claims) -> str:
+        """An access token as user-svc signs them (its newest key, unless `key`/`kid` forge one),
+        for the claims given over a free user's defaults."""
+        real_kid, real_key = self.signing_key()
+        now = int(time.time())
+        payload = {"sub": "00000000-0000-0000-0000-000000000001", "tier": "free", "role": "user",
+                   "iss": self.topo.gateway.issuer, "aud": self.topo.gateway.audience,
+                   "iat": now, "exp": now + expires_in, **claims}
+        return jwt.encode(payload, key or real_key, algorithm="ES256", headers={"kid": kid or real_kid})
 
     async def events(self, name: str) -> Events:
         """A NATS connection as the operator."""

@@ -295,12 +295,18 @@ class Run:
         assert outcome.code == grpc.StatusCode.OK, outcome
         self.known.learn(outcome.answers[0])
         user_id = outcome.answers[0].profile.user_id
+        self.user_id = user_id
         self.who = [(USER_ID_HEADER, user_id), (TIER_HEADER, "pro"), (ROLE_HEADER, "admin")]
 
     def fuzz(self, rpc: Rpc, examples: int) -> None:
         """`examples` generated requests (a fixed seed; failing ones saved and replayed first);
         raises AssertionError with the smallest failing request hypothesis finds."""
         call = caller(self.services, rpc, self.known)
+        # The caller's token, as the gateway forwards it with the headers it wrote from it (the
+        # handlers pass it on to the mesh: chat's retrieval calls search with it). Signed by the
+        # mesh's user-svc, fresh for each RPC's run.
+        token = self.services.mesh.token(sub=self.user_id, tier="pro", role="admin")
+        who = [*self.who, ("authorization", f"Bearer {token}")]
 
         @seed(SEED)
         @settings(max_examples=examples, deadline=None, print_blob=True,
@@ -308,7 +314,7 @@ class Run:
                   suppress_health_check=list(HealthCheck))
         @given(messages(rpc.request, known=self.known))
         def one(request: Message) -> None:
-            self.outcomes[rpc.path, call(request, self.who).name] += 1
+            self.outcomes[rpc.path, call(request, who).name] += 1
 
         one()
 

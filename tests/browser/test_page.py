@@ -11,7 +11,7 @@ from selenium.webdriver.support.select import Select
 
 from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from services.user import demo
-from tests.integration.client import PASSWORD, bearer, forged_key, new_user, token, wait_for
+from tests.integration.client import PASSWORD, bearer, forged_key, new_user, wait_for
 
 from .conftest import screenshot
 
@@ -179,7 +179,7 @@ def test_a_wrong_password_is_said_plainly(browser, users):
 
 def test_a_forged_token_brings_back_the_login_screen(browser, mesh):
     browser.execute_script("sessionStorage.setItem('aimesh.token', arguments[0])",
-                           token(mesh, key=forged_key()))
+                           mesh.token(key=forged_key()))
     browser.refresh()
     wait_for(lambda: problem(browser), timeout_s=UI_TIMEOUT_S, what="the session error")
     assert "log in again" in problem(browser)
@@ -190,7 +190,7 @@ def test_a_forged_token_brings_back_the_login_screen(browser, mesh):
 def test_an_expired_token_brings_back_the_login_screen(browser, users, mesh):
     logged_in_user(browser, users, "page-expired")
     browser.execute_script("sessionStorage.setItem('aimesh.token', arguments[0])",
-                           token(mesh, expires_in=-120))
+                           mesh.token(expires_in=-120))
     browser.find_element(By.ID, "query").send_keys("Alien")
     browser.find_element(By.CSS_SELECTOR, "#search-form button").click()
     wait_for(lambda: visible(browser, "login"), timeout_s=UI_TIMEOUT_S, what="the login screen")

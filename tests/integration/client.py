@@ -1,4 +1,4 @@
-"""Client-side test tools: tokens (genuine, forged, expired), polling with a bound, status codes,
+"""Client-side test tools: forged keys, polling with a bound, status codes,
 grpc-web calls framed by hand."""
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import grpc
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
@@ -35,21 +33,6 @@ def stored(mesh, query: str, *args):
         finally:
             await connection.close()
     return asyncio.run(first_row())
-
-
-def signing_key(mesh):
-    """user-svc's newest signing key, read from its table."""
-    row = stored(mesh, 'SELECT kid, private_pem FROM "user".signing_keys ORDER BY kid DESC LIMIT 1')
-    return row["kid"], serialization.load_pem_private_key(row["private_pem"], None)
-
-
-def token(mesh, *, key=None, kid=None, expires_in: int = 600, **claims) -> str:
-    real_kid, real_key = signing_key(mesh)
-    now = int(time.time())
-    payload = {"sub": "00000000-0000-0000-0000-000000000001", "tier": "free", "role": "user",
-               "iss": mesh.topo.gateway.issuer, "aud": mesh.topo.gateway.audience,
-               "iat": now, "exp": now + expires_in, **claims}
-    return jwt.encode(payload, key or real_key, algorithm="ES256", headers={"kid": kid or real_kid})
 
 
 def forged_key():

@@ -27,7 +27,7 @@ from aimesh.user.v1 import user_pb2
 from bench.helpers import fuzz, gateway_fuzz
 from services import kit
 from services.kit.identity import ROLE_HEADER, TIER_HEADER, USER_ID_HEADER
-from tests.integration.client import bearer, grpc_web, signing_key, token
+from tests.integration.client import bearer, grpc_web
 
 
 def test_a_body_that_is_not_the_message_is_invalid_argument(mesh, alice):
@@ -125,7 +125,7 @@ def _hs256(claims: dict, secret: bytes, *, kid: str) -> str:
 
 
 def _public_pem(mesh) -> bytes:
-    _, key = signing_key(mesh)
+    _, key = mesh.signing_key()
     return key.public_key().public_bytes(serialization.Encoding.PEM,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -140,15 +140,15 @@ def test_forged_tokens_are_refused(mesh, users, forgery):
         forged = jwt.encode(claims, None, algorithm="none")
     elif forgery == "HS256 with the public key":
         # the classic confusion: a verifier that takes the key's bytes as an HMAC secret
-        forged = _hs256(claims, _public_pem(mesh), kid=signing_key(mesh)[0])
+        forged = _hs256(claims, _public_pem(mesh), kid=mesh.signing_key()[0])
     elif forgery == "unknown kid":
-        forged = token(mesh, kid="no-such-key")
+        forged = mesh.token(kid="no-such-key")
     elif forgery == "wrong audience":
-        forged = token(mesh, aud="someone-else")
+        forged = mesh.token(aud="someone-else")
     elif forgery == "wrong issuer":
-        forged = token(mesh, iss="someone-else")
+        forged = mesh.token(iss="someone-else")
     else:
-        forged = token(mesh, nbf=int(time.time()) + 3600)
+        forged = mesh.token(nbf=int(time.time()) + 3600)
     with pytest.raises(grpc.RpcError) as refused:
         users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(forged), timeout=5)
     # Envoy's jwt_authn answers a token it verified but whose audience is another's with 403

@@ -24,7 +24,7 @@ from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.kit.tls import Identity
 from tests import ports
 from tests.conftest import TOPOLOGY
-from tests.integration.client import bearer, code_of, grpc_web, new_user, next_of_kind, token, wait_for
+from tests.integration.client import bearer, code_of, grpc_web, new_user, next_of_kind, wait_for
 
 RECOMMEND = "/aimesh.recommend.v1.RecommendService/Recommend"
 
@@ -44,7 +44,7 @@ def upstream_calls(mesh, cluster: str) -> int:
 
 
 def fresh_token(mesh, tier: str) -> str:
-    return token(mesh, sub=str(uuid.uuid4()), tier=tier)
+    return mesh.token(sub=str(uuid.uuid4()), tier=tier)
 
 
 @pytest.fixture(scope="module")

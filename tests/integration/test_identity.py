@@ -5,7 +5,7 @@ import grpc
 import pytest
 
 from aimesh.user.v1 import user_pb2
-from tests.integration.client import bearer, code_of, forged_key, register, token
+from tests.integration.client import bearer, code_of, forged_key, register
 
 
 def test_register_login_and_read_own_profile(users):
@@ -40,8 +40,8 @@ def test_missing_forged_and_expired_tokens_are_refused_on_both_listeners(mesh, l
             return code_of(stub.GetProfile, user_pb2.GetProfileRequest(), metadata=metadata, timeout=5)
 
         assert profile([]) == grpc.StatusCode.UNAUTHENTICATED
-        assert profile(bearer(token(mesh, key=forged_key()))) == grpc.StatusCode.UNAUTHENTICATED
-        assert profile(bearer(token(mesh, expires_in=-120))) == grpc.StatusCode.UNAUTHENTICATED
+        assert profile(bearer(mesh.token(key=forged_key()))) == grpc.StatusCode.UNAUTHENTICATED
+        assert profile(bearer(mesh.token(expires_in=-120))) == grpc.StatusCode.UNAUTHENTICATED
         assert profile(bearer("not-a-jwt")) == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -49,7 +49,7 @@ def test_a_token_signed_with_the_real_key_passes(mesh, users):
     """The control for the test above: the same path with a genuine signature gets through
     (the made-up user has no account, so user-svc answers NOT_FOUND, not the gateway)."""
     assert code_of(users.GetProfile, user_pb2.GetProfileRequest(),
-                   metadata=bearer(token(mesh)), timeout=5) == grpc.StatusCode.NOT_FOUND
+                   metadata=bearer(mesh.token()), timeout=5) == grpc.StatusCode.NOT_FOUND
 
 
 def test_client_sent_identity_headers_are_replaced_by_the_token(users, alice, bob):

@@ -20,7 +20,7 @@ from aimesh.common.v1 import common_pb2
 from aimesh.harness import RecommendTraffic
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
-from tests.integration.client import bearer, recommender_breakers_closed, token, wait_for
+from tests.integration.client import bearer, recommender_breakers_closed, wait_for
 
 CANARY_ARGS = ("--to", "v2", "--steps", "50,100", "--interval", "3s", "--min-calls", "15")
 
@@ -89,7 +89,7 @@ def test_a_fault_the_topology_cannot_have_is_one_line_and_exit_2(cli):
 
 def fresh_pro(mesh) -> str:
     """A new pro user: a rate-limit bucket of its own (and no history: answers are fallbacks)."""
-    return token(mesh, sub=str(uuid.uuid4()), tier="pro")
+    return mesh.token(sub=str(uuid.uuid4()), tier="pro")
 
 
 def decisions(mesh) -> list[dict]:
