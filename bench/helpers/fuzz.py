@@ -304,8 +304,8 @@ class Run:
         call = caller(self.services, rpc, self.known)
         # The caller's token, as the gateway forwards it with the headers it wrote from it (the
         # handlers pass it on to the mesh: chat's retrieval calls search with it). Signed by the
-        # mesh's user-svc, fresh for each RPC's run.
-        token = self.services.mesh.token(sub=self.user_id, tier="pro", role="admin")
+        # mesh's user-svc, fresh for each RPC's run (the longest, Ask's 10,000, takes ~13 minutes).
+        token = self.services.mesh.token(sub=self.user_id, tier="pro", role="admin", expires_in=3600)
         who = [*self.who, ("authorization", f"Bearer {token}")]
 
         @seed(SEED)

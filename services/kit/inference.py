@@ -123,8 +123,11 @@ class Triton:
         with trace.use_span(under, end_on_exit=False) if under else contextlib.nullcontext():
             call = self.stub.ModelStreamInfer(timeout=timeout_s, metadata=((MODEL_HEADER, model),))
         try:
-            await call.write(_request(model, inputs))
-            await call.done_writing()
+            try:
+                await call.write(_request(model, inputs))
+                await call.done_writing()
+            except asyncio.InvalidStateError:   # the call ended before its request went out
+                raise Unavailable(f"model {model}: {(await call.code()).name} {await call.details()}") from None
             async for response in call:
                 if response.error_message:
                     raise Unavailable(f"model {model}: {response.error_message}")

@@ -2,12 +2,14 @@
 default) and forward its authorization and x-request-id; they are not retried here (Envoy does)."""
 import json
 
+import numpy as np
 import pytest
 
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services import kit
 from services.kit import clients
+from services.kit.inference import Triton
 
 from .conftest import Users, users_binding
 
@@ -67,3 +69,17 @@ def test_a_kit_channel_adds_no_retry_layer_of_its_own():
     """Envoy retries upstream failures; a second policy here would multiply the attempts."""
     config = json.loads(clients.SERVICE_CONFIG)
     assert all("retryPolicy" not in method for method in config["methodConfig"])
+
+
+async def test_a_model_stream_past_its_deadline_is_unavailable_naming_it():
+    """A decoupled model's stream asked with no time left ends before its request goes out: the
+    caller gets kit.Unavailable saying DEADLINE_EXCEEDED (found by the fuzzer: a saga step with
+    its budget spent got asyncio's InvalidStateError, an unexpected error)."""
+    channel = clients.channel("127.0.0.1:1", timeout_s=CHANNEL_TIMEOUT_S)
+    try:
+        with pytest.raises(kit.Unavailable, match="DEADLINE_EXCEEDED"):
+            async for _ in Triton(channel).stream("chat_lm", {"MAX_TOKENS": np.array([1], np.int32)},
+                                                  last_output="FINISH_REASON", timeout_s=-1):
+                pass
+    finally:
+        await channel.close()
