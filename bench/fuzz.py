@@ -6,7 +6,8 @@
   JSON, with the hand-made malformed requests too, as an admin.
 
 Prints the answers per RPC (and protocol); fails at an INTERNAL/UNKNOWN, a field-less
-INVALID_ARGUMENT, an HTTP 5xx (at the gateway) or a dead process. A failing request of the
+INVALID_ARGUMENT, an HTTP 5xx (at the gateway), an error the in-process services logged (their
+background work's too, e.g. a saga) or a dead process. A failing request of the
 services' run is saved under tests/chaos/fuzz-examples and tried first by every later run.
 
 Runs its own mesh with demo data (/tmp/aimesh-bench-fuzz-state on AIMESH_PORT_OFFSET=2000,
@@ -70,6 +71,7 @@ def main() -> int:
             print(gateway_fuzz.report(outcomes) + "\n" + gateway_fuzz.summary(outcomes))
         else:
             print(fuzz.report(run.outcomes))
+            failures += [f"logged by a service: {error}" for error in services.errors.records]
         for failure in failures[:50]:
             print(f"FAILED {failure}")
         restarted = mesh.pids() != before

@@ -66,6 +66,8 @@ class Services:
         self.thread.start()
         self.apps: list[kit.App] = []
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}    # by path: /package.Service/Method
+        self.errors = _Errors()   # what the services logged as errors (their background work's too)
+        logging.getLogger("aimesh").addHandler(self.errors)
         try:
             self.nats_url = self._start_nats()
             self._run(self._drop_schemas()).result()
@@ -131,6 +133,19 @@ class Services:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
         self.supervisor.stop("nats")
+        logging.getLogger("aimesh").removeHandler(self.errors)
+
+
+class _Errors(logging.Handler):
+    """Every ERROR record, formatted with its traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(self.format(record))
 
 
 async def handlers(binding: kit.Binding, service: str) -> dict[str, grpc.RpcMethodHandler]:

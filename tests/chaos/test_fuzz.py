@@ -64,6 +64,11 @@ def test_plausible_requests_get_past_validation(run):
         assert run.outcomes[f"/aimesh.{method}", "OK"] > 0, fuzz.report(run.outcomes)
 
 
+def test_the_services_logged_no_error(run):
+    """Nor did their background work (a saga, a consumer) fail on what the requests made."""
+    assert run.services.errors.records == []
+
+
 def test_no_process_died_or_restarted_under_the_fuzzing(mesh, pids_before, run):
     print("\n" + fuzz.report(run.outcomes))
     assert mesh.pids() == pids_before
