@@ -1,7 +1,7 @@
 """One way to run a mesh from code, for the tests' session mesh and the benchmarks' meshes: the
 CLI (`python -m aimesh ...`) as a user runs it, on a state dir and ports of its own, and the
 clients a test or a benchmark needs (the edge, the east-west listener as the operator, a
-service's own port as the gateway, Postgres, NATS)."""
+service's own port as the gateway, Postgres, NATS, access tokens as user-svc signs them)."""
 from __future__ import annotations
 
 import asyncio

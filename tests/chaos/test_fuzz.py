@@ -2,7 +2,8 @@
 hypothesis, fixed seed) to every RPC's handlers, each service set up in this process on a test
 database (bench/helpers/inprocess.py) and calling the mesh's models and services: each gets a clear
 status, never INTERNAL or UNKNOWN, an INVALID_ARGUMENT always names its field, and no process of
-the mesh dies or restarts. With the chaos tests, last: it leaves the mesh's models busy.
+the mesh dies or restarts. With the chaos tests, last: it leaves junk behind (test schemas in the
+mesh's Postgres, the content it published in the mesh's search index).
 A failing request is saved under tests/chaos/fuzz-examples and tried first from then on.
 The long run: bin/aimesh bench fuzz."""
 import pytest
