@@ -68,6 +68,9 @@ class Services:
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}    # by path: /package.Service/Method
         self.errors = _Errors()   # what the services logged as errors (their background work's too)
         logging.getLogger("aimesh").addHandler(self.errors)
+        self.access_log = logging.getLogger("aimesh.rpc")   # a line a call: not for a fuzzing run
+        self.access_level = self.access_log.level
+        self.access_log.setLevel(logging.WARNING)
         try:
             self.nats_url = self._start_nats()
             self._run(self._drop_schemas()).result()
@@ -134,6 +137,7 @@ class Services:
             self.thread.join(timeout=10)
         self.supervisor.stop("nats")
         logging.getLogger("aimesh").removeHandler(self.errors)
+        self.access_log.setLevel(self.access_level)
 
 
 class _Errors(logging.Handler):
@@ -297,5 +301,3 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
-
-logging.getLogger("aimesh.rpc").setLevel(logging.WARNING)   # an access-log line a call: not here
