@@ -142,23 +142,30 @@ def traced_calls(mesh, bob, admin):
     return results
 
 
-# Spans Triton exports itself. Its exporter drops one now and then (2 of 33 chat_lm traces, and a
-# text_embedding span in about 1 of 10 runs of this table, while the call was answered): when only
-# these are missing, the row calls once more with a new trace id, so Triton must still show them.
+# Spans Triton exports itself. Triton leaves a few traced requests out: 2-8 of 60 calls to
+# text_embedding made back to back, straight to Triton with a sampled traceparent, had none of its
+# spans (none of 40 a second apart), and strace showed no export that would have carried them, so
+# they are lost inside Triton, not on their way. When only these are missing, the row calls a few
+# more times, each with a trace id of its own, and Triton must show them in one of those traces.
 TRITON_OWN = {"InferRequest", "compute", *triton.MODELS}
+TRITON_RETRIES = 4
+
+
+class TritonLeftOut(AssertionError):
+    """All of a trace arrived but Triton's own spans."""
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.path.rsplit("/", 1)[1] for row in ROWS])
 def test_the_span_graph_of_each_rpc(mesh, traced_calls, row, bob, admin):
     trace_id, status = traced_calls[row.path]
     try:
-        edge, server, spans = span_graph(mesh, row, trace_id)
-    except AssertionError as missed:
-        if not str(missed).startswith("Triton's own"):
-            raise
-        trace_id = uuid.uuid4().hex
-        status = call(mesh, row, {"bob": bob, "admin": admin, "": ""}[row.who], trace_id)
-        edge, server, spans = span_graph(mesh, row, trace_id)
+        trace_id, (edge, server, spans) = span_graph(mesh, row, [trace_id])
+    except TritonLeftOut:
+        token = {"bob": bob, "admin": admin, "": ""}[row.who]
+        statuses = {fresh: call(mesh, row, token, fresh) for fresh in
+                    (uuid.uuid4().hex for _ in range(TRITON_RETRIES))}
+        trace_id, (edge, server, spans) = span_graph(mesh, row, list(statuses))
+        status = statuses[trace_id]
     assert edge["attributes"]["upstream_cluster"].startswith(_service(mesh, row))
     assert edge["attributes"]["grpc.path"] == row.path
     if row.status_checked:
@@ -182,12 +189,12 @@ def reaches(span: dict, root: dict, by_id: dict) -> bool:
     return span is root
 
 
-def span_graph(mesh, row: Row, trace_id: str) -> tuple[dict, dict, list[dict]]:
-    """The edge's span, the service's under it, and all spans, once all have arrived (each
-    process exports on its own schedule)."""
+def span_graph(mesh, row: Row, trace_ids: list[str]) -> tuple[str, tuple[dict, dict, list[dict]]]:
+    """The first of the traces to arrive whole: its id, and its edge's span, the service's under it,
+    and all its spans (each process exports on its own schedule)."""
     wanted = {row.path, *row.below}
 
-    def complete() -> tuple[dict, dict, list[dict]] | None:
+    def complete(trace_id: str) -> tuple[dict, dict, list[dict]] | None:
         spans = traces.spans(mesh.topo.infra, trace_id)
         by_id = {s["context"]["span_id"]: s for s in spans}
         # The edge's span is the root here (its parent is the client's, which sends no span); the
@@ -198,16 +205,22 @@ def span_graph(mesh, row: Row, trace_id: str) -> tuple[dict, dict, list[dict]]:
                     and wanted <= {_kind(s) for s in spans if reaches(s, edge, by_id)}:
                 return edge, server, spans
         return None
+
+    def any_complete() -> tuple[str, tuple[dict, dict, list[dict]]] | None:
+        return next(((trace_id, graph) for trace_id in trace_ids if (graph := complete(trace_id))), None)
     try:
-        return wait_for(complete, timeout_s=45, interval_s=1,
-                        what=f"edge span > {row.path}, and {sorted(row.below)} in trace {trace_id}")
+        return wait_for(any_complete, timeout_s=45, interval_s=1,
+                        what=f"edge span > {row.path}, and {sorted(row.below)} in one of traces {trace_ids}")
     except BaseException:     # say what did arrive, and under what
-        arrived = traces.spans(mesh.topo.infra, trace_id)
-        names = {s["context"]["span_id"]: s["name"] for s in arrived}
-        print("\n".join(f"{_kind(s)} (under {names.get(s['parent_id'], s['parent_id'])})" for s in arrived))
-        missing = wanted - {_kind(s) for s in arrived}
+        missing = set()
+        for trace_id in trace_ids:
+            arrived = traces.spans(mesh.topo.infra, trace_id)
+            names = {s["context"]["span_id"]: s["name"] for s in arrived}
+            print(f"trace {trace_id}:")
+            print("\n".join(f"  {_kind(s)} (under {names.get(s['parent_id'], s['parent_id'])})" for s in arrived))
+            missing |= wanted - {_kind(s) for s in arrived}
         if missing and missing <= TRITON_OWN:
-            raise AssertionError(f"Triton's own spans {sorted(missing)} missing from trace {trace_id}") from None
+            raise TritonLeftOut(f"Triton's own spans {sorted(missing)} missing from traces {trace_ids}") from None
         raise
 
 
