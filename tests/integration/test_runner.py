@@ -1,5 +1,6 @@
 """The local runner and the gateway as a user meets them: grpcurl, reflection, health, `up` twice."""
 import json
+import re
 import subprocess
 import urllib.request
 
@@ -32,6 +33,16 @@ def test_grpcurl_describes_and_calls_through_the_gateway_with_a_token(mesh, alic
     assert len(json.loads(called.stdout)["items"]) == 2
 
 
+def test_grpcurl_shows_which_field_a_refusal_names(mesh, alice):
+    """The refusal's google.rpc.BadRequest detail is decoded through the gateway's reflection too
+    (grpcurl looks its type up there), not printed as raw bytes."""
+    refused = grpcurl(mesh, "-H", f"authorization: Bearer {alice}", "-d", '{"limit": 1000}',
+                      mesh.gateway, "aimesh.recommend.v1.RecommendService/Recommend")
+    assert refused.returncode != 0 and "InvalidArgument" in refused.stderr
+    assert "not recognized" not in refused.stderr
+    assert re.search(r'"field":\s*"limit"', refused.stderr), refused.stderr
+
+
 def test_grpcurl_without_a_token_is_unauthenticated(mesh):
     called = grpcurl(mesh, mesh.gateway, "aimesh.user.v1.UserService/GetProfile")
     assert called.returncode != 0 and "Unauthenticated" in called.stderr
@@ -57,7 +68,11 @@ def test_up_while_running_fails_clearly(mesh):
     assert mesh.cli("status").returncode == 0   # and the running mesh is untouched
 
 
-def test_logs_show_a_components_json_log(mesh):
+def test_logs_show_a_components_json_log(mesh, users, alice):
+    from aimesh.user.v1 import user_pb2
+    from tests.integration.client import bearer
+    for _ in range(10):     # its last five lines are of these calls, not the runner's line before them
+        users.GetProfile(user_pb2.GetProfileRequest(), metadata=bearer(alice), timeout=5)
     logs = mesh.cli("logs", "user", "-n", "5")
     lines = [json.loads(line) for line in logs.stdout.splitlines()]
     assert lines and all(line["service"] == "user" and line["level"] for line in lines)
