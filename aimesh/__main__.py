@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         description="aimesh canary SERVICE --to VERSION [...]: at each step the version gets that "
                     "share of the calls; its errors and fallbacks (and p99, at the step's end) are "
                     "compared with the stable version's and the topology's SLOs: promoted, or "
-                    "rolled back to 0%% at once. aimesh canary status [SERVICE] shows the decisions; "
+                    "rolled back to 0% at once. aimesh canary status [SERVICE] shows the decisions; "
                     "aimesh canary abort SERVICE gives the topology's weights back.")
     canary.add_argument("action", help="a canary service (e.g. recommend), status, or abort")
     canary.add_argument("service", nargs="?", help="with status or abort: the service")
