@@ -497,12 +497,17 @@ def main(argv: list[str] | None = None) -> int:
         # The runner imports the services' kit, which imports the generated stubs: on a fresh
         # clone they must exist before anything else (a no-op when current).
         codegen.generate()
+    import grpc
+
     from .mesh import Refused
     try:
         return args.run(args)
     except Refused as mistake:
         print(f"aimesh: {mistake}", file=sys.stderr)
         return 2
+    except grpc.RpcError as refused:   # a call through the gateway (token, user, keys) said no
+        print(f"aimesh: {refused.code().name}: {refused.details()}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

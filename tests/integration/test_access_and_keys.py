@@ -59,6 +59,17 @@ def test_an_admin_created_by_the_cli_can_do_admin_work(mesh, users):
     assert "TIER_PRO" in out and "password:" in out     # a random password, printed once
 
 
+@pytest.mark.parametrize("args, said", [
+    (("token", "bob"), "INVALID_ARGUMENT: email: is not an email address"),
+    (("token", "bob@demo.aimesh", "--password", "not the password"), "UNAUTHENTICATED"),
+    (("user", "create", "not-an-address"), "INVALID_ARGUMENT: email"),
+])
+def test_the_cli_says_why_the_gateway_refused(mesh, args, said):
+    run = mesh.cli(*args, timeout=60)
+    assert run.returncode == 1 and run.stderr.startswith(f"aimesh: {said}"), run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_a_bad_tier_is_invalid_argument_naming_the_field(mesh, users, admin):
     try:
         users.SetAccess(user_pb2.SetAccessRequest(email="bob@demo.aimesh", tier=7),
