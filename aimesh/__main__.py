@@ -176,7 +176,10 @@ def cmd_audit(args) -> int:
     found, first = asyncio.run(read())
     limits = topo.retention.streams.get("AI_DECISIONS")
     print(f"aimesh: {audit.horizon(first, limits.max_age_s if limits else None)}", file=sys.stderr)
-    print(audit.lines(found))
+    if found:
+        print(audit.lines(found))
+    else:
+        print(f"aimesh: no decision in the trail is for {args.user_id}", file=sys.stderr)
     return 0
 
 

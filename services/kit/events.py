@@ -23,6 +23,19 @@ from .retention import StreamLimits
 from .tls import Identity, dns_name
 
 log = logging.getLogger("aimesh.events")
+
+
+class _TlsEofNotice(logging.Filter):
+    """nats-py upgrades its connection to TLS with a stream protocol of its own that asks to keep
+    a connection the server has closed half open, which TLS cannot do; asyncio warns and closes it
+    as it would anyway. A WARNING on every closed NATS connection, in each service's log and
+    `aimesh audit`'s output, that says nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("returning true from eof_received()")
+
+
+logging.getLogger("asyncio").addFilter(_TlsEofNotice())
 # JetStream's own count of what a consumer has not yet been delivered, as the client sees it on
 # every fetch (NATS's monitoring speaks JSON, not Prometheus): the consumer's lag.
 PENDING = Gauge("aimesh_events_pending", "Messages a durable consumer has not yet been delivered "

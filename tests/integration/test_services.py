@@ -257,6 +257,7 @@ def test_ai_decisions_are_audited_and_an_admin_reads_them_back(mesh, users):
         assert audit.returncode == 0, audit.stderr
         # how far back the trail reaches, under the topology's retention (30 days)
         assert "audit trail from 20" in audit.stderr and "kept 30 days" in audit.stderr
+        assert "eof_received" not in audit.stderr     # asyncio's notice on a closed TLS connection
         found = [json.loads(line) for line in audit.stdout.splitlines() if line]
         return found if {d["subject"] for d in found} == {"ai.decisions.recommend", "ai.decisions.chat"} else []
     decisions = wait_for(audited, interval_s=0.5, what="both decisions in AI_DECISIONS")
@@ -264,6 +265,8 @@ def test_ai_decisions_are_audited_and_an_admin_reads_them_back(mesh, users):
     assert recommended["model"] == "recommender" and len(recommended["outputIds"]) == 3
     assert len(recommended["inputDigest"]) == 64 and len(recommended["traceId"]) == 32
     assert all(d["userId"] == user_id for d in decisions)
+    nobody = mesh.cli("audit", str(uuid.uuid4()))
+    assert nobody.returncode == 0 and not nobody.stdout and "no decision in the trail is for" in nobody.stderr
 
 
 def recommend(channel, token: str, *, version: str = "", limit: int = 10, exclude=()):
