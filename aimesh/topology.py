@@ -92,6 +92,7 @@ class Gateway:
     public_rate_limit_per_minute: int     # public methods (Login, Register), per client address
     resilience: Resilience
     jwks_cache_s: float                   # how long Envoy caches user-svc's JWKS (key rotation waits it)
+    max_client_connections: int           # downstream connections Envoy holds at once, both listeners
 
 
 
@@ -317,6 +318,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         stream_idle_timeout_s=float(g["stream_idle_timeout_s"]), web_origin=g["web_origin"],
         public_rate_limit_per_minute=int(g["public_rate_limit_per_minute"]),
         resilience=Resilience(**g["resilience"]), jwks_cache_s=float(g["jwks_cache_s"]),
+        max_client_connections=int(g["max_client_connections"]),
     )
     infra = _infra(raw["infra"], port)
     services = {}

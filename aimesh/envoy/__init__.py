@@ -63,6 +63,11 @@ def render(topo: Topology, *, access_log_path: str | None = None,
         # Runtime values set through the admin port (runtime_modify), e.g. tracing.random_sampling
         # to change the share of traced requests live.
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                                      "downstream_connections.v3.DownstreamConnectionsConfig",
+                             "max_active_downstream_connections": topo.gateway.max_client_connections}}]},
         "static_resources": {
             "listeners": [
                 build_listener("edge", topo.gateway.edge_port, web_routes(web_dir),

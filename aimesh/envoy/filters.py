@@ -99,7 +99,8 @@ def local_replies(*, edge: bool) -> dict:
         return [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
                 for k, v in {"grpc-status": grpc_status, "grpc-message": message}.items()]
     trailers_only_web = {"status_code": 200,
-                         "body_format_override": {"text_format": "", "content_type": "application/grpc-web+proto"}}
+                         "body_format_override": {"text_format_source": {"inline_string": ""},
+                                                  "content_type": "application/grpc-web+proto"}}
     too_large_message = f"request larger than {MAX_REQUEST_BYTES} bytes"
     mappers = [
         {"filter": {"and_filter": {"filters": [too_large, grpc_web_client]}},

@@ -94,10 +94,8 @@ def _policy(service: Service, method: str, target: dict, topo: Topology, *,
         filters[LUA_FILTER] = {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
                                "name": "client_stream" if client_stream else "one_message"}
     if edge and (public or service.rate_limit):
-        limit, descriptors = (_per_address(topo) if public or service.rate_limit is None
-                              else _per_user(service.rate_limit))
-        action["rate_limits"] = [{"actions": descriptors}]
-        filters[RATE_LIMIT_FILTER] = limit
+        filters[RATE_LIMIT_FILTER] = (_per_address(topo) if public or service.rate_limit is None
+                                      else _per_user(service.rate_limit))
     for fault in topo.faults:
         if fault.target == service.name and fault.listener in ("", "edge" if edge else "mesh"):
             filters[FAULT_FILTER] = _fault(fault, service)
@@ -140,7 +138,7 @@ def _retry_policy(topo: Topology) -> dict:
     }
 
 
-def _per_user(limit: RateLimit) -> tuple[dict, list[dict]]:
+def _per_user(limit: RateLimit) -> dict:
     """A bucket per user and tier: each distinct user id (written by jwt_authn from the token's
     `sub`) gets its own bucket, sized by the token's tier."""
     descriptors = [{"entries": [{"key": "tier", "value": tier}, {"key": "user"}],
@@ -148,17 +146,19 @@ def _per_user(limit: RateLimit) -> tuple[dict, list[dict]]:
                    for tier, per_minute in (("free", limit.free), ("pro", limit.pro))]
     actions = [{"request_headers": {"header_name": CLAIM_HEADERS["tier"], "descriptor_key": "tier"}},
                {"request_headers": {"header_name": CLAIM_HEADERS["sub"], "descriptor_key": "user"}}]
-    return _local_rate_limit(limit.free, descriptors), actions
+    return _local_rate_limit(limit.free, descriptors, actions)
 
 
-def _per_address(topo: Topology) -> tuple[dict, list[dict]]:
+def _per_address(topo: Topology) -> dict:
     """A bucket per client address, for calls with no user (Login, Register)."""
     per_minute = topo.gateway.public_rate_limit_per_minute
     descriptors = [{"entries": [{"key": "remote_address"}], "token_bucket": _per_minute(per_minute)}]
-    return _local_rate_limit(per_minute, descriptors), [{"remote_address": {}}]
+    return _local_rate_limit(per_minute, descriptors, [{"remote_address": {}}])
 
 
-def _local_rate_limit(fallback_per_minute: int, descriptors: list[dict]) -> dict:
+def _local_rate_limit(fallback_per_minute: int, descriptors: list[dict], actions: list[dict]) -> dict:
+    """The route's buckets (`descriptors`), and the `actions` that name a call's bucket: in the
+    filter's own config, where Envoy reads them (a route's `rate_limits` it will stop reading)."""
     everyone = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
@@ -168,6 +168,7 @@ def _local_rate_limit(fallback_per_minute: int, descriptors: list[dict]) -> dict
         "always_consume_default_token_bucket": False,   # else it would be one bucket for all
         "max_dynamic_descriptors": MAX_USERS_TRACKED,
         "descriptors": descriptors,
+        "rate_limits": [{"actions": actions}],
         "filter_enabled": {**everyone, "runtime_key": "rate_limit_enabled"},
         "filter_enforced": {**everyone, "runtime_key": "rate_limit_enforced"},
         # Without this a limited call is UNAVAILABLE, which clients (and retry policies) retry.

@@ -190,11 +190,19 @@ def test_limits_are_per_user_and_tier_on_the_edge_and_per_address_for_public_met
     buckets = {d["entries"][0]["value"]: d["token_bucket"]["max_tokens"] for d in limit["descriptors"]}
     assert buckets == {"free": topo.services["search"].rate_limit.free,
                        "pro": topo.services["search"].rate_limit.pro}
-    keys = [a["request_headers"]["header_name"] for a in search["route"]["rate_limits"][0]["actions"]]
+    keys = [a["request_headers"]["header_name"] for a in limit["rate_limits"][0]["actions"]]
     assert keys == ["x-aimesh-tier", "x-aimesh-user-id"]
     login = _route_for(edge, "/aimesh.user.v1.UserService/Login")
-    assert login["route"]["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    limit = login["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert limit["rate_limits"] == [{"actions": [{"remote_address": {}}]}]
+    assert "rate_limits" not in search["route"] and "rate_limits" not in login["route"]   # Envoy's old place
     assert "typed_per_filter_config" not in _route_for(mesh, "/aimesh.search.v1.SearchService/Search")
+
+
+def test_envoy_refuses_connections_past_the_topologys_limit(config, topo):
+    monitors = config["overload_manager"]["resource_monitors"]
+    assert [(m["name"], m["typed_config"]["max_active_downstream_connections"]) for m in monitors] == [
+        ("envoy.resource_monitors.global_downstream_max_connections", topo.gateway.max_client_connections)]
 
 
 def test_only_idempotent_unary_calls_are_retried_and_never_on_rate_limits(config):
