@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -144,6 +145,8 @@ def cmd_logs(args) -> int:
     if args.trace:
         if args.name:
             raise Refused("give a component or --trace, not both")
+        if not re.fullmatch(r"[0-9a-f]{32}", args.trace.lower()):   # a part of one would match others
+            raise Refused(f"a trace id is 32 hex digits (as in a traceparent), not {args.trace!r}")
         # Phoenix's own log names a trace only when someone looked it up there: not the trace's.
         lines = [(c, line) for c, line in Supervisor(paths.state_dir()).of_trace(args.trace.lower())
                  if c != "phoenix"]

@@ -1,4 +1,4 @@
-"""Every command's --help, as a user reads it: it prints and exits 0, with no formatting left over."""
+"""The CLI as a user meets it without a mesh: every command's --help, and arguments refused."""
 import re
 
 import pytest
@@ -20,3 +20,9 @@ def test_every_command_explains_itself(capsys):
         text = help_of(capsys, command)
         assert text.startswith("usage: aimesh"), command
         assert "%%" not in text and "%(" not in text, (command, text)
+
+
+@pytest.mark.parametrize("trace", ["abc", "7d86f56435cdedf158db3c922ad838b", "not-a-trace-id-at-all-0123456789"])
+def test_logs_refuses_what_is_not_a_trace_id(capsys, trace):
+    assert main(["logs", "--trace", trace]) == 2
+    assert "a trace id is 32 hex digits" in capsys.readouterr().err
