@@ -83,7 +83,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     async def Chat(self, request_iterator: AsyncIterator[chat_pb2.ChatRequest],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[chat_pb2.ChatResponse]:
-        """Turns run one at a time; a CancelTurn arriving mid-turn ends that turn early."""
+        """Turns run one at a time; a CancelTurn arriving mid-turn ends that turn early. The stream
+        is one conversation: a message that names none continues the one its last turn was in."""
         incoming: asyncio.Queue = asyncio.Queue()
         cancel = asyncio.Event()
 
@@ -96,10 +97,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await incoming.put(None)
 
         reader = asyncio.ensure_future(read())
+        conversation = ""
         try:
             while (message := await incoming.get()) is not None:
                 cancel.clear()
+                if conversation and not message.conversation_id:
+                    message = chat_pb2.UserMessage(conversation_id=conversation, text=message.text,
+                                                   max_tokens=message.max_tokens)
                 async for piece in self._turn(context, message, cancel, "chat.Chat"):
+                    if piece.WhichOneof("kind") == "end":
+                        conversation = piece.end.conversation_id
                     yield piece
         finally:
             reader.cancel()

@@ -130,6 +130,22 @@ def test_chat_stream_resumes_only_own_conversations(mesh, alice, bob):
         assert code_of(list, stolen) == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_chat_stream_is_one_conversation(mesh, alice):
+    """Its second message names no conversation and goes on in the first one's; a new stream
+    starts a new one."""
+    def ask(text):
+        return chat_pb2.ChatRequest(message=chat_pb2.UserMessage(text=text, max_tokens=4))
+
+    with mesh.channel() as channel:
+        chat = chat_pb2_grpc.ChatServiceStub(channel)
+        ends = [p.end for p in chat.Chat(iter([ask("Fargo"), ask("and who is in it?")]), metadata=bearer(alice),
+                                         timeout=120) if p.WhichOneof("kind") == "end"]
+        assert len(ends) == 2 and ends[0].conversation_id and ends[1].conversation_id == ends[0].conversation_id
+        [other] = [p.end for p in chat.Chat(iter([ask("Heat")]), metadata=bearer(alice), timeout=120)
+                   if p.WhichOneof("kind") == "end"]
+        assert other.conversation_id != ends[0].conversation_id
+
+
 def test_a_cancelled_turn_ends_cancelled_and_stops_the_generation(mesh, bob):
     """CancelTurn after the first token: the turn ends CANCELLED, and Triton's model counts a
     cancelled generation (it stopped generating), polled with a bound."""
