@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from aimesh.topology import Service, Topology
 from services.kit.config import Config
+from services.kit.identity import PIN_HEADER
 
 LOOPBACK = "127.0.0.1"
 
@@ -13,9 +14,6 @@ JWT_PROVIDER = "user"                      # user-svc issues every token
 
 
 JWKS_CLUSTER = "jwks"
-
-
-PIN_HEADER = "x-model-version"             # pins one version of a canary service
 
 
 DESCRIPTOR_SET = "gen/aimesh.binpb"        # for JSON transcoding; relative to the repository
@@ -104,7 +102,7 @@ INVALID_ARGUMENT = "3"
 DEADLINE_EXCEEDED = "4"
 
 
-GRPC_WEB_HEADERS = "authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,x-model-version"
+GRPC_WEB_HEADERS = f"authorization,content-type,x-grpc-web,x-user-agent,grpc-timeout,{PIN_HEADER}"
 
 
 def version_pins(service: Service) -> list[tuple[str, str]]:

@@ -22,13 +22,13 @@ from .errors import (
                      field_violations,
 )
 from .events import Events, unpack
-from .identity import Agent, Caller, admin, caller, caller_or_agent
+from .identity import PIN_HEADER, Agent, Caller, admin, caller, caller_or_agent, pinned_version
 from .server import App, Binding, Server, serve
 from .timestamps import timestamp
 
 __all__ = [
-    "DATABASE_UNREACHABLE", "Agent", "AlreadyExists", "App", "Binding", "Caller", "Config", "Error", "Events",
-    "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted", "Server",
-    "Unauthenticated", "Unavailable", "admin", "caller", "caller_or_agent", "field_violations", "serve", "timestamp",
-    "unpack", "validate",
+    "DATABASE_UNREACHABLE", "PIN_HEADER", "Agent", "AlreadyExists", "App", "Binding", "Caller", "Config",
+    "Error", "Events", "FailedPrecondition", "InvalidArgument", "NotFound", "PermissionDenied",
+    "ResourceExhausted", "Server", "Unauthenticated", "Unavailable", "admin", "caller", "caller_or_agent",
+    "field_violations", "pinned_version", "serve", "timestamp", "unpack", "validate",
 ]

@@ -15,6 +15,9 @@ TIER_HEADER = "x-aimesh-tier"
 ROLE_HEADER = "x-aimesh-role"
 CLAIM_HEADERS = {"sub": USER_ID_HEADER, "tier": TIER_HEADER, "role": ROLE_HEADER}
 JWKS_PATH = "/.well-known/jwks.json"     # where user-svc serves the keys the gateway verifies with
+# A client's pin of one version of a canary service: the gateway routes a served version's pin to
+# that version's instances, any other pin to the split like a call without one.
+PIN_HEADER = "x-model-version"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ def caller(context: grpc.aio.ServicerContext) -> Caller:
         raise Unauthenticated("no verified identity: call through the gateway with a token")
     return Caller(user_id=user_id, tier=headers.get(TIER_HEADER, "free"),
                   role=headers.get(ROLE_HEADER, "user"))
+
+
+def pinned_version(context: grpc.aio.ServicerContext) -> str:
+    """The version the caller pinned ("" for none)."""
+    return _metadata(context).get(PIN_HEADER, "")
 
 
 def admin(context: grpc.aio.ServicerContext) -> Caller:

@@ -35,6 +35,9 @@ class RecommendServicer(recommend_pb2_grpc.RecommendServiceServicer):
     async def Recommend(self, request: recommend_pb2.RecommendRequest,
                        context: grpc.aio.ServicerContext) -> recommend_pb2.RecommendResponse:
         who = kit.caller(context)
+        if (pinned := kit.pinned_version(context)) and pinned != self.version:
+            # the gateway sends a served version's pin to that version: this one serves none
+            raise kit.InvalidArgument(kit.PIN_HEADER, f"no version {pinned!r} is served")
         limit = kit.validate.in_range(request, "limit", 1, 100, default=10)
         exclude = list(request.exclude_item_ids)
         if len(exclude) > 1000:

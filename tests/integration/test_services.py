@@ -308,6 +308,17 @@ def test_a_user_with_history_gets_the_pinned_model_versions_answer(mesh, users, 
             assert 50 not in [i.item_id for i in reply.items]   # never what they already have
 
 
+def test_a_pin_of_a_version_not_served_is_refused_naming_the_header(mesh, bob):
+    with mesh.channel() as channel:
+        try:
+            recommend(channel, bob, version="v9")
+        except grpc.RpcError as refused:
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert field_violations(refused) == {"x-model-version": "no version 'v9' is served"}
+        else:
+            raise AssertionError("a pin of v9 was answered")
+
+
 def test_a_purchase_changes_the_next_recommendations(mesh, users, bob):
     with mesh.channel() as channel:
         users.RecordPurchase(user_pb2.RecordPurchaseRequest(item_id=172), metadata=bearer(bob), timeout=5)
