@@ -36,6 +36,7 @@ class _TlsEofNotice(logging.Filter):
 
 
 logging.getLogger("asyncio").addFilter(_TlsEofNotice())
+
 # JetStream's own count of what a consumer has not yet been delivered, as the client sees it on
 # every fetch (NATS's monitoring speaks JSON, not Prometheus): the consumer's lag.
 PENDING = Gauge("aimesh_events_pending", "Messages a durable consumer has not yet been delivered "
