@@ -61,6 +61,8 @@ def cmd_up(args) -> int:
         print(f"  grpcurl -plaintext {gateway} list")
         print(f'  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {gateway} '
               f"aimesh.user.v1.UserService/GetProfile")
+    else:
+        print("  accounts:        none made for you; the first admin: bin/aimesh user first-admin EMAIL")
     return 0
 
 
@@ -437,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     set_access.add_argument("--tier", choices=("free", "pro"))
     set_access.add_argument("--role", choices=("user", "admin"))
     set_access.set_defaults(run=_lazy("admin", "cmd_user_set"))
+    first = user.add_parser("first-admin", help="make the first admin of a mesh that has none "
+                                                "(without demo data), in user-svc's database")
+    first.add_argument("email", help="an account to make admin, or one to create as admin")
+    first.add_argument("--password", help="for a new account (default: a random one, printed)")
+    first.add_argument("--name", help="for a new account: display name (default: the email's local part)")
+    first.set_defaults(run=_lazy("admin", "cmd_user_first_admin"))
     keys = commands.add_parser("keys", help="user-svc's signing keys (admin)").add_subparsers(
         dest="keys_command", required=True)
     keys.add_parser("rotate", parents=[as_admin],

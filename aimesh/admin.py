@@ -99,5 +99,38 @@ def cmd_user_set(args) -> int:
         "  (the user's next token carries it; a token issued before keeps the old claims until it expires)"])
 
 
+def cmd_user_first_admin(args) -> int:
+    """The first admin, written by the operator in user-svc's database (no admin to ask yet)."""
+    import asyncio
+
+    from services import kit
+    from services.kit import database
+    from services.user.first_admin import make_first_admin
+    from services.user.store import MIGRATIONS, UserStore
+
+    from . import paths
+    from .infra import postgres_dsn
+    password = args.password or secrets.token_urlsafe(12)
+    request = user_pb2.RegisterRequest(email=args.email, password=password,
+                                       display_name=args.name or args.email.split("@")[0])
+
+    async def make():
+        dsn = postgres_dsn(topology.load().infra, paths.state_dir(), "user")
+        pool = await database.connect(dsn, "user", MIGRATIONS)
+        try:
+            return await make_first_admin(UserStore(pool), request)
+        finally:
+            await pool.close()
+    try:
+        user, created = asyncio.run(make())
+    except kit.Error as refused:
+        print(f"aimesh: {refused.code.name}: {refused.message}", file=sys.stderr)
+        return 1
+    print(f"{user.email}  id {user.id}  role admin: " + ("created" if created else "was a user"))
+    if created and not args.password:
+        print(f"  password: {password}")
+    return 0
+
+
 def cmd_keys_rotate(args) -> int:
     return _as_admin(args, rotate_key)

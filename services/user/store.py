@@ -107,6 +107,9 @@ class UserStore:
             "UPDATE users SET display_name = $2 WHERE id = $1 RETURNING *",
             uuid.UUID(user_id), display_name))
 
+    async def an_admin(self) -> User | None:
+        return _user(await self.pool.fetchrow("SELECT * FROM users WHERE role = 'admin' LIMIT 1"))
+
     async def set_access(self, email: str, *, tier: str | None, role: str | None) -> User | None:
         return _user(await self.pool.fetchrow(
             "UPDATE users SET tier = coalesce($2, tier), role = coalesce($3, role)"
