@@ -1,5 +1,6 @@
 """Admin commands, made through the gateway as an admin account (as any client would): create
-users, set their tier and role, rotate user-svc's signing key."""
+users, set their tier and role, rotate user-svc's signing key. The first admin, which no admin can
+make yet, the operator writes in user-svc's database."""
 from __future__ import annotations
 
 import secrets
