@@ -148,8 +148,10 @@ def generations(mesh, finish_reason: str) -> float:
 
 
 def test_answer_streams_in_several_pieces_before_the_final_response(stream):
+    """A long answer (its 40 tokens take a few flush intervals at any speed here; a short one,
+    14 tokens, once came in two pieces since tokens made within flush_ms go out together)."""
     client, responses = stream
-    ask(client, [{"role": "user", "content": "Name three colours of the rainbow."}], max_tokens=40)
+    ask(client, STORY, max_tokens=40, temperature=0)
     deltas, finish_reason = answer(responses)
     assert finish_reason in ("stop", "length")
     assert len([d for d in deltas[:-1] if d]) >= 3, deltas
