@@ -29,6 +29,13 @@ async def _checked(work: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(checks, work)
 
 
+def registration(request) -> tuple[str, str, str]:
+    """A RegisterRequest's email, password and display name, checked (INVALID_ARGUMENT naming the
+    field): one rule for every way an account is made."""
+    return (kit.validate.email(request), kit.validate.text(request, "password", min_len=8, max_len=256),
+            kit.validate.text(request, "display_name", max_len=80))
+
+
 async def register(users: UserStore, email: str, password: str, display_name: str, *,
                    tier: str = "free", role: str = "user", announce: Announce | None = None) -> User:
     password_hash = await _checked(lambda: passwords.hash(password))

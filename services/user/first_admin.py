@@ -6,7 +6,7 @@ from __future__ import annotations
 from aimesh.user.v1 import user_pb2
 from services import kit
 
-from .accounts import register
+from .accounts import register, registration
 from .store import User, UserStore
 
 
@@ -19,6 +19,5 @@ async def make_first_admin(users: UserStore, request: user_pb2.RegisterRequest) 
         raise kit.FailedPrecondition(f"{admin.email} is an admin already: admins set roles (aimesh user set)")
     if (existing := await users.set_access(email, tier=None, role="admin")) is not None:
         return existing, False
-    password = kit.validate.text(request, "password", min_len=8, max_len=256)
-    display_name = kit.validate.text(request, "display_name", max_len=80)
+    email, password, display_name = registration(request)
     return await register(users, email, password, display_name, role="admin"), True

@@ -11,7 +11,7 @@ from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services import kit
 from services.kit.outbox import Outbox
 
-from .accounts import password_matches, register
+from .accounts import password_matches, register, registration
 from .store import MIGRATIONS, Announce, Purchase, User, UserStore
 from .tokens import FETCH_MARGIN_S, Issuer, KeyRing, KeyStore, KeyTimes, RotationPending, serve_jwks
 
@@ -49,9 +49,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
 
     async def Register(self, request: user_pb2.RegisterRequest,
                       context: grpc.aio.ServicerContext) -> user_pb2.RegisterResponse:
-        email = kit.validate.email(request)
-        password = kit.validate.text(request, "password", min_len=8, max_len=256)
-        display_name = kit.validate.text(request, "display_name", max_len=80)
+        email, password, display_name = registration(request)
 
         async def registered(connection, user: User) -> None:
             await self.outbox.add(connection, "user.registered", events_pb2.UserRegistered(
