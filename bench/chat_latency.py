@@ -7,7 +7,14 @@ Both columns answer the same prompts: the in-process side builds each prompt as 
 (services/chat/model.py: messages, the CITED grammar, one paragraph) from the same Search results,
 with chat-svc's temperature and max_tokens; each engine is asked each question once (a question
 about a film of the catalog), after a warm-up that used every slot. Levels alternate between the two sides, so load from
-elsewhere on the machine falls on both alike; they never run at the same time. The gateway side
+elsewhere on the machine falls on both alike; they never run at the same time.
+
+Two kinds of rows. A burst: `chats` questions sent at once, timed until the last answer ends (the
+first-token figures of many people asking together; as answers are one paragraph of 10 to 110
+tokens, its last seconds have fewer chats decoding). Sustained: `chats` users each asking their next
+question as soon as their answer ends, for SUSTAINED_S seconds (the aggregate tokens/s while that
+many chat at once). And the engine's batching alone: in-process, every answer run to its full
+MAX_TOKENS (no paragraph stop, the end-of-text token ignored), so 1 and 8 chats decode alike. The gateway side
 also prints the CPU each token cost per process: outside Triton (chat-svc, Envoy) it is what
 carrying the pieces costs, taken from the cores the engine decodes on (the client is this process,
 which also holds the in-process engine, so it is left out). Prints figures and
@@ -52,12 +59,16 @@ import generation  # noqa: E402
 MAX_TOKENS = 128
 LEVELS = (1, 4, 8)
 ROUNDS = 2          # each level this many times on each side
+SUSTAINED_S = 20    # a sustained row: each chat asks its next question as its answer ends, this long
 PATH = ("chat", "envoy", "triton")    # CPU a token: what carries the pieces, and the model
 # Each engine is asked each question once: chat_lm reuses a cached prompt's prefix (as it should:
 # the system prompt is every chat's), so a question asked again would be answered from its
 # whole cached prompt, far sooner than a new one. Films of the demo catalog, a fixed sample.
 WARM_UP = max(LEVELS)
-ASKED = WARM_UP + ROUNDS * sum(LEVELS) + ROUNDS * (1 + max(LEVELS))   # by the in-process engine
+# by the in-process engine: bursts, full-length rows, and sustained rows (one chat's answer takes
+# at least ~0.3 s, so far fewer are asked than this bound)
+ASKED = (WARM_UP + ROUNDS * sum(LEVELS) + ROUNDS * (1 + max(LEVELS))
+         + ROUNDS * (1 + max(LEVELS)) * round(SUSTAINED_S / 0.3))
 QUESTIONS = [f"Tell me about {movie.title}." for movie in
              random.Random(20261204).sample(movielens.movies(), ASKED)]
 
@@ -96,6 +107,24 @@ def together(work, count: int) -> tuple[list[Stream], float]:
     return streams, time.perf_counter() - started
 
 
+def sustained(work, count: int) -> tuple[list[Stream], float]:
+    """`count` chats at once, each asking its next question as soon as its answer ends, for
+    SUSTAINED_S: their answers and the wall time until the last ended."""
+    streams: list[Stream] = []
+    started = time.perf_counter()
+    until = started + SUSTAINED_S
+
+    def chat(i: int) -> None:
+        while time.perf_counter() < until:
+            streams.append(work(i, time.perf_counter()))
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return streams, time.perf_counter() - started
+
+
 def via_gateway(channel, tokens: list[str]):
     chat = chat_pb2_grpc.ChatServiceStub(channel)
     asked = itertools.count()   # the next question (itertools.count is atomic under the GIL)
@@ -115,7 +144,7 @@ def via_gateway(channel, tokens: list[str]):
 
 
 def in_process(engine: generation.Engine, prompts: list[tuple[list[dict], str]], temperature: float,
-               asked: Iterator[int], stop: list[str] = ONE_PARAGRAPH):
+               asked: Iterator[int], stop: list[str] = ONE_PARAGRAPH, full_length: bool = False):
     """`asked` draws the next question: one count for all this engine's rows."""
     def work(i: int, started: float) -> Stream:
         first = None
@@ -127,7 +156,8 @@ def in_process(engine: generation.Engine, prompts: list[tuple[list[dict], str]],
             return False
         prompt, grammar = prompts[next(asked)]
         result = engine.generate(engine.fit(prompt, MAX_TOKENS), MAX_TOKENS, on_piece,
-                                 temperature=temperature, stop=stop, grammar=grammar)
+                                 temperature=temperature, stop=stop, grammar=grammar,
+                                 full_length=full_length)
         return Stream(first, result.completion_tokens)
     return work
 
@@ -137,7 +167,8 @@ def figures(runs: list[tuple[list[Stream], float]]) -> dict[str, float]:
     p95 = firsts[min(len(firsts) - 1, round(0.95 * (len(firsts) - 1)))]
     made = [s.tokens for streams, _ in runs for s in streams]
     return {"p50": statistics.median(firsts) * 1000, "p95": p95 * 1000,
-            "rate": sum(made) / sum(w for _, w in runs), "length": statistics.mean(made)}
+            "rate": sum(made) / sum(w for _, w in runs), "length": statistics.mean(made),
+            "answers": len(made)}
 
 
 def users(gateway: str, count: int) -> list[str]:
@@ -196,23 +227,30 @@ def main() -> int:
                     runs["gateway", level].append(together(mesh_work, level))
                     cpu[level].append(meter.per_request_ms(sum(s.tokens for s in runs["gateway", level][-1][0])))
                     runs["in-process", level].append(together(local_work, level))
-            # The engine's batching alone: every answer its full MAX_TOKENS (no paragraph stop), so
-            # answers of different lengths and the prompts' reading weigh less than in the rows above
-            full = in_process(engine, built, temperature, local_asked, stop=[])
+            steady = {(side, level): [] for side in ("gateway", "in-process") for level in (1, max(LEVELS))}
+            for _ in range(ROUNDS):
+                for level in (1, max(LEVELS)):
+                    steady["gateway", level].append(sustained(mesh_work, level))
+                    steady["in-process", level].append(sustained(local_work, level))
+            # The engine's batching alone: every answer its full MAX_TOKENS
+            full = in_process(engine, built, temperature, local_asked, stop=[], full_length=True)
             capacity = {level: [together(full, level) for _ in range(ROUNDS)] for level in (1, max(LEVELS))}
     finally:
         clean = mesh.down_and_report()
     table = {key: figures(value) for key, value in runs.items()}
-    print(f"\n{'side':<11} {'chats':>5} {'first p50 ms':>13} {'first p95 ms':>13} {'tok/s':>7} "
-          f"{'x one chat':>10} {'tokens a chat':>14}")
-    for (side, level), row in table.items():
-        print(f"{side:<11} {level:>5} {row['p50']:>13.0f} {row['p95']:>13.0f} {row['rate']:>7.1f} "
-              f"{row['rate'] / table[side, 1]['rate']:>10.2f} {row['length']:>14.0f}")
-    print("\ngateway / in-process, aggregate tokens/s (target >= 90%):")
-    for level in LEVELS:
-        print(f"  {level} chats: {table['gateway', level]['rate'] / table['in-process', level]['rate']:.0%}")
+    for title, rows, levels in ((f"bursts (the chats sent at once, {ROUNDS} rounds)", table, LEVELS),
+                                (f"sustained ({ROUNDS} rounds of {SUSTAINED_S} s)",
+                                 {key: figures(value) for key, value in steady.items()}, (1, max(LEVELS)))):
+        print(f"\n{title}\n{'side':<11} {'chats':>5} {'first p50 ms':>13} {'first p95 ms':>13} "
+              f"{'tok/s':>7} {'x one chat':>10} {'tokens a chat':>14} {'answers':>8}")
+        for (side, level), row in rows.items():
+            print(f"{side:<11} {level:>5} {row['p50']:>13.0f} {row['p95']:>13.0f} {row['rate']:>7.1f} "
+                  f"{row['rate'] / rows[side, 1]['rate']:>10.2f} {row['length']:>14.0f} {row['answers']:>8}")
+        print("gateway / in-process, aggregate tokens/s (target >= 90%): " + ", ".join(
+            f"{level} chats {rows['gateway', level]['rate'] / rows['in-process', level]['rate']:.0%}"
+            for level in levels))
     alone, most = figures(capacity[1]), figures(capacity[max(LEVELS)])
-    print(f"\nthe engine in-process, {MAX_TOKENS} tokens an answer (no paragraph stop): 1 chat "
+    print(f"\nthe engine in-process, {MAX_TOKENS} tokens every answer (bursts): 1 chat "
           f"{alone['rate']:.1f} tok/s, {max(LEVELS)} chats {most['rate']:.1f} tok/s "
           f"({most['rate'] / alone['rate']:.2f}x; target >= 1.3x), first p95 {most['p95']:.0f} ms")
     print("\nCPU ms a token on the gateway side (median of the rounds; triton includes the engine):")

@@ -78,6 +78,15 @@ def test_the_callers_stop_ends_the_generation_and_counts_tokens(engine):
     assert whole.finish_reason == "length" and whole.completion_tokens == 6
 
 
+def test_a_full_length_answer_runs_past_its_end_to_max_tokens(engine):
+    """The benchmark's full-length rows: the end-of-text token does not end the answer."""
+    asked = [{"role": "user", "content": "Answer with one word: is the sky blue?"}]
+    short = engine.generate(asked, 48, lambda text: False, temperature=0)
+    assert short.finish_reason == "stop" and short.completion_tokens < 48
+    full = engine.generate(asked, 48, lambda text: False, temperature=0, full_length=True)
+    assert full.finish_reason == "length" and full.completion_tokens == 48
+
+
 def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, generation):
     asked = [{"role": "user", "content": "List three films with their years in parentheses, each "
                                          "title in quotes."}]

@@ -112,7 +112,8 @@ class Engine:
 
     def generate(self, messages: list[dict], max_tokens: int, on_piece: Callable[[str], bool], *,
                  temperature: float = DEFAULT_TEMPERATURE, stop: list[str] | None = None,
-                 seed: int | None = None, grammar: str | None = None) -> Result:
+                 seed: int | None = None, grammar: str | None = None, full_length: bool = False,
+                 ) -> Result:
         """Generate the answer, handing each text piece to on_piece as the engine makes it; blocks
         until the answer ends. on_piece returns True to stop the generation there (a cancel):
         the engine frees the slot at its next token. A greedy answer (temperature 0) depends on
@@ -125,6 +126,8 @@ class Engine:
             request["seed"] = seed
         if grammar:
             request["grammar"] = grammar
+        if full_length:
+            request["ignore_eos"] = True
         state = {"pieces": 0, "finish": None, "usage": None, "error": None, "cancelled": False}
 
         def on_chunk(chunk: dict) -> bool:
