@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -22,33 +23,41 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else ("inf" if value == float("inf") else f"{value:g}")
 
 
+def _table(title: str) -> Table:
+    # Columns one space apart with no lines between them: the routes' table, the widest, fits an
+    # 80-column terminal whole
+    return Table(title=title, title_justify="left", expand=True, box=box.SIMPLE_HEAD, padding=0,
+                 show_edge=False)
+
+
 def frame(overview: Overview) -> Group:
     """One screen: the tables, each titled."""
-    routes = Table(title=f"Routes (last {overview.window_s:.0f} s)", title_justify="left", expand=True)
-    for column in ("route", "calls/s", "p50 ms", "p99 ms", "errors", "fallbacks", "SLO", "status"):
-        routes.add_column(column, justify="left" if column in ("route", "SLO", "status") else "right")
+    routes = _table(f"Routes (last {overview.window_s:.0f} s; times in ms)")
+    for column in ("route", "calls/s", "p50", "p99", "errors", "fallback", "SLO (p99)", "status"):
+        routes.add_column(column, justify="left" if column in ("route", "SLO (p99)", "status") else "right",
+                          no_wrap=True)
     for r in overview.routes:
-        slo = "-" if r.slo_availability is None else f"{r.slo_availability:.2%}, p99 {r.slo_p99_ms:g} ms"
+        slo = "-" if r.slo_availability is None else f"{r.slo_availability * 100:g}% {r.slo_p99_ms:g}ms"
         meets = r.meets_slo
         status = Text("idle" if meets is None else ("ok" if meets else "BREACH"),
                       style="dim" if meets is None else ("green" if meets else "bold red"))
         routes.add_row(r.route, f"{r.rps:.1f}", _ms(r.p50_ms), _ms(r.p99_ms), f"{r.error_share:.1%}",
                        f"{r.fallback_share:.1%}", slo, status)
-    canary = Table(title="Canary weights", title_justify="left", expand=True)
+    canary = _table("Canary weights")
     canary.add_column("service")
     canary.add_column("split")
     for service, split in overview.weights.items():
         canary.add_row(service, ", ".join(f"{cluster} {weight}%" for cluster, weight in split.items()))
-    faults = Table(title="Injected faults", title_justify="left", expand=True)
+    faults = _table("Injected faults")
     faults.add_column("fault")
     for line in overview.faults or ["none"]:
         faults.add_row(line)
-    breakers = Table(title="Breakers", title_justify="left", expand=True)
+    breakers = _table("Breakers")
     for column in ("where", "what", "state"):
         breakers.add_column(column)
     for where, what, state in overview.breakers:
         breakers.add_row(where, what, Text(state, style="green" if state == "closed" else "bold red"))
-    models = Table(title="Models (Triton)", title_justify="left", expand=True)
+    models = _table("Models (Triton)")
     for column in ("model", "versions", "requests/s", "avg batch", "avg queue ms", "pending"):
         models.add_column(column, justify="left" if column in ("model", "versions") else "right")
     for m in overview.models:
@@ -58,7 +67,7 @@ def frame(overview: Overview) -> Group:
     stamp = time.strftime("%H:%M:%S", time.localtime(overview.at))
     header = Text(f"aimesh top - {stamp}" + (f"  (unreachable: {', '.join(overview.unreachable)})"
                                              if overview.unreachable else ""), style="bold")
-    return Group(header, routes, canary, faults, breakers, models)
+    return Group(header, *(part for table in (routes, canary, faults, breakers, models) for part in ("", table)))
 
 
 SUMMARY_WINDOW_S = 2.0

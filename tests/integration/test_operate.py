@@ -175,16 +175,18 @@ def test_top_renders_a_frame_of_the_running_mesh(mesh, cli, bob):
     recommend(mesh, bob)
     assert cli("fault", "search", "--caller", "chat", "--delay", "10ms").returncode == 0
     shown = subprocess.run([sys.executable, "-m", "aimesh", "top", "--once", "--interval", "0.5"],
-                           env={**mesh.env, "COLUMNS": "160"}, capture_output=True, text=True, timeout=60)
+                           env={**mesh.env, "COLUMNS": "80"}, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].startswith("aimesh top - ") and "unreachable" not in lines[0]
+    assert max(len(line) for line in lines) <= 80 and "…" not in shown.stdout   # a terminal's width, whole
     for title in ("Routes (last", "Canary weights", "Injected faults", "Breakers", "Models (Triton)"):
         assert any(line.startswith(title) for line in lines), title
-    for label in ("calls/s", "p50 ms", "p99 ms", "fallbacks", "SLO", "avg batch", "avg queue ms",
-                  "recommend.Recommend", "99.00%, p99 250 ms", "recommend-v1 90%, recommend-v2 10%",
+    for label in ("calls/s", "p50", "p99", "fallback", "SLO (p99)", "status", "avg batch", "avg queue ms",
+                  "notify.ListNotifications", "99% 250ms", "recommend-v1 90%, recommend-v2 10%",
                   "search (mesh): delay 0.01s on 100%, from chat", "recommender-v1", "text_embedding"):
         assert label in shown.stdout, label
+    assert re.search(r"^recommend\.Recommend +[0-9.]+ ", shown.stdout, re.M)   # its calls, a row
 
 
 def test_the_overview_rpc_is_for_admins_only(mesh, admin, bob):
