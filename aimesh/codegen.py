@@ -1,7 +1,10 @@
 """`aimesh gen`: Python stubs (.py, .pyi, _grpc.py) and the descriptor set, from proto/ via buf.
 
-google/api/*.proto come from the installed googleapis-common-protos package (copied into
-build/proto-deps, which buf.yaml lists as a module), never from committed copies. Output is
+google/api/*.proto and google/rpc/error_details.proto come from the installed
+googleapis-common-protos package (copied into build/proto-deps, which buf.yaml lists as a
+module), never from committed copies: the descriptor set then holds the error details every
+refusal carries, so Envoy's JSON transcoder writes them into an error's body and reflection
+serves them to grpcurl. Output is
 skipped when a stamp of every input is current."""
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ from pathlib import Path
 from pkgutil import extend_path
 
 import google.api
+import google.rpc
 
 from .paths import DESCRIPTOR_SET, GEN, ROOT, venv_bin
 
 DEPS = ROOT / "build" / "proto-deps"
-GOOGLE_API_PROTOS = ("annotations.proto", "http.proto")
+GOOGLE_PROTOS = {google.api: ("annotations.proto", "http.proto"), google.rpc: ("error_details.proto",)}
 STAMP = GEN / ".stamp"
 BASELINE = ROOT / "proto" / "baseline.binpb"
 
@@ -44,12 +48,13 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
         raise RuntimeError(f"{what} failed:\n{result.stdout}{result.stderr}")
 
 
-def vendor_google_api() -> None:
-    source = Path(google.api.__path__[0])
-    target = DEPS / "google" / "api"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in GOOGLE_API_PROTOS:
-        shutil.copyfile(source / name, target / name)
+def vendor_google_protos() -> None:
+    for package, names in GOOGLE_PROTOS.items():
+        source = Path(package.__path__[0])
+        target = DEPS / Path(*package.__name__.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copyfile(source / name, target / name)
 
 
 def generate(force: bool = False) -> bool:
@@ -57,7 +62,7 @@ def generate(force: bool = False) -> bool:
     digest = _digest()
     if not force and STAMP.exists() and STAMP.read_text() == digest and DESCRIPTOR_SET.exists():
         return False
-    vendor_google_api()
+    vendor_google_protos()
     _check(buf("lint"), "buf lint")
     _check(buf("generate"), "buf generate")
     _check(buf("build", "--as-file-descriptor-set", "-o", str(DESCRIPTOR_SET)), "buf build")
@@ -79,12 +84,12 @@ def breaking() -> subprocess.CompletedProcess:
 
     `bin/aimesh gen --baseline` accepts the current contracts as the new baseline: do it only
     for a reviewed, intended break (or after adding fields, to guard them too)."""
-    vendor_google_api()
+    vendor_google_protos()
     return buf("breaking", "proto", "--against", str(BASELINE.relative_to(ROOT)))
 
 
 def update_baseline() -> None:
     """Accept the current contracts as the new baseline (an intentional, reviewed step)."""
-    vendor_google_api()
+    vendor_google_protos()
     _check(buf("build", "--exclude-source-info", "-o", str(BASELINE.relative_to(ROOT))),
            "buf build")

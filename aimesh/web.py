@@ -86,7 +86,7 @@ def build(force: bool = False) -> bool:
     if not force and built and STAMP.read_text() == digest:
         return False
     _node_modules()
-    codegen.vendor_google_api()        # buf.yaml's google/api module
+    codegen.vendor_google_protos()     # buf.yaml's google module
     _run("npm", "run", "--silent", "build", cwd=WEB)
     STAMP.write_text(digest)
     return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent import futures
@@ -112,6 +113,23 @@ def test_json_search_answers_like_grpc(mesh, alice):
     assert [r["document"]["documentId"] for r in answer["results"]] == \
         [r.document.document_id for r in direct.results]
     assert answer["nextPageToken"] == direct.next_page_token
+
+
+def test_a_json_refusal_carries_its_status_and_the_field_in_its_body(mesh, alice):
+    """As gRPC clients get it: HTTP 400 and google.rpc.Status as JSON with its BadRequest detail."""
+    request = urllib.request.Request(f"http://{mesh.gateway}/v1/recommendations",
+                                     data=json.dumps({"limit": 500}).encode(), headers={
+                                         "authorization": f"Bearer {alice}", "content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    assert refused.value.headers["content-type"] == "application/json"
+    status = json.loads(refused.value.read())
+    assert status["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status["message"].startswith("limit: ")
+    [detail] = status["details"]
+    assert detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert [v["field"] for v in detail["fieldViolations"]] == ["limit"]
 
 
 def split_counts(mesh, recommend, calls: int, metadata) -> dict[str, int]:
