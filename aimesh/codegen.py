@@ -4,8 +4,7 @@ google/api/*.proto and google/rpc/error_details.proto come from the installed
 googleapis-common-protos package (copied into build/proto-deps, which buf.yaml lists as a
 module), never from committed copies: the descriptor set then holds the error details every
 refusal carries, so Envoy's JSON transcoder writes them into an error's body and reflection
-serves them to grpcurl. Output is
-skipped when a stamp of every input is current."""
+serves them to grpcurl. Output is skipped when a stamp of every input is current."""
 from __future__ import annotations
 
 import hashlib
