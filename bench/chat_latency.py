@@ -35,12 +35,11 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
-from helpers.common import machine
+from helpers.common import accounts, machine
 from helpers.cpu import CpuMeter
 
 from aimesh import models, paths
@@ -48,7 +47,6 @@ from aimesh.chat.v1 import chat_pb2, chat_pb2_grpc
 from aimesh.harness import MeshUnderTest
 from aimesh.models import chat_lm
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
-from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services.chat.model import ONE_PARAGRAPH, cited, messages
 from services.chat.server import RETRIEVED
 from services.kit import movielens
@@ -171,19 +169,6 @@ def figures(runs: list[tuple[list[Stream], float]]) -> dict[str, float]:
             "answers": len(made)}
 
 
-def users(gateway: str, count: int) -> list[str]:
-    with grpc.insecure_channel(gateway) as channel:
-        accounts = user_pb2_grpc.UserServiceStub(channel)
-        tokens = []
-        for _ in range(count):
-            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-            accounts.Register(user_pb2.RegisterRequest(email=email, password="bench password",
-                                                       display_name="Bench"), timeout=10)
-            tokens.append(accounts.Login(user_pb2.LoginRequest(email=email, password="bench password"),
-                                         timeout=10).access_token)
-        return tokens
-
-
 def prompts(channel, token: str) -> list[tuple[list[dict], str]]:
     """Each question's prompt and grammar as chat-svc builds them for a new conversation."""
     search = search_pb2_grpc.SearchServiceStub(channel)
@@ -210,7 +195,7 @@ def main() -> int:
         started = time.perf_counter()
         engine = generation.Engine(models.output("chat_lm") / chat_lm.WEIGHTS, settings)
         print(f"in-process engine loaded in {time.perf_counter() - started:.1f} s")
-        tokens = users(gateway, max(LEVELS))
+        tokens = accounts(gateway, max(LEVELS))
         with grpc.insecure_channel(gateway) as channel:
             built = prompts(channel, tokens[0])
             local_asked = itertools.count()

@@ -2,8 +2,10 @@
 and prints retrieval hit@3 (an expected title among the turn's citations), the grounded rate (the
 answer names at least one cited title), the invented-title rate (the answer presents a title that is
 not in the catalog: services/chat/grounding.py's spans), how often chat-svc had to correct an answer,
-and the median answer length. Search alone is scored too, in each of its modes, on the same
-questions (hit@3 of the first three results).
+and the median answer length. Each question is asked twice: alone, and as a follow-up (the second
+turn of a conversation that began with the question before it), where the model also reads the
+first turn. Search alone is scored too, in each of its modes, on the same questions (hit@3 of the
+first three results).
 
 Deterministic: its own topology (bench/chat_quality.yaml) has chat-svc decode greedily
 (temperature 0). Prints figures and asserts none. Runs its own mesh in /tmp/aimesh-bench-state on
@@ -104,6 +106,7 @@ class Turn:
     answer: str
     cited: list[str]
     corrected: bool
+    conversation_id: str
 
 
 def account(gateway: str) -> str:
@@ -116,9 +119,10 @@ def account(gateway: str) -> str:
                            timeout=10).access_token
 
 
-def ask(channel, token: str, question: str, expected) -> Turn:
+def ask(channel, token: str, question: str, expected, conversation_id: str = "") -> Turn:
     pieces = list(chat_pb2_grpc.ChatServiceStub(channel).Ask(
-        chat_pb2.AskRequest(message=chat_pb2.UserMessage(text=question, max_tokens=MAX_TOKENS)),
+        chat_pb2.AskRequest(message=chat_pb2.UserMessage(text=question, max_tokens=MAX_TOKENS,
+                                                         conversation_id=conversation_id)),
         metadata=[("authorization", f"Bearer {token}")], timeout=300))
     end = pieces[-1].end
     assert end.source == common_pb2.SOURCE_MODEL, f"not answered by the model: {end.fallback_reason}"
@@ -126,7 +130,13 @@ def ask(channel, token: str, question: str, expected) -> Turn:
     cited = [c.title for p in pieces if p.WhichOneof("kind") == "citations" for c in p.citations.citations]
     # GROUNDING_CORRECTED, where the contract has it (the same bench ran on the code before it)
     corrected = getattr(end, "grounding", 0) == getattr(chat_pb2, "GROUNDING_CORRECTED", -1)
-    return Turn(question, expected_titles(expected), answer, cited, corrected)
+    return Turn(question, expected_titles(expected), answer, cited, corrected, end.conversation_id)
+
+
+def follow_up(channel, token: str, first: str, question: str, expected) -> Turn:
+    """The question as the second turn of a conversation that began with `first`."""
+    conversation = ask(channel, token, first, []).conversation_id
+    return ask(channel, token, question, expected, conversation)
 
 
 def search_hits(channel, token: str) -> dict[str, float]:
@@ -160,22 +170,31 @@ def main() -> int:
         with grpc.insecure_channel(gateway) as channel:
             searched = search_hits(channel, token)
             with ThreadPoolExecutor(CONCURRENT) as pool:
-                turns = list(pool.map(lambda q: ask(channel, token, *q), QUESTIONS))
+                alone = list(pool.map(lambda q: ask(channel, token, *q), QUESTIONS))
+                firsts = [QUESTIONS[i - 1][0] for i in range(len(QUESTIONS))]
+                following = list(pool.map(lambda f, q: follow_up(channel, token, f, *q), firsts, QUESTIONS))
     finally:
         clean = mesh.down_and_report()
+    print(f"\n{'Search hit@3':<34}" + ", ".join(f"{mode} {rate:.2f}" for mode, rate in searched.items()))
+    for name, turns in (("asked alone", alone), ("asked as a follow-up", following)):
+        report(name, turns, catalog)
+    return 0 if clean else 1
+
+
+def report(name: str, turns: list[Turn], catalog: list[str]) -> None:
+    print(f"\n--- {name}")
     for turn in turns:
         print(f"\nQ: {turn.question}\n   cited: {turn.cited}\n   A: {turn.answer.strip()!r}")
     hit = sum(bool(set(t.cited[:3]) & t.expected) for t in turns) / len(turns)
     grounded = sum(any(names(t.answer, c) for c in t.cited) for t in turns) / len(turns)
     made_up = [t for t in turns if invented(t.answer, catalog)]
-    print(f"\n{'Search hit@3':<34}" + ", ".join(f"{mode} {rate:.2f}" for mode, rate in searched.items()))
+    print(f"\n{name}:")
     print(f"{'chat retrieval hit@3':<34}{hit:.2f} (target >= 0.9)")
     print(f"{'grounded rate':<34}{grounded:.0%} (target >= 90%)")
     print(f"{'invented-title rate':<34}{len(made_up) / len(turns):.0%} (target <= 5%)"
           + "".join(f"\n    {invented(t.answer, catalog)} in answer to {t.question!r}" for t in made_up))
     print(f"{'answers corrected by chat-svc':<34}{sum(t.corrected for t in turns) / len(turns):.0%}")
     print(f"{'median answer length':<34}{statistics.median(len(t.answer.split()) for t in turns):.0f} words")
-    return 0 if clean else 1
 
 
 if __name__ == "__main__":

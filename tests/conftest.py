@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from aimesh import demo
@@ -101,3 +102,17 @@ def admin(mesh) -> str:
 def users(mesh):
     with mesh.channel() as channel:
         yield user_pb2_grpc.UserServiceStub(channel)
+
+
+@pytest.fixture
+async def postgres(mesh):
+    """pool(schema): a small pool on the mesh's Postgres, in one service's schema, closed after."""
+    pools = {}
+
+    async def pool(schema: str) -> asyncpg.Pool:
+        pools[schema] = await asyncpg.create_pool(mesh.postgres_dsn(), min_size=1, max_size=2,
+                                                  server_settings={"search_path": schema})
+        return pools[schema]
+    yield pool
+    for opened in pools.values():
+        await opened.close()

@@ -4,12 +4,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import psutil
 
 from aimesh.harness import MeshUnderTest
+from aimesh.user.v1 import user_pb2, user_pb2_grpc
 
 
 def machine() -> str:
@@ -33,3 +36,17 @@ def fresh_mesh(name: str, state: str) -> Iterator[MeshUnderTest]:
         yield mesh
     finally:
         mesh.down_and_report()
+
+
+def accounts(gateway: str, count: int) -> list[str]:
+    """`count` new users, registered and logged in through the gateway: their access tokens."""
+    with grpc.insecure_channel(gateway) as channel:
+        users = user_pb2_grpc.UserServiceStub(channel)
+        tokens = []
+        for _ in range(count):
+            email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
+            users.Register(user_pb2.RegisterRequest(email=email, password="bench password",
+                                                    display_name="Bench"), timeout=10)
+            tokens.append(users.Login(user_pb2.LoginRequest(email=email, password="bench password"),
+                                      timeout=10).access_token)
+        return tokens

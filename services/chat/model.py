@@ -14,11 +14,12 @@ from services import kit
 from services.kit.inference import Triton
 
 from .grounding import displayed
+from .store import Turn
 
 MODEL = "chat_lm"
 MODEL_VERSION = "1"    # chat_lm has one version
 SYSTEM = ("You are aimesh's movie assistant. Answer briefly, only about the films in the numbered "
-          "catalog below, and name no other film.")
+          "catalog given with each question, and name no other film.")
 
 
 def lead(hits: list[search_pb2.SearchResult]) -> str:
@@ -39,15 +40,29 @@ def lead(hits: list[search_pb2.SearchResult]) -> str:
     return f"I suggest {displayed(document.title)[-1]}{year}{kinds}, because"
 
 
-def messages(question: str, hits: list[search_pb2.SearchResult],
-             earlier: list[tuple[str, str]]) -> list[dict]:
-    """The prompt: the system's role with the retrieved catalog entries numbered, the conversation
-    so far, the question, and the answer's first line."""
-    catalog = "\n".join(f"{n}. {h.document.text}" for n, h in enumerate(hits, 1)) or "(nothing found)"
-    prompt = [{"role": "system", "content": f"{SYSTEM}\nCatalog:\n{catalog}"}]
-    for asked, answered in earlier:
-        prompt += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
-    prompt.append({"role": "user", "content": question})
+def catalog(hits: list[search_pb2.SearchResult]) -> str:
+    """The retrieved entries as the model reads them, numbered."""
+    return "\n".join(f"{n}. {h.document.text}" for n, h in enumerate(hits, 1)) or "(nothing found)"
+
+
+def asked(question: str, entries: str) -> str:
+    """A question as the model reads it: with the catalog entries retrieved for it (none for a
+    turn stored before turns kept theirs)."""
+    return f"Catalog:\n{entries}\n\n{question}" if entries else question
+
+
+def messages(question: str, hits: list[search_pb2.SearchResult], earlier: list[Turn]) -> list[dict]:
+    """The prompt: the system's role, the conversation so far (each question with the entries it
+    was given), the question with its own, and the answer's first line. Everything before the
+    question is text the engine read in the turns before, in the same place, so it goes on from
+    there and reads only the new turn (with the latest entries in the system message, every turn
+    read the whole conversation again: 454 tokens at a fifth turn, against ~100 now;
+    bench/chat_conversations.py)."""
+    prompt = [{"role": "system", "content": SYSTEM}]
+    for turn in earlier:
+        prompt += [{"role": "user", "content": asked(turn.question, turn.catalog)},
+                   {"role": "assistant", "content": turn.answer}]
+    prompt.append({"role": "user", "content": asked(question, catalog(hits))})
     if hits:
         prompt.append({"role": "assistant", "content": lead(hits)})
     return prompt
@@ -66,6 +81,7 @@ class Piece:
     text: str
     finish_reason: str = ""      # set on the last piece only
     prompt_tokens: int = 0       # the engine's count, on the last piece
+    cached_prompt_tokens: int = 0   # of those, the ones it had read for an earlier prompt
     completion_tokens: int = 0   # the engine's count so far (a piece may hold several tokens)
 
 
@@ -99,8 +115,8 @@ class ChatModel:
                     if "FINISH_REASON" not in outputs:
                         yield Piece(text, completion_tokens=made)
                         continue
-                    yield Piece(text, outputs["FINISH_REASON"][0].decode(),
-                                int(outputs["PROMPT_TOKENS"][0]), made)
+                    yield Piece(text, outputs["FINISH_REASON"][0].decode(), int(outputs["PROMPT_TOKENS"][0]),
+                                int(outputs["PROMPT_CACHED_TOKENS"][0]), made)
             except kit.Unavailable as why:
                 if BUSY in why.message:
                     raise ModelBusy(BUSY) from why

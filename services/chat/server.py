@@ -23,15 +23,15 @@ from services.kit.audit import Audit
 from services.kit.telemetry import FALLBACKS
 
 from .grounding import invented, names
-from .model import BUSY, MODEL, MODEL_VERSION, ChatModel, ModelBusy, lead, messages
+from .model import BUSY, MODEL, MODEL_VERSION, ChatModel, ModelBusy, catalog, lead, messages
 from .quota import AnswersInProgress
-from .store import COUNT, MIGRATIONS, PRUNE, ConversationStore
+from .store import COUNT, MIGRATIONS, PRUNE, ConversationStore, Turn
 
 log = logging.getLogger("aimesh.chat")
 TRACER = trace.get_tracer("aimesh.chat")
 
 RETRIEVED = 3
-EARLIER_TURNS = 4          # how much of a resumed conversation the model sees
+EARLIER_TURNS = 3          # a resumed conversation's last 3 to 5 turns: ConversationStore.window
 TURN_DEADLINE_S = 60.0     # the longest one turn may generate
 FINISH = {"stop": chat_pb2.FINISH_REASON_STOP, "length": chat_pb2.FINISH_REASON_LENGTH,
           "cancelled": chat_pb2.FINISH_REASON_CANCELLED}
@@ -144,7 +144,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             if search_failure:
                 span.set_status(trace.StatusCode.ERROR, search_failure)
         with TRACER.start_as_current_span("build prompt") as span:
-            prompt = messages(text, hits, await self.conversations.recent_turns(conversation, EARLIER_TURNS))
+            prompt = messages(text, hits, await self.conversations.window(conversation, EARLIER_TURNS))
             span.set_attribute("aimesh.prompt.messages", len(prompt))
         # The generation's span is started, not entered: this is an async generator, which must not
         # hold a context across its yields. Its attributes follow OpenTelemetry's GenAI conventions.
@@ -175,7 +175,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     if piece.finish_reason:
                         finish = FINISH.get(piece.finish_reason, chat_pb2.FINISH_REASON_STOP)
                         usage = chat_pb2.Usage(prompt_tokens=piece.prompt_tokens,
-                                               completion_tokens=piece.completion_tokens)
+                                               completion_tokens=piece.completion_tokens,
+                                               cached_prompt_tokens=piece.cached_prompt_tokens)
         except kit.Unavailable as why:
             if sent:   # it failed mid-answer: the turn ends with what was said
                 reason = f"chat model failed mid-answer: {why}"
@@ -199,6 +200,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             "gen_ai.response.model": f"{MODEL}/{MODEL_VERSION}", "gen_ai.response.finish_reasons":
             [chat_pb2.FinishReason.Name(finish).removeprefix("FINISH_REASON_").lower()],
             "gen_ai.usage.input_tokens": usage.prompt_tokens, "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "gen_ai.usage.cache_read.input_tokens": usage.cached_prompt_tokens,
             "aimesh.source": common_pb2.Source.Name(source)})
         if source == common_pb2.SOURCE_FALLBACK:
             generation.set_status(trace.StatusCode.ERROR, reason)
@@ -221,7 +223,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 latency_s=time.perf_counter() - started, source=common_pb2.Source.Name(source),
                 connection=connection)
         turn_id = await self.conversations.add_turn(
-            conversation, text, answer, chat_pb2.FinishReason.Name(finish),
+            conversation, Turn(text, catalog(hits), answer), chat_pb2.FinishReason.Name(finish),
             common_pb2.Source.Name(source), audit)
         yield chat_pb2.ChatResponse(end=chat_pb2.TurnEnd(
             conversation_id=conversation, turn_id=turn_id, finish_reason=finish, usage=usage,

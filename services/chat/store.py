@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -29,6 +30,8 @@ MIGRATIONS = [
     outbox.MIGRATION,
     # retention: conversations are pruned by age (PRUNE), found through their time
     "CREATE INDEX conversations_by_time ON conversations (created_at);",
+    # what the model was given with each question, so a later turn's prompt repeats it as read
+    "ALTER TABLE turns ADD COLUMN catalog text NOT NULL DEFAULT '';",
 ]
 
 # A conversation expires when it and its last turn are older than the retention: it goes with its
@@ -45,6 +48,13 @@ WITH expired AS (
 DELETE FROM conversations WHERE id IN (SELECT id FROM expired) RETURNING id
 """
 COUNT = "SELECT count(*) FROM conversations"
+
+
+@dataclass(frozen=True)
+class Turn:
+    question: str
+    catalog: str      # the catalog entries the model was given with the question, as it read them
+    answer: str
 
 
 class ConversationStore:
@@ -67,22 +77,29 @@ class ConversationStore:
             "SELECT id FROM conversations WHERE id = $1 AND user_id = $2", wanted, uuid.UUID(user_id))
         return None if found is None else str(found)
 
-    async def add_turn(self, conversation_id: str, question: str, answer: str,
-                       finish_reason: str, source: str,
+    async def add_turn(self, conversation_id: str, turn: Turn, finish_reason: str, source: str,
                        audit: Callable[[asyncpg.Connection], Awaitable[None]]) -> str:
         """Store the turn, and its audit record (`audit`) in the same transaction."""
-        turn = uuid.uuid4()
+        turn_id = uuid.uuid4()
         async with self.pool.acquire() as connection, connection.transaction():
             await connection.execute(
-                "INSERT INTO turns (id, conversation_id, question, answer, finish_reason, source)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                turn, uuid.UUID(conversation_id), question, answer, finish_reason, source)
+                "INSERT INTO turns (id, conversation_id, question, catalog, answer, finish_reason, source)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)", turn_id, uuid.UUID(conversation_id),
+                turn.question, turn.catalog, turn.answer, finish_reason, source)
             await audit(connection)
-        return str(turn)
+        return str(turn_id)
 
-    async def recent_turns(self, conversation_id: str, limit: int) -> list[tuple[str, str]]:
-        """The last (question, answer) pairs of the conversation, oldest first."""
+    async def window(self, conversation_id: str, size: int) -> list[Turn]:
+        """The earlier turns the model sees again, oldest first: the last `size` to 2 × size − 1.
+        The oldest leave `size` at a time, so for `size` turns in a row a prompt begins as the one
+        before did and the engine goes on from what it read then (a window moving every turn would
+        have it read the whole conversation again each turn)."""
         rows = await self.pool.fetch(
-            "SELECT question, answer FROM turns WHERE conversation_id = $1"
-            " ORDER BY created_at DESC LIMIT $2", uuid.UUID(conversation_id), limit)
-        return [(r["question"], r["answer"]) for r in reversed(rows)]
+            "SELECT question, catalog, answer, count(*) OVER () AS total FROM turns"
+            " WHERE conversation_id = $1 ORDER BY created_at DESC LIMIT $2",
+            uuid.UUID(conversation_id), 2 * size - 1)
+        if not rows:
+            return []
+        total = rows[0]["total"]
+        start = max(0, total - size) // size * size
+        return [Turn(r["question"], r["catalog"], r["answer"]) for r in reversed(rows[:total - start])]

@@ -8,7 +8,6 @@ import time
 import urllib.request
 import uuid
 
-import asyncpg
 import pytest
 
 from aimesh.events.v1 import events_pb2
@@ -55,19 +54,6 @@ async def test_a_short_max_age_expires_messages_and_apply_restores_the_limits(me
         applied = await asyncio.to_thread(mesh.cli, "apply")
     assert applied.returncode == 0 and "DEAD_LETTERS" in applied.stdout, applied.stdout + applied.stderr
     assert (await bus.jetstream.stream_info("DEAD_LETTERS")).config.max_age == kept.max_age_s
-
-
-@pytest.fixture
-async def postgres(mesh):
-    pools = {}
-
-    async def pool(schema: str) -> asyncpg.Pool:
-        pools[schema] = await asyncpg.create_pool(mesh.postgres_dsn(), min_size=1, max_size=2,
-                                                  server_settings={"search_path": schema})
-        return pools[schema]
-    yield pool
-    for opened in pools.values():
-        await opened.close()
 
 
 async def test_pruning_removes_only_expired_notifications(mesh, postgres):

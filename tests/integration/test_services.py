@@ -12,6 +12,8 @@ from aimesh.notify.v1 import notify_pb2, notify_pb2_grpc
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.search.v1 import search_pb2, search_pb2_grpc
 from aimesh.user.v1 import user_pb2
+from services.chat.server import EARLIER_TURNS
+from services.chat.store import ConversationStore, Turn
 from services.kit import field_violations
 from tests.integration.client import bearer, code_of, new_user, next_of_kind, wait_for
 
@@ -144,6 +146,24 @@ def test_a_chat_stream_is_one_conversation(mesh, alice):
         [other] = [p.end for p in chat.Chat(iter([ask("Heat")]), metadata=bearer(alice), timeout=120)
                    if p.WhichOneof("kind") == "end"]
         assert other.conversation_id != ends[0].conversation_id
+
+
+async def test_the_model_sees_a_conversation_in_windows_moving_a_few_turns_at_a_time(postgres):
+    """The last 3 to 5 turns, the oldest leaving 3 at a time: for 3 turns in a row a prompt begins
+    as the one before did, so the engine goes on from what it read then. Each turn keeps the catalog
+    entries it was asked with."""
+    async def no_audit(connection) -> None:
+        pass
+    store = ConversationStore(await postgres("chat"))
+    conversation = await store.open(str(uuid.uuid4()), "")
+    seen = []
+    for n in range(9):
+        seen.append([turn.question for turn in await store.window(conversation, EARLIER_TURNS)])
+        await store.add_turn(conversation, Turn(f"q{n}", f"1. entry {n}", f"a{n}"), "FINISH_REASON_STOP",
+                             "SOURCE_MODEL", no_audit)
+    assert [len(window) for window in seen] == [0, 1, 2, 3, 4, 5, 3, 4, 5]
+    assert seen[5] == ["q0", "q1", "q2", "q3", "q4"] and seen[8] == ["q3", "q4", "q5", "q6", "q7"]
+    assert (await store.window(conversation, EARLIER_TURNS))[-1] == Turn("q8", "1. entry 8", "a8")
 
 
 def test_a_cancelled_turn_ends_cancelled_and_stops_the_generation(mesh, bob):

@@ -1,7 +1,8 @@
 """chat_lm's engine in-process (triton_models/chat_lm/1/generation.py, the real model): prompts too
 long for a slot lose their oldest turns and keep the system prompt and the question; a stop asked
-for by the caller ends the generation; the counts are the engine's tokens; a greedy answer does not
-depend on what the engine served before."""
+for by the caller ends the generation; the counts are the engine's tokens; a conversation's next
+turn is read from where the one before ended; a greedy answer does not depend on what the engine
+served before."""
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -85,6 +86,24 @@ def test_a_full_length_answer_runs_past_its_end_to_max_tokens(engine):
     assert short.finish_reason == "stop" and short.completion_tokens < 48
     full = engine.generate(asked, 48, lambda text: False, temperature=0, full_length=True)
     assert full.finish_reason == "length" and full.completion_tokens == 48
+
+
+def test_a_follow_up_turn_is_read_from_where_the_turn_before_ended(engine):
+    """chat-svc's prompt for a conversation's next turn begins with the text the engine read and
+    wrote for the turn before, so it reads only the new turn (services/chat/model.py)."""
+    from services.chat.model import catalog, lead, messages
+    from services.chat.store import Turn
+    from tests.unit.test_chat_prompt import hits
+
+    first_hits = hits("Heat", "Casino", "Fargo")
+    first_prompt = messages("Something tense?", first_hits, [])
+    pieces = []
+    first = engine.generate(first_prompt, 40, lambda text: pieces.append(text) and False, stop=["\n"])
+    earlier = [Turn("Something tense?", catalog(first_hits), lead(first_hits) + "".join(pieces))]
+    second = engine.generate(messages("And for children?", hits("Babe", "Balto"), earlier), 8, lambda text: False)
+    assert second.prompt_tokens > first.prompt_tokens + first.completion_tokens
+    assert second.cached_tokens >= first.prompt_tokens        # the whole first prompt, at least
+    assert second.prompt_tokens - second.cached_tokens < first.prompt_tokens   # read: the new turn
 
 
 def test_the_cited_grammar_keeps_other_years_and_quoted_titles_out(engine, generation):

@@ -38,6 +38,7 @@ class Result:
     finish_reason: str        # stop | length | cancelled
     prompt_tokens: int        # counted by the engine's tokenizer
     completion_tokens: int
+    cached_tokens: int = 0    # of prompt_tokens, those it went on from (read for an earlier prompt)
 
 
 def cited_only(titles: list[str], years: list[str]) -> str:
@@ -157,4 +158,5 @@ class Engine:
             # A stopped stream sends no usage: each streamed piece is one token of llama.cpp's.
             return Result("cancelled", self.count(messages), state["pieces"])
         return Result(state["finish"] or "stop", usage.get("prompt_tokens", 0),
-                      usage.get("completion_tokens", state["pieces"]))
+                      usage.get("completion_tokens", state["pieces"]),
+                      (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0))

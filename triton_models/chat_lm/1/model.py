@@ -126,6 +126,7 @@ def response(delta: str, completion_tokens: int, result: generation.Result | Non
         tensors += [
             pb_utils.Tensor("FINISH_REASON", np.array([result.finish_reason.encode()], dtype=np.object_)),
             pb_utils.Tensor("PROMPT_TOKENS", np.array([result.prompt_tokens], dtype=np.int32)),
+            pb_utils.Tensor("PROMPT_CACHED_TOKENS", np.array([result.cached_tokens], dtype=np.int32)),
         ]
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
