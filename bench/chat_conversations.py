@@ -1,18 +1,19 @@
 """Chats that go on: what a conversation's later turns cost the chat model, through the gateway.
 
-Two rows, alternated, each CHATS users asking one question after another for SECONDS: every
-question a new conversation, and every user holding one conversation for TURNS turns (then a new
-one). Per row: answers, aggregate tokens/s, first-token p50/p95, and per turn of a conversation
+Two rows, alternated, each CHATS users (`--chats`) asking one question after another for
+SECONDS: every question a new conversation, and every user holding one conversation for TURNS
+turns (then a new one). Per row: answers, aggregate tokens/s, first-token p50/p95, and per turn of a conversation
 the prompt's tokens and those the engine read (the rest it went on from, as it had read them for
 the turn before: TurnEnd.usage.cached_prompt_tokens; 0 where the contract lacks it). chat-svc's
 temperature is the topology's (0.7): a greedy turn is read whole by design. Prints figures and
 asserts none. Runs its own mesh in /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000 and always
 brings it down:
 
-  bin/aimesh bench chat_conversations
+  bin/aimesh bench chat_conversations [--chats 8]
 """
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import sys
@@ -62,7 +63,7 @@ def ask(chat, token: str, conversation_id: str, index: int, rng: random.Random) 
 
 
 def row(chat, tokens: list[str], turns: int, seed: int) -> tuple[list[Turn], float]:
-    """CHATS users asking for SECONDS, each conversation `turns` long: their turns, the wall time."""
+    """A user per token asking for SECONDS, each conversation `turns` long: their turns, the wall time."""
     done: list[Turn] = []
     started = time.perf_counter()
 
@@ -72,7 +73,7 @@ def row(chat, tokens: list[str], turns: int, seed: int) -> tuple[list[Turn], flo
             index = index % turns + 1
             turn, conversation = ask(chat, tokens[i], conversation if index > 1 else "", index, rng)
             done.append(turn)
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(CHATS)]
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(tokens))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -99,10 +100,13 @@ def report(name: str, runs: list[tuple[list[Turn], float]]) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chats", type=int, default=CHATS, help="users chatting at once")
+    chats = parser.parse_args().chats
     with fresh_mesh("aimesh chat conversations", "/tmp/aimesh-bench-state") as mesh:
-        print(f"{CHATS} chats, {SECONDS} s a row, {ROUNDS} rounds, conversations of {TURNS} turns, "
+        print(f"{chats} chats, {SECONDS} s a row, {ROUNDS} rounds, conversations of {TURNS} turns, "
               f"max_tokens {MAX_TOKENS}, temperature {mesh.topo.services['chat'].temperature}")
-        tokens = accounts(mesh.gateway, CHATS)
+        tokens = accounts(mesh.gateway, chats)
         with grpc.insecure_channel(mesh.gateway) as channel:
             chat = chat_pb2_grpc.ChatServiceStub(channel)
             row(chat, tokens, 1, seed=0)     # warm-up: every slot used once, untimed
