@@ -25,9 +25,10 @@ class Settings:
     context_per_slot: int = 2048    # tokens each generation may hold: prompt and answer
     threads: int = 2
     gpu_layers: int = 0             # layers offloaded to a GPU (-1: all) with a CUDA build
-    # llama.cpp keeps finished prompts' state in host memory to reuse their prefixes: bounded
-    # here, as its default (8 GiB) grew chat_lm by ~10 MB a minute in the soak
-    prompt_cache_mib: int = 64
+    # llama.cpp keeps finished prompts' state in host memory to reuse their prefixes (a
+    # conversation's, when another chat took its slot): bounded here, as its default (8 GiB) grew
+    # chat_lm by ~10 MB a minute in the soak
+    prompt_cache_mib: int = 256
     # prompt tokens read in one step: a chat's first token then comes once its own prompt is read,
     # not once every prompt that arrived with it is (8 at once: the median first token ~35% sooner)
     prompt_batch: int = 128
