@@ -7,6 +7,7 @@ import json
 import queue
 import time
 import urllib.request
+import uuid
 
 import numpy as np
 import pytest
@@ -107,8 +108,9 @@ def next_response(responses: queue.Queue):
     return delta, None if finish is None else finish[0].decode()
 
 
-def usage(responses: queue.Queue) -> tuple[str, str, int, int]:
-    """(answer, finish reason, prompt tokens, completion tokens) of one whole answer."""
+def usage(responses: queue.Queue) -> tuple[str, str, int, int, int]:
+    """(answer, finish reason, prompt tokens, completion tokens, prompt tokens it went on from
+    rather than read) of one whole answer."""
     deltas = []
     while True:
         result, error = responses.get(timeout=RESPONSE_WITHIN_S)
@@ -117,7 +119,8 @@ def usage(responses: queue.Queue) -> tuple[str, str, int, int]:
         deltas.append(result.as_numpy("DELTA")[0].decode("utf-8"))
         if result.as_numpy("FINISH_REASON") is not None:
             return ("".join(deltas), result.as_numpy("FINISH_REASON")[0].decode(),
-                    int(result.as_numpy("PROMPT_TOKENS")[0]), int(result.as_numpy("COMPLETION_TOKENS")[0]))
+                    int(result.as_numpy("PROMPT_TOKENS")[0]), int(result.as_numpy("COMPLETION_TOKENS")[0]),
+                    int(result.as_numpy("PROMPT_CACHED_TOKENS")[0]))
 
 
 def answer(responses: queue.Queue) -> tuple[list[str], str]:
@@ -250,9 +253,25 @@ def test_concurrent_answers_each_get_their_own_tokens_and_start_together(streams
 def test_usage_counts_the_engines_tokens(stream):
     client, responses = stream
     ask(client, STORY, max_tokens=7)
-    text, finish_reason, prompt_tokens, completion_tokens = usage(responses)
+    text, finish_reason, prompt_tokens, completion_tokens, _ = usage(responses)
     assert finish_reason == "length" and completion_tokens == 7
     assert 20 < prompt_tokens < 100 and text.strip()
+
+
+def test_a_conversations_next_turn_reports_the_prompt_it_went_on_from(stream):
+    """PROMPT_CACHED_TOKENS: the prompt tokens the engine had read for an earlier prompt (the
+    conversation so far) and did not read again; a greedy request is read whole, by design."""
+    client, responses = stream
+    first = [{"role": "system", "content": f"You tell stories; this is story {uuid.uuid4()}."},
+             {"role": "user", "content": "Tell me about a lighthouse."}]
+    ask(client, first, max_tokens=8)
+    text, _, first_prompt, _, first_cached = usage(responses)
+    follow_up = [*first, {"role": "assistant", "content": text}, {"role": "user", "content": "And its keeper?"}]
+    ask(client, follow_up, max_tokens=4)
+    _, _, prompt, _, cached = usage(responses)
+    assert first_cached < first_prompt <= cached and prompt - cached < first_prompt
+    ask(client, follow_up, max_tokens=4, temperature=0)
+    assert usage(responses)[-1] == 0
 
 
 def test_a_conversation_longer_than_the_context_is_trimmed_to_fit(stream):
@@ -263,7 +282,7 @@ def test_a_conversation_longer_than_the_context_is_trimmed_to_fit(stream):
                 {"role": "user", "content": "Repeat this word five times: zebra"}]
     client, responses = stream
     ask(client, messages, max_tokens=16, temperature=0.0)
-    text, finish_reason, prompt_tokens, _ = usage(responses)
+    text, finish_reason, prompt_tokens, *_ = usage(responses)
     assert finish_reason in ("stop", "length") and text
     assert 1000 < prompt_tokens <= 2048 - 16             # the oldest turns went, some stayed
 
