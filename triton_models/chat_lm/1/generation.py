@@ -28,7 +28,7 @@ class Settings:
     # llama.cpp keeps finished prompts' state in host memory to reuse their prefixes (a
     # conversation's, when another chat took its slot): bounded here, as its default (8 GiB) grew
     # chat_lm by ~10 MB a minute in the soak
-    prompt_cache_mib: int = 256
+    prompt_cache_mib: int = 128
     # prompt tokens read in one step: a chat's first token then comes once its own prompt is read,
     # not once every prompt that arrived with it is (8 at once: the median first token ~35% sooner)
     prompt_batch: int = 128
