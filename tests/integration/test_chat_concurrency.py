@@ -42,9 +42,9 @@ class Listener(threading.Thread):
             self.error = error.code()
 
 
-def test_chats_at_once_stream_together_and_a_cancel_stops_only_its_own(mesh, users):
-    tokens = [new_user(users, f"together{i}")[1] for i in range(4)]
-    cancelled_before = generations(mesh, "cancelled")
+def four_chats_one_cancelled(mesh, tokens):
+    """Starts four chats, cancels the first after three pieces; returns the listeners and which of
+    the other three were still answering at the cancel."""
     with mesh.channel() as channel:
         listeners = [Listener(ask(channel, token)) for token in tokens]
         for listener in listeners:
@@ -53,15 +53,29 @@ def test_chats_at_once_stream_together_and_a_cancel_stops_only_its_own(mesh, use
             assert listener.first.wait(120), "a chat got no first token"
         wait_for(lambda: len(listeners[0].deltas) >= 3, timeout_s=60, what="three pieces")
         listeners[0].call.cancel()
-        cancelled_at = time.monotonic()
+        answering = [listener for listener in listeners[1:] if listener.end is None]
         for listener in listeners:
             listener.join(120)
+    return listeners, answering
+
+
+def test_chats_at_once_stream_together_and_a_cancel_stops_only_its_own(mesh, users):
+    tokens = [new_user(users, f"together{i}")[1] for i in range(4)]
+    cancelled_before = generations(mesh, "cancelled")
+    # An answer may be short enough to end on its own before the cancel; the cancel must then meet
+    # at least one other answer still streaming, so try again (at most 3 times) until it does.
+    for _ in range(3):
+        listeners, answering = four_chats_one_cancelled(mesh, tokens)
+        if answering:
+            break
+    assert answering, "every other answer had ended before the cancel, three times"
     assert listeners[0].error == grpc.StatusCode.CANCELLED
-    finished = [listener for listener in listeners[1:]]
+    finished = listeners[1:]
     assert all(listener.end and listener.end[1].source == common_pb2.SOURCE_MODEL for listener in finished)
     first_end = min(listener.end[0] for listener in finished)
     assert all(listener.deltas[0] < first_end for listener in listeners)     # all started together
-    assert all(listener.deltas[-1] > cancelled_at for listener in finished)  # and ran on after it
+    assert all(listener.end[1].finish_reason != chat_pb2.FINISH_REASON_CANCELLED   # and ran on
+               for listener in answering)
     wait_for(lambda: generations(mesh, "cancelled") > cancelled_before, timeout_s=10,
              what="Triton to count the cancelled generation")
 
