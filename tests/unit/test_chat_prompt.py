@@ -34,3 +34,12 @@ def test_a_turn_stored_without_its_entries_is_its_question_alone():
     earlier = [Turn("Anything?", "", "I found nothing in the catalog for that.")]
     assert messages("And now?", [], earlier)[1] == {"role": "user", "content": "Anything?"}
     assert messages("And now?", [], earlier)[-1] == {"role": "user", "content": "Catalog:\n(nothing found)\n\nAnd now?"}
+
+
+def test_a_catalog_entry_is_its_title_year_and_genres_in_few_words():
+    film = search_pb2.Document(title="Heat", text="Heat (1995). Genres: Action, Crime.",
+                               metadata={"year": "1995", "genre:Crime": "1", "genre:Action": "1"})
+    other = search_pb2.Document(title="Notes", text="A page of notes.")
+    assert catalog([search_pb2.SearchResult(document=d) for d in (film, other)]) == (
+        "1. Heat (1995): action, crime\n2. A page of notes.")
+    assert lead([search_pb2.SearchResult(document=film)]) == "I suggest Heat (1995), because"
