@@ -22,7 +22,7 @@ def test_a_follow_up_begins_with_the_turn_before_as_the_engine_read_it():
     assert second[len(first) - 1] == {"role": "assistant", "content": answer}
     assert answer.startswith(first[-1]["content"])
     assert second[-2] == {"role": "user", "content": asked("And for children?", catalog(second_hits))}
-    assert "1. Babe (1995)" in second[-2]["content"] and "Heat" not in second[-2]["content"]
+    assert "\nBabe (1995): drama\n" in second[-2]["content"] and "Heat" not in second[-2]["content"]
 
 
 def test_every_conversation_begins_with_the_same_system_message():
@@ -41,5 +41,5 @@ def test_a_catalog_entry_is_its_title_year_and_genres_in_few_words():
                                metadata={"year": "1995", "genre:Crime": "1", "genre:Action": "1"})
     other = search_pb2.Document(title="Notes", text="A page of notes.")
     assert catalog([search_pb2.SearchResult(document=d) for d in (film, other)]) == (
-        "1. Heat (1995): action, crime\n2. A page of notes.")
+        "Heat (1995): action, crime\nA page of notes.")
     assert lead([search_pb2.SearchResult(document=film)]) == "I suggest Heat (1995), because"
