@@ -34,6 +34,7 @@ def config(topo: Topology, service: Service, instance: Instance, state_dir: Path
         descriptor_set=str(DESCRIPTOR_SET), jwks_port=service.jwks_port,
         audience=g.audience, issuer=g.issuer, jwks_cache_s=g.jwks_cache_s, demo=demo,
         generations_per_user=service.generations_per_user, temperature=service.temperature,
+        full_length=service.full_length,
         retention=topo.retention.to_json(),
         ops_targets=live.targets(topo).to_json() if service.name == OPS else "",
         trace_sampling=topo.observability.trace_sampling,

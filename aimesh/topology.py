@@ -56,6 +56,7 @@ class Service:
     jwks_port: int = 0
     generations_per_user: int = 0         # chat: a user's answers generating at once (0: no cap)
     temperature: float = 0.7              # chat: sampling temperature of answers
+    full_length: bool = False             # chat: answers run to max_tokens (benchmarks of decoding)
     publishes: tuple[str, ...] = ()       # NATS subjects only this service publishes
     consumes: tuple[str, ...] = ()        # JetStream streams it reads with durable consumers
     saga: dict[str, str] = field(default_factory=dict)   # content: step_timeout, retries, deadline, lease
@@ -343,6 +344,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
             jwks_port=port(s["jwks_port"]) if s.get("jwks_port") else 0,
             generations_per_user=int(s.get("generations_per_user", 0)),
             temperature=float(s.get("temperature", 0.7)),
+            full_length=bool(s.get("full_length", False)),
             publishes=tuple(s.get("events", {}).get("publishes", ())),
             consumes=tuple(s.get("events", {}).get("consumes", ())),
             saga={k: str(v) for k, v in (s.get("saga") or {}).items()},

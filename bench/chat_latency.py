@@ -13,14 +13,16 @@ Two kinds of rows. A burst: `chats` questions sent at once, timed until the last
 first-token figures of many people asking together; as answers are one paragraph of 10 to 110
 tokens, its last seconds have fewer chats decoding). Sustained: `chats` users each asking their next
 question as soon as their answer ends, for SUSTAINED_S seconds (the aggregate tokens/s while that
-many chat at once). And the engine's batching alone: in-process, every answer run to its full
-MAX_TOKENS (no paragraph stop, the end-of-text token ignored), so 1 and 8 chats decode alike. The gateway side
+many chat at once). And full-length answers, the 128 tokens a chat the targets are set for: every answer run to
+its full MAX_TOKENS (no paragraph stop, the end-of-text token ignored), so 1 and 8 chats decode
+alike; the gateway side of these rows runs on a second mesh whose chat-svc asks chat_lm for full
+answers (bench/chat_full_length.yaml), alternated with the same in-process. The gateway side
 also prints the CPU each token cost per process: outside Triton (chat-svc, Envoy) it is what
 carrying the pieces costs, taken from the cores the engine decodes on (the client is this process,
-which also holds the in-process engine, so it is left out). Prints figures and
-asserts none. Runs its own mesh (bench/topology.yaml: no rate limit or per-user cap reached; each
-chat is its own user anyway) in /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and always
-brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
+which also holds the in-process engine, so it is left out). Prints figures and asserts none.
+Runs its own mesh (bench/topology.yaml: no rate limit or per-user cap reached; each chat is its own
+user anyway), then the full-length one, in /tmp/aimesh-bench-state on AIMESH_PORT_OFFSET=2000, and
+always brings it down. Run it as bin/aimesh runs the CLI (bench/README.md):
 
   bin/aimesh bench chat_latency
 """
@@ -63,6 +65,7 @@ PATH = ("chat", "envoy", "triton")    # CPU a token: what carries the pieces, an
 # the system prompt is every chat's), so a question asked again would be answered from its
 # whole cached prompt, far sooner than a new one. Films of the demo catalog, a fixed sample.
 WARM_UP = max(LEVELS)
+FULL_LENGTH_TOPOLOGY = paths.ROOT / "bench" / "chat_full_length.yaml"
 # by the in-process engine: bursts, full-length rows, and sustained rows (one chat's answer takes
 # at least ~0.3 s, so far fewer are asked than this bound)
 ASKED = (WARM_UP + ROUNDS * sum(LEVELS) + ROUNDS * (1 + max(LEVELS))
@@ -183,49 +186,66 @@ def prompts(channel, token: str) -> list[tuple[list[dict], str]]:
 
 def main() -> int:
     mesh = MeshUnderTest.for_bench()
-    gateway = f"127.0.0.1:{mesh.topo.gateway.edge_port}"
     settings = engine_settings()
     temperature = mesh.topo.services["chat"].temperature     # as chat-svc samples
     print(f"aimesh chat latency: {machine()}\nchat_lm: {settings}; max_tokens {MAX_TOKENS}, "
           f"temperature {temperature}; flush_ms {parameters().get('flush_ms', 0)}; levels {LEVELS}, "
           f"{ROUNDS} rounds each per side\n")
-    shutil.rmtree(mesh.state, ignore_errors=True)
-    try:
-        print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s")
-        started = time.perf_counter()
-        engine = generation.Engine(models.output("chat_lm") / chat_lm.WEIGHTS, settings)
-        print(f"in-process engine loaded in {time.perf_counter() - started:.1f} s")
-        tokens = accounts(gateway, max(LEVELS))
-        with grpc.insecure_channel(gateway) as channel:
-            built = prompts(channel, tokens[0])
-            local_asked = itertools.count()
-            mesh_work = via_gateway(channel, tokens)
-            local_work = in_process(engine, built, temperature, local_asked)
-            # first-call costs untimed: every slot once, as on a server that has been serving
-            together(mesh_work, WARM_UP), together(local_work, WARM_UP)
-            runs = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
-            cpu: dict[int, list[dict[str, float]]] = {level: [] for level in LEVELS}
-            meter = CpuMeter(mesh)
-            for _ in range(ROUNDS):
-                for level in LEVELS:
-                    meter.start()
-                    runs["gateway", level].append(together(mesh_work, level))
-                    cpu[level].append(meter.per_request_ms(sum(s.tokens for s in runs["gateway", level][-1][0])))
-                    runs["in-process", level].append(together(local_work, level))
-            steady = {(side, level): [] for side in ("gateway", "in-process") for level in (1, max(LEVELS))}
-            for _ in range(ROUNDS):
-                for level in (1, max(LEVELS)):
-                    steady["gateway", level].append(sustained(mesh_work, level))
-                    steady["in-process", level].append(sustained(local_work, level))
-            # The engine's batching alone: every answer its full MAX_TOKENS
-            full = in_process(engine, built, temperature, local_asked, stop=[], full_length=True)
-            capacity = {level: [together(full, level) for _ in range(ROUNDS)] for level in (1, max(LEVELS))}
-    finally:
-        clean = mesh.down_and_report()
-    table = {key: figures(value) for key, value in runs.items()}
-    for title, rows, levels in ((f"bursts (the chats sent at once, {ROUNDS} rounds)", table, LEVELS),
-                                (f"sustained ({ROUNDS} rounds of {SUSTAINED_S} s)",
-                                 {key: figures(value) for key, value in steady.items()}, (1, max(LEVELS)))):
+    started = time.perf_counter()
+    engine = generation.Engine(models.output("chat_lm") / chat_lm.WEIGHTS, settings)
+    print(f"in-process engine loaded in {time.perf_counter() - started:.1f} s")
+    local_asked = itertools.count()
+    built: list[tuple[list[dict], str]] = []
+    runs = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
+    steady = {(side, level): [] for side in ("gateway", "in-process") for level in (1, max(LEVELS))}
+    full = {(side, level): [] for side in ("gateway", "in-process") for level in (1, max(LEVELS))}
+    cpu: dict[int, list[dict[str, float]]] = {level: [] for level in LEVELS}
+
+    def one_paragraph(channel, tokens: list[str]) -> None:
+        built.extend(prompts(channel, tokens[0]))
+        mesh_work = via_gateway(channel, tokens)
+        local_work = in_process(engine, built, temperature, local_asked)
+        # first-call costs untimed: every slot once, as on a server that has been serving
+        together(mesh_work, WARM_UP), together(local_work, WARM_UP)
+        meter = CpuMeter(mesh)
+        for _ in range(ROUNDS):
+            for level in LEVELS:
+                meter.start()
+                runs["gateway", level].append(together(mesh_work, level))
+                cpu[level].append(meter.per_request_ms(sum(s.tokens for s in runs["gateway", level][-1][0])))
+                runs["in-process", level].append(together(local_work, level))
+        for _ in range(ROUNDS):
+            for level in (1, max(LEVELS)):
+                steady["gateway", level].append(sustained(mesh_work, level))
+                steady["in-process", level].append(sustained(local_work, level))
+
+    def full_length(channel, tokens: list[str]) -> None:
+        mesh_work = via_gateway(channel, tokens)
+        local_work = in_process(engine, built, temperature, local_asked, stop=[], full_length=True)
+        together(mesh_work, WARM_UP)
+        for _ in range(ROUNDS):
+            for level in (1, max(LEVELS)):
+                full["gateway", level].append(together(mesh_work, level))
+                full["in-process", level].append(together(local_work, level))
+
+    clean = True
+    for topology_file, rows in ((None, one_paragraph), (FULL_LENGTH_TOPOLOGY, full_length)):
+        if topology_file is not None:
+            mesh = MeshUnderTest.for_bench(topology_file=topology_file)
+        shutil.rmtree(mesh.state, ignore_errors=True)
+        try:
+            print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s ({mesh.env['AIMESH_TOPOLOGY']})")
+            tokens = accounts(mesh.gateway, max(LEVELS))
+            with grpc.insecure_channel(mesh.gateway) as channel:
+                rows(channel, tokens)
+        finally:
+            clean = mesh.down_and_report() and clean
+    for title, table, levels in (
+            (f"bursts (the chats sent at once, {ROUNDS} rounds)", runs, LEVELS),
+            (f"sustained ({ROUNDS} rounds of {SUSTAINED_S} s)", steady, (1, max(LEVELS))),
+            (f"{MAX_TOKENS} tokens every answer (bursts, {ROUNDS} rounds; the gateway side on "
+             f"{FULL_LENGTH_TOPOLOGY.name})", full, (1, max(LEVELS)))):
+        rows = {key: figures(value) for key, value in table.items()}
         print(f"\n{title}\n{'side':<11} {'chats':>5} {'first p50 ms':>13} {'first p95 ms':>13} "
               f"{'tok/s':>7} {'x one chat':>10} {'tokens a chat':>14} {'answers':>8}")
         for (side, level), row in rows.items():
@@ -234,10 +254,6 @@ def main() -> int:
         print("gateway / in-process, aggregate tokens/s (target >= 90%): " + ", ".join(
             f"{level} chats {rows['gateway', level]['rate'] / rows['in-process', level]['rate']:.0%}"
             for level in levels))
-    alone, most = figures(capacity[1]), figures(capacity[max(LEVELS)])
-    print(f"\nthe engine in-process, {MAX_TOKENS} tokens every answer (bursts): 1 chat "
-          f"{alone['rate']:.1f} tok/s, {max(LEVELS)} chats {most['rate']:.1f} tok/s "
-          f"({most['rate'] / alone['rate']:.2f}x; target >= 1.3x), first p95 {most['p95']:.0f} ms")
     print("\nCPU ms a token on the gateway side (median of the rounds; triton includes the engine):")
     for level in LEVELS:
         print(f"  {level} chats: " + ", ".join(

@@ -101,8 +101,10 @@ def cited(hits: list[search_pb2.SearchResult]) -> dict[str, list[str]]:
 
 
 class ChatModel:
-    def __init__(self, triton: Triton, temperature: float):
-        self.triton, self.temperature = triton, temperature
+    def __init__(self, triton: Triton, temperature: float, full_length: bool = False):
+        """full_length: every answer runs to its max_tokens, past the paragraph's end and the
+        end-of-text token (a benchmark of decoding, bench/chat_latency.py, sets it)."""
+        self.triton, self.temperature, self.full_length = triton, temperature, full_length
 
     async def generate(self, prompt: list[dict], max_tokens: int, deadline_s: float,
                        hits: list[search_pb2.SearchResult], span: trace.Span | None = None,
@@ -113,8 +115,11 @@ class ChatModel:
         inputs = {"MESSAGES": np.array([json.dumps(prompt).encode()], dtype=np.object_),
                   "MAX_TOKENS": np.array([max_tokens], dtype=np.int32),
                   "TEMPERATURE": np.array([self.temperature], dtype=np.float32),
-                  "STOP": np.array([json.dumps(ONE_PARAGRAPH).encode()], dtype=np.object_),
                   "CITED": np.array([json.dumps(cited(hits)).encode()], dtype=np.object_)}
+        if self.full_length:
+            inputs["FULL_LENGTH"] = np.array([True])
+        else:
+            inputs["STOP"] = np.array([json.dumps(ONE_PARAGRAPH).encode()], dtype=np.object_)
         stream = self.triton.stream(MODEL, inputs, last_output="FINISH_REASON", timeout_s=deadline_s, under=span)
         async with contextlib.aclosing(stream):   # closing this closes the Triton call at once
             try:

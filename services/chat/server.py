@@ -236,7 +236,7 @@ async def setup(app: kit.App) -> list[kit.Binding]:
     app.prune(pool, "conversations", delete=PRUNE, count=COUNT)
     conversations = ConversationStore(pool)
     search = search_pb2_grpc.SearchServiceStub(app.channel(app.config.mesh_address, timeout_s=3))
-    model = ChatModel(app.triton(), app.config.temperature)
+    model = ChatModel(app.triton(), app.config.temperature, app.config.full_length)
     audit = Audit(app.outbox(pool, await app.events()), "chat")
     in_progress = AnswersInProgress(app.config.generations_per_user)
     return [kit.Binding(chat_pb2_grpc.add_ChatServiceServicer_to_server,

@@ -36,6 +36,7 @@ class Config:
     issuer: str = "aimesh-user"
     generations_per_user: int = 0     # chat: a user's answers generating at once (0: no cap)
     temperature: float = 0.7          # chat: sampling temperature of answers (0: greedy, repeatable)
+    full_length: bool = False         # chat: answers run to max_tokens, not one paragraph (benchmarks)
     retention: str = ""               # the topology's retention block, as JSON (kit.retention)
     trace_sampling: float = 1.0       # share of the traces this process starts that are sampled
     ops_targets: str = ""             # ops: where the overview reads (services/ops/overview.Targets, JSON)

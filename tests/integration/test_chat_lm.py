@@ -85,7 +85,7 @@ def string_input(name: str, text: str) -> grpcclient.InferInput:
 
 
 def ask(client, messages, max_tokens: int, temperature: float = 0.7, stop=None,
-        messages_json: str | None = None, cited_json: str | None = None) -> None:
+        messages_json: str | None = None, cited_json: str | None = None, full_length: bool = False) -> None:
     max_tokens_input = grpcclient.InferInput("MAX_TOKENS", [1], "INT32")
     max_tokens_input.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
     temperature_input = grpcclient.InferInput("TEMPERATURE", [1], "FP32")
@@ -96,6 +96,10 @@ def ask(client, messages, max_tokens: int, temperature: float = 0.7, stop=None,
         inputs.append(string_input("STOP", json.dumps(stop)))
     if cited_json is not None:
         inputs.append(string_input("CITED", cited_json))
+    if full_length:
+        full_length_input = grpcclient.InferInput("FULL_LENGTH", [1], "BOOL")
+        full_length_input.set_data_from_numpy(np.array([True]))
+        inputs.append(full_length_input)
     client.async_stream_infer(MODEL, inputs)
 
 
@@ -191,6 +195,19 @@ def test_stop_sequence_ends_the_answer_before_it(stream):
     deltas, finish_reason = answer(responses)
     assert finish_reason == "stop"
     assert " " not in "".join(deltas).strip()
+
+
+def test_a_full_length_answer_runs_past_its_end_to_max_tokens(stream):
+    """FULL_LENGTH (what bench/chat_latency.py's full-length rows ask for): the end-of-text token
+    does not end the answer."""
+    client, responses = stream
+    asked = [{"role": "user", "content": "Answer with one word: is the sky blue?"}]
+    ask(client, asked, max_tokens=32, temperature=0)
+    _, finish_reason, _, made, _ = usage(responses)
+    assert finish_reason == "stop" and made < 32
+    ask(client, asked, max_tokens=32, temperature=0, full_length=True)
+    _, finish_reason, _, made, _ = usage(responses)
+    assert finish_reason == "length" and made == 32
 
 
 def test_cancel_stops_the_generation(mesh, stream):

@@ -109,7 +109,8 @@ def parse(request, context_tokens: int) -> dict:
             raise BadRequest('CITED must be JSON {"titles": [...], "years": [...]} of non-empty strings')
         grammar = generation.cited_only(cited["titles"], cited["years"])
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "max_tokens": max_tokens, "temperature": temperature, "stop": stop, "grammar": grammar}
+            "max_tokens": max_tokens, "temperature": temperature, "stop": stop, "grammar": grammar,
+            "full_length": bool(_scalar(request, "FULL_LENGTH"))}
 
 
 def error(message: str) -> pb_utils.InferenceResponse:
