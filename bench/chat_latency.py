@@ -68,7 +68,7 @@ WARM_UP = max(LEVELS)
 FULL_LENGTH_TOPOLOGY = paths.ROOT / "bench" / "chat_full_length.yaml"
 # by the in-process engine: bursts, full-length rows, and sustained rows (one chat's answer takes
 # at least ~0.3 s, so far fewer are asked than this bound)
-ASKED = (WARM_UP + ROUNDS * sum(LEVELS) + ROUNDS * (1 + max(LEVELS))
+ASKED = (WARM_UP + 2 * ROUNDS * sum(LEVELS)
          + ROUNDS * (1 + max(LEVELS)) * round(SUSTAINED_S / 0.3))
 QUESTIONS = [f"Tell me about {movie.title}." for movie in
              random.Random(20261204).sample(movielens.movies(), ASKED)]
@@ -198,7 +198,7 @@ def main() -> int:
     built: list[tuple[list[dict], str]] = []
     runs = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
     steady = {(side, level): [] for side in ("gateway", "in-process") for level in (1, max(LEVELS))}
-    full = {(side, level): [] for side in ("gateway", "in-process") for level in (1, max(LEVELS))}
+    full = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
     cpu: dict[int, list[dict[str, float]]] = {level: [] for level in LEVELS}
 
     def one_paragraph(channel, tokens: list[str]) -> None:
@@ -224,7 +224,7 @@ def main() -> int:
         local_work = in_process(engine, built, temperature, local_asked, stop=[], full_length=True)
         together(mesh_work, WARM_UP)
         for _ in range(ROUNDS):
-            for level in (1, max(LEVELS)):
+            for level in LEVELS:
                 full["gateway", level].append(together(mesh_work, level))
                 full["in-process", level].append(together(local_work, level))
 
@@ -244,7 +244,7 @@ def main() -> int:
             (f"bursts (the chats sent at once, {ROUNDS} rounds)", runs, LEVELS),
             (f"sustained ({ROUNDS} rounds of {SUSTAINED_S} s)", steady, (1, max(LEVELS))),
             (f"{MAX_TOKENS} tokens every answer (bursts, {ROUNDS} rounds; the gateway side on "
-             f"{FULL_LENGTH_TOPOLOGY.name})", full, (1, max(LEVELS)))):
+             f"{FULL_LENGTH_TOPOLOGY.name})", full, LEVELS)):
         rows = {key: figures(value) for key, value in table.items()}
         print(f"\n{title}\n{'side':<11} {'chats':>5} {'first p50 ms':>13} {'first p95 ms':>13} "
               f"{'tok/s':>7} {'x one chat':>10} {'tokens a chat':>14} {'answers':>8}")
