@@ -13,10 +13,10 @@ Two kinds of rows. A burst: `chats` questions sent at once, timed until the last
 first-token figures of many people asking together; as answers are one paragraph of 10 to 110
 tokens, its last seconds have fewer chats decoding). Sustained: `chats` users each asking their next
 question as soon as their answer ends, for SUSTAINED_S seconds (the aggregate tokens/s while that
-many chat at once). And full-length answers, the 128 tokens a chat the targets are set for: every answer run to
-its full MAX_TOKENS (no paragraph stop, the end-of-text token ignored), so 1 and 8 chats decode
-alike; the gateway side of these rows runs on a second mesh whose chat-svc asks chat_lm for full
-answers (bench/chat_full_length.yaml), alternated with the same in-process. The gateway side
+many chat at once). And full-length answers, the 128 tokens a chat the targets are set for: every
+answer runs to MAX_TOKENS (no paragraph stop, the end-of-text token ignored), so 1 and 8 chats
+decode alike; the gateway side of these rows runs on a second mesh whose chat-svc asks chat_lm for
+full answers (bench/chat_full_length.yaml), alternated with the same in-process. The gateway side
 also prints the CPU each token cost per process: outside Triton (chat-svc, Envoy) it is what
 carrying the pieces costs, taken from the cores the engine decodes on (the client is this process,
 which also holds the in-process engine, so it is left out). Prints figures and asserts none.
@@ -204,7 +204,7 @@ def main() -> int:
     full = {(side, level): [] for side in ("gateway", "in-process") for level in LEVELS}
     cpu: dict[int, list[dict[str, float]]] = {level: [] for level in LEVELS}
 
-    def one_paragraph(channel, tokens: list[str]) -> None:
+    def one_paragraph(mesh: MeshUnderTest, channel, tokens: list[str]) -> None:
         built.extend(prompts(channel, tokens[0]))
         mesh_work = via_gateway(channel, tokens)
         local_work = in_process(engine, built, temperature, local_asked)
@@ -222,7 +222,7 @@ def main() -> int:
                 steady["gateway", level].append(sustained(mesh_work, level))
                 steady["in-process", level].append(sustained(local_work, level))
 
-    def full_length(channel, tokens: list[str]) -> None:
+    def full_length(mesh: MeshUnderTest, channel, tokens: list[str]) -> None:
         mesh_work = via_gateway(channel, tokens)
         local_work = in_process(engine, built, temperature, local_asked, stop=[], full_length=True)
         together(mesh_work, WARM_UP)
@@ -232,17 +232,17 @@ def main() -> int:
                 full["in-process", level].append(together(local_work, level))
 
     clean = True
-    for topology_file, rows in ((None, one_paragraph), (FULL_LENGTH_TOPOLOGY, full_length)):
-        if topology_file is not None:
-            mesh = MeshUnderTest.for_bench(topology_file=topology_file)
-        shutil.rmtree(mesh.state, ignore_errors=True)
+    # the second mesh: the first's state dir and ports, chat-svc asking for full answers
+    full_mesh = MeshUnderTest(mesh.state, int(mesh.env["AIMESH_PORT_OFFSET"]), FULL_LENGTH_TOPOLOGY)
+    for each, rows in ((mesh, one_paragraph), (full_mesh, full_length)):
+        shutil.rmtree(each.state, ignore_errors=True)
         try:
-            print(f"mesh up with demo data in {mesh.up(demo_data=True):.1f} s ({mesh.env['AIMESH_TOPOLOGY']})")
-            tokens = accounts(mesh.gateway, max(LEVELS))
-            with grpc.insecure_channel(mesh.gateway) as channel:
-                rows(channel, tokens)
+            print(f"mesh up with demo data in {each.up(demo_data=True):.1f} s ({each.env['AIMESH_TOPOLOGY']})")
+            tokens = accounts(each.gateway, max(LEVELS))
+            with grpc.insecure_channel(each.gateway) as channel:
+                rows(each, channel, tokens)
         finally:
-            clean = mesh.down_and_report() and clean
+            clean = each.down_and_report() and clean
     for title, table, levels in (
             (f"bursts (the chats sent at once, {ROUNDS} rounds)", runs, LEVELS),
             (f"sustained ({ROUNDS} rounds of {SUSTAINED_S} s)", steady, (1, max(LEVELS))),
