@@ -53,8 +53,9 @@ class Mesh:
                                 seen.trace_storage_bytes)
 
     def model_server(self) -> Component:
+        seen = self.topo.observability
         return triton.component(self.topo.infra, self.state_dir,
-                                trace_sampling=self.topo.observability.trace_sampling)
+                                trace_level=traces.triton_level(seen.trace_sampling, seen.triton_spans))
 
     def renewer(self) -> Component:
         """Renews every workload's certificate while the mesh runs (aimesh/certs.py)."""
@@ -154,9 +155,9 @@ class Mesh:
         """Stop in reverse dependency order: the gateway first, the stores last."""
         order = ["prometheus", "envoy", *[i.name for _, i in reversed(list(self.topo.instances()))],
                  "triton", "nats", "postgres", "phoenix", "certs"]
-        running = self.supervisor.running()
-        for name in [*order, *[n for n in running if n not in order]]:
-            if name in running:
+        started = self.supervisor.started()     # a crashed one too: what it left behind
+        for name in [*order, *[n for n in started if n not in order]]:
+            if name in started:
                 self.supervisor.stop(name)
                 on_progress(f"  stopped {name}")
 

@@ -51,17 +51,26 @@ class Supervisor:
     def _stop_path(self, name: str) -> Path:
         return self.run_dir / f"{name}.stop_s"
 
-    def pid(self, name: str) -> int | None:
-        """The pid of a running component, or None."""
+    def _recorded(self, name: str) -> int | None:
+        """The pid the component started with (its process group's id), running or not."""
         try:
-            pid = int(self._pid_path(name).read_text())
+            return int(self._pid_path(name).read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a running component, or None."""
+        pid = self._recorded(name)
+        return pid if pid is not None and _alive(pid) else None
 
     def running(self) -> dict[str, int]:
         return {p.stem: pid for p in sorted(self.run_dir.glob("*.pid"))
                 if (pid := self.pid(p.stem)) is not None}
+
+    def started(self) -> list[str]:
+        """Every component started and not stopped since: running, or ended on its own (a crash),
+        perhaps leaving processes of its group behind."""
+        return [p.stem for p in sorted(self.run_dir.glob("*.pid"))]
 
     def wait_healthy(self, components: list[Component]) -> None:
         """Poll each component's health check until all pass; fail on the first that exits or
@@ -84,8 +93,11 @@ class Supervisor:
 
     def stop(self, name: str, timeout_s: float | None = None) -> None:
         """SIGTERM the component's process group, wait (its Component.stop_timeout_s, or
-        `timeout_s`), then SIGKILL what is left."""
-        pid = self.pid(name)
+        `timeout_s`), then SIGKILL what is left. Also when the component ended on its own: what
+        it started may outlive it in its group (Triton's python stubs after Triton crashed)."""
+        pid = self._recorded(name)
+        if pid is not None and not (_alive(pid) or _group_alive(pid)):
+            pid = None
         if timeout_s is None:
             try:
                 timeout_s = float(self._stop_path(name).read_text())
@@ -104,7 +116,7 @@ class Supervisor:
 
     def kill(self, name: str) -> None:
         """SIGKILL the component's process group at once, as a crash would, and wait for it."""
-        if (pid := self.pid(name)) is not None:
+        if (pid := self._recorded(name)) is not None and (_alive(pid) or _group_alive(pid)):
             _signal_group(pid, signal.SIGKILL)
             while _alive(pid) or _group_alive(pid):
                 time.sleep(0.05)

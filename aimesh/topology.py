@@ -187,6 +187,7 @@ class Observability:
     alert_for_s: float = 60.0
     retention_bytes: int = 256 << 20
     trace_sampling: float = 1.0       # share of requests traced (decided at the edge)
+    triton_spans: bool = False        # Triton's own spans (aimesh.traces.triton_level)
     trace_retention_s: float = 7 * 86400
     trace_storage_bytes: int = 1 << 30
 
@@ -356,6 +357,7 @@ def load(path: Path | None = None, port_offset: int | None = None) -> Topology:
         evaluation_interval_s=seconds(seen.get("evaluation_interval", "15s")),
         alert_for_s=seconds(seen.get("alert_for", "1m")), retention_bytes=size(seen.get("retention", "256MiB")),
         trace_sampling=_sampling(seen.get("trace_sampling", "100%")),
+        triton_spans=bool(seen.get("triton_spans", False)),
         trace_retention_s=seconds(seen.get("trace_retention", "7d")),
         trace_storage_bytes=size(seen.get("trace_storage", "1GiB")))
     return Topology(gateway=gateway, infra=infra, services=services, observability=observability,

@@ -193,7 +193,7 @@ def admin_headers(state_dir: Path) -> dict[str, str]:
 TRACE_RATE = 2**31 - 1
 
 
-def trace_flags(url: str, level: str = "TIMESTAMPS") -> list[str]:
+def trace_flags(url: str, level: str) -> list[str]:
     """Triton traces the requests that carry a trace context at `level` (OFF or TIMESTAMPS,
     changeable live through its trace API) and sends the spans (the request, each model, the
     compute: under the caller's client span) as OTLP/HTTP JSON to `url`."""
@@ -203,11 +203,12 @@ def trace_flags(url: str, level: str = "TIMESTAMPS") -> list[str]:
             "--trace-config=opentelemetry,bsp_schedule_delay=500"]
 
 
-def tracing(infra: Infra, state_dir: Path, sampling: float) -> list[str]:
-    """Into the mesh's Phoenix, while it runs (as the services: a Triton started before it does not)."""
+def tracing(infra: Infra, state_dir: Path, level: str) -> list[str]:
+    """Into the mesh's Phoenix, while it runs (as the services: a Triton started before it does
+    not), at `level` (aimesh.traces.triton_level), which the trace API changes live."""
     if not traces.running(state_dir):
         return []
-    return trace_flags(traces.json_endpoint(infra), traces.triton_level(sampling))
+    return trace_flags(traces.json_endpoint(infra), level)
 
 
 def assembled(work_dir: Path, models: tuple[str, ...], state_dir: Path) -> Path:
@@ -217,7 +218,7 @@ def assembled(work_dir: Path, models: tuple[str, ...], state_dir: Path) -> Path:
 
 
 def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
-              repository: Path | None = None, trace_sampling: float = 1.0) -> Component:
+              repository: Path | None = None, trace_level: str = "OFF") -> Component:
     """Triton serving `models` from the project's repository (assembled here), or from
     `repository`, one already put together (a benchmark's own)."""
     server = server_dir()
@@ -247,7 +248,7 @@ def component(infra: Infra, state_dir: Path, models: tuple[str, ...] = MODELS,
         # Triton takes the key on its command line: local users see it in the process list.
         f"--http-restricted-api={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
         f"--grpc-restricted-protocol={ADMIN_APIS}:{ADMIN_HEADER}={admin_key(state_dir)}",
-        *tracing(infra, state_dir, trace_sampling),
+        *tracing(infra, state_dir, trace_level),
     ]
     return Component(
         name="triton", argv=argv, env=env(), cwd=work_dir,

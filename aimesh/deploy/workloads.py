@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.ops.overview import Targets
 
-from .. import envoy, infra, live, services, triton
+from .. import envoy, infra, live, services, traces, triton
 from ..infra import DATABASE
 from ..services import OPS
 from ..topology import Instance, Service, Topology
@@ -252,7 +252,9 @@ def triton_args(topo: Topology, otlp_http: str = "") -> list[str]:
             *(f"--load-model={m}" for m in triton.folders(image=True)), "--exit-on-error=true",
             f"--http-port={i.triton_http_port}", f"--grpc-port={i.triton_grpc_port}",
             f"--metrics-port={i.triton_metrics_port}", "--exit-timeout-secs=10",
-            *(triton.trace_flags(otlp_http) if otlp_http else [])]
+            *(triton.trace_flags(otlp_http, traces.triton_level(topo.observability.trace_sampling,
+                                                               topo.observability.triton_spans))
+              if otlp_http else [])]
 
 
 def postgres_init(topo: Topology) -> str:

@@ -80,21 +80,30 @@ def component(infra: Infra, state_dir: Path, retention_s: float = 7 * 86400,
         healthy=lambda: http_ok(f"{ui(infra)}/healthz"), start_timeout_s=90)
 
 
-def triton_level(sampling: float) -> str:
-    """Triton traces every call that carries a trace context, sampled or not (it cannot tell), so
-    it traces only while every request is: at a lower share its spans would be orphans."""
-    return "TIMESTAMPS" if sampling >= 1.0 else "OFF"
+def triton_level(sampling: float, own_spans: bool) -> str:
+    """Triton's own spans (the request, each model, the compute) only when asked for
+    (`observability.triton_spans`): Triton 2.51, the pip wheel's, frees a traced request's lock
+    while holding it and crashes (SIGSEGV) after some thousands of traced calls under load
+    (triton-inference-server/server#7795, fixed upstream by #8144 in a later release; measured
+    here: docs/status.md). Without them a trace still shows each model call as the service's
+    client span and the east-west hop. And Triton traces every call that carries a trace context,
+    sampled or not (it cannot tell), so it traces only while every request is: at a lower share
+    its spans would be orphans."""
+    return "TIMESTAMPS" if own_spans and sampling >= 1.0 else "OFF"
 
 
-def sample(topo: Topology, state_dir: Path, sampling: float) -> None:
+def sample(topo: Topology, state_dir: Path, sampling: float, triton_spans: bool | None = None) -> None:
     """Set the share of requests traced, live: the edge's decision (Envoy's runtime key, which the
-    services follow) and Triton's tracing with it."""
+    services follow) and Triton's tracing with it (its own spans as `triton_spans` says, else as
+    the topology does)."""
     from .. import triton
+    own_spans = topo.observability.triton_spans if triton_spans is None else triton_spans
     admin = f"http://127.0.0.1:{topo.gateway.admin_port}/runtime_modify?tracing.random_sampling={sampling * 100:g}"
     urllib.request.urlopen(urllib.request.Request(admin, method="POST"), timeout=5).read()
     setting = urllib.request.Request(
         f"http://127.0.0.1:{topo.infra.triton_http_port}/v2/trace/setting", method="POST",
-        data=json.dumps({"trace_level": [triton_level(sampling)], "trace_rate": str(triton.TRACE_RATE)}).encode(),
+        data=json.dumps({"trace_level": [triton_level(sampling, own_spans)],
+                         "trace_rate": str(triton.TRACE_RATE)}).encode(),
         headers=triton.admin_headers(state_dir))
     try:
         urllib.request.urlopen(setting, timeout=5).read()

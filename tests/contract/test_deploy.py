@@ -376,3 +376,17 @@ def test_cert_manager_issues_every_workload_its_spiffe_id(topo):
     policy = _find(documents, "NetworkPolicy", "triton")
     assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
         "app.kubernetes.io/name": "envoy"}}}]
+
+
+def test_tritons_own_spans_only_when_the_topology_asks(topo, compose):
+    """Triton 2.51 crashes under sustained traced load (aimesh.traces.triton_level): the compose
+    Triton sends to Jaeger but traces nothing of its own unless observability.triton_spans says."""
+    from aimesh.deploy.workloads import triton_args
+
+    def level(args: list[str]) -> str:
+        return next(a.split("level=", 1)[1] for a in args if a.startswith("--trace-config=level="))
+    assert level(compose["services"]["triton"]["command"]) == "OFF"
+    asked = dataclasses.replace(topo, observability=dataclasses.replace(topo.observability, triton_spans=True))
+    assert level(triton_args(asked, otlp_http="http://jaeger:4318/v1/traces")) == "TIMESTAMPS"
+    sampled = dataclasses.replace(asked, observability=dataclasses.replace(asked.observability, trace_sampling=0.5))
+    assert level(triton_args(sampled, otlp_http="http://jaeger:4318/v1/traces")) == "OFF"

@@ -1,8 +1,9 @@
 """Trace-based tests: every RPC the gateway routes, called through the edge with a trace id of
 the test's own, then its span graph read back from the real trace backend (Phoenix, `up
 --traces`): Envoy's edge span, under it the service's server span with the status the client got,
-and the spans of what the call does downstream — Triton's own among them — each hanging under the
-edge's through parents that all arrived. Adding an RPC adds one row."""
+and the spans of what the call does downstream — Triton's own among them, which this module turns
+on (observability.triton_spans is off by default) — each hanging under the edge's through parents
+that all arrived. Adding an RPC adds one row."""
 from __future__ import annotations
 
 import json
@@ -131,6 +132,14 @@ def call(mesh, row: Row, token: str, trace_id: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tritons_own_spans(mesh):
+    """Triton's own spans, off by default (aimesh.traces.triton_level), on while this module runs."""
+    traces.sample(mesh.topo, mesh.state, 1.0, triton_spans=True)
+    yield
+    traces.sample(mesh.topo, mesh.state, mesh.topo.observability.trace_sampling)
+
+
 @pytest.fixture(scope="module")
 def traced_calls(mesh, bob, admin):
     """Every row called once: path -> (trace id, the client's status)."""
@@ -240,7 +249,7 @@ def test_one_traces_log_lines_come_from_every_component_it_crossed(mesh, traced_
 
 def test_sampling_set_live_sets_tritons_tracing_with_the_edges(mesh):
     """Triton traces every call carrying a context, sampled or not, so it traces only while every
-    request is (aimesh.traces.sample)."""
+    request is, and then only when its own spans are asked for (aimesh.traces.sample)."""
     def levels() -> tuple[str, list[str]]:
         with urllib.request.urlopen(f"http://127.0.0.1:{mesh.topo.gateway.admin_port}/runtime", timeout=5) as got:
             edge = json.loads(got.read())["entries"]["tracing.random_sampling"]["final_value"]
@@ -249,8 +258,10 @@ def test_sampling_set_live_sets_tritons_tracing_with_the_edges(mesh):
         with urllib.request.urlopen(request, timeout=5) as got:
             return edge, json.loads(got.read())["trace_level"]
     try:
-        traces.sample(mesh.topo, mesh.state, 0.1)
+        traces.sample(mesh.topo, mesh.state, 0.1, triton_spans=True)
         assert levels() == ("10", ["OFF"])
+        traces.sample(mesh.topo, mesh.state, 1.0)     # as the topology says: not Triton's own
+        assert levels() == ("100", ["OFF"])
     finally:
-        traces.sample(mesh.topo, mesh.state, 1.0)
+        traces.sample(mesh.topo, mesh.state, 1.0, triton_spans=True)
     assert levels() == ("100", ["TIMESTAMPS"])

@@ -95,3 +95,27 @@ def test_stop_waits_the_components_own_stop_timeout_then_kills(tmp_path):
     supervisor.stop("thing")
     assert time.monotonic() - started < 10          # the default would wait 15 s
     assert supervisor.running() == {}
+
+
+def test_stop_ends_what_a_crashed_component_left_running(tmp_path):
+    """A component that died (Triton's SIGSEGV) can leave its children running in its group
+    (Triton's python stubs): stop, as `down` calls it for every component started, ends them."""
+    supervisor = Supervisor(tmp_path)
+    code = ("import os, subprocess, sys; child = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); print(child.pid, flush=True); os._exit(11)")
+    pid = supervisor.start(python(code))
+    log = supervisor.log_path("thing")
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip().splitlines()[-1].isdigit() or supervisor.pid("thing") is not None:
+        assert time.monotonic() < deadline, "the component never crashed"
+        time.sleep(0.05)
+    child = int(log.read_text().strip().splitlines()[-1])
+    assert open(f"/proc/{child}/stat").read().rsplit(") ", 1)[1][0] != "Z"   # outlived its parent
+    assert supervisor.started() == ["thing"] and supervisor.running() == {}
+    supervisor.stop("thing", timeout_s=0.5)
+    assert supervisor.started() == []
+    for gone in (pid, child):
+        with pytest.raises(OSError):
+            stat = open(f"/proc/{gone}/stat").read()
+            if stat.rsplit(") ", 1)[1][0] == "Z":
+                raise OSError("zombie")
