@@ -58,7 +58,7 @@ def ui(infra: Infra) -> str:
 
 # Phoenix ingests at a lower CPU priority: here it shares the cores with the mesh it watches, and
 # requests come first; spans wait in the exporters' batches and its queue until the cores are free
-# (bench/tracing_cost.py measures both priorities).
+# (bench/tracing_cost.py measured this against normal priority and SCHED_IDLE: docs/status.md).
 NICENESS = 10
 
 
