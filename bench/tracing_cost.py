@@ -70,7 +70,7 @@ def settle(backend: psutil.Process, bound_s: float = 240) -> None:
     """Until the trace backend has taken the last row's spans: the services send theirs every
     5 s, then its CPU falls under 5% of a core for two half-second windows. Without this the
     next row ran while Phoenix ingested the previous one's spans on the same cores (a 100% row
-    is ~60 s of its CPU)."""
+    is 40-60 s of its CPU)."""
     time.sleep(5.5)
     quiet, deadline = 0, time.monotonic() + bound_s
     while quiet < 2:
