@@ -12,22 +12,19 @@ Ports shifted by AIMESH_PORT_OFFSET (default 3000).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from helpers import loadgen
+from helpers import loadgen, lone_triton
 from helpers.common import machine
 
 from aimesh import topology, triton
-from aimesh.supervisor import Supervisor
 
 MODEL = "text_embedding"
 LEVELS = ("TIMESTAMPS", "OFF")
@@ -36,31 +33,22 @@ TEXTS = [b"space adventure", b"film noir detective", b"romantic comedy in paris"
 
 
 def calls_until_it_dies(infra: topology.Infra, level: str, calls: int, sink_url: str) -> tuple[int, bool]:
-    """(calls answered, whether Triton died) at this trace level."""
-    with tempfile.TemporaryDirectory(prefix="aimesh-bench-tracing-crash-") as state:
-        supervisor = Supervisor(Path(state))
-        component = triton.component(infra, Path(state), models=(MODEL,))
-        component = dataclasses.replace(component, argv=[*component.argv, *triton.trace_flags(sink_url, level)])
-        supervisor.start(component)
-        try:
-            supervisor.wait_healthy([component])
-            with grpcclient.InferenceServerClient(f"127.0.0.1:{infra.triton_grpc_port}") as client:
-                def send(i: int, done: loadgen.Done) -> None:
-                    text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
-                    text.set_data_from_numpy(np.array([[TEXTS[i % len(TEXTS)]]], dtype=object))
-                    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-                    client.async_infer(MODEL, [text], callback=lambda result, error: done(error),
-                                       client_timeout=30, headers={"traceparent": traceparent})
-                answered = 0
-                while answered < calls:
-                    try:
-                        loadgen.run(BATCH, CONCURRENCY, send)
-                    except RuntimeError:        # calls failed: Triton died (or hung) in this batch
-                        return answered, True
-                    answered += BATCH
-                return answered, supervisor.pid("triton") is None
-        finally:
-            supervisor.stop("triton")
+    """(calls answered, whether Triton stopped answering) at this trace level."""
+    with lone_triton.serving(MODEL, infra, flags=tuple(triton.trace_flags(sink_url, level))) as client:
+        def send(i: int, done: loadgen.Done) -> None:
+            text = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+            text.set_data_from_numpy(np.array([[TEXTS[i % len(TEXTS)]]], dtype=object))
+            traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+            client.async_infer(MODEL, [text], callback=lambda result, error: done(error),
+                               client_timeout=30, headers={"traceparent": traceparent})
+        answered = 0
+        while answered < calls:
+            try:
+                loadgen.run(BATCH, CONCURRENCY, send)
+            except RuntimeError:        # calls failed: Triton died (or hung) in this batch
+                return answered, True
+            answered += BATCH
+        return answered, False
 
 
 def main() -> None:
