@@ -2,7 +2,7 @@
 
 A call made while handling a request inherits that request's remaining deadline (never more
 than the channel's default) and forwards its authorization and x-request-id, so the east-west
-listener can verify the user again and logs join up. Trace context is propagated by OpenTelemetry."""
+listener can verify the user again and logs join up; and the trace context (telemetry)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from . import telemetry
 from .tls import GATEWAY, Identity, dns_name
 
 
@@ -81,7 +81,7 @@ def channel(target: str, *, timeout_s: float = 5.0,
     """A channel whose every call has a deadline (default `timeout_s`); with an identity, mTLS to
     the gateway's east-west listener, renewed as the certificate is."""
     options = [("grpc.service_config", SERVICE_CONFIG), ("grpc.enable_retries", 1)]
-    interceptors = [Deadlines(timeout_s), *aio_client_interceptors()]
+    interceptors = [Deadlines(timeout_s), *telemetry.client_interceptors()]
     if identity is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     options.append(("grpc.ssl_target_name_override", dns_name(GATEWAY)))

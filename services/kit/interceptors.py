@@ -122,7 +122,7 @@ class _Call:
         inbound.set(Inbound(
             deadline=None if remaining is None else time.monotonic() + remaining,
             forward=tuple((k, headers[k]) for k in ("authorization", "x-request-id")
-                          if k in headers)))
+                          if k in headers) + telemetry.continue_trace(headers)))
         telemetry.REQUESTS.labels(service, method).inc()
 
     def finished(self) -> None:

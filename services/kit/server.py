@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from . import clients, database, events, logs, outbox, retention, telemetry, tls
 from .config import Config
@@ -171,9 +170,7 @@ class Server:
         admit = tls.admit if identity else None
         limit = config.max_message_bytes    # said here, not left to gRPC's default
         self.grpc = grpc.aio.server(
-            # Health checks (every few seconds, from Envoy and the runner) make no traces.
-            interceptors=[aio_server_interceptor(filter_=filters.negate(filters.health_check())),
-                          Observe(config.service, admit)],
+            interceptors=[*telemetry.server_interceptors(), Observe(config.service, admit)],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", limit)])
         self.health = health.aio.HealthServicer()

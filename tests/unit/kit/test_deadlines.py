@@ -1,14 +1,16 @@
 """Outbound calls made while handling a request inherit its deadline (capped by the channel's
-default) and forward its authorization and x-request-id; they are not retried here (Envoy does)."""
+default) and forward its authorization, x-request-id and trace; they are not retried here
+(Envoy does)."""
 import json
 
 import numpy as np
 import pytest
+from opentelemetry import trace
 
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
 from services import kit
-from services.kit import clients
+from services.kit import clients, telemetry
 from services.kit.inference import Triton
 
 from .conftest import Users, users_binding
@@ -38,6 +40,7 @@ async def chain(serve):
     async def record(request, context):
         seen["remaining"] = context.time_remaining()
         seen["metadata"] = dict(context.invocation_metadata())
+        seen["span"] = trace.get_current_span()
         return user_pb2.GetProfileResponse()
 
     b = await serve(users_binding(Users(record)), service="b")
@@ -63,6 +66,29 @@ async def test_outbound_call_without_an_inbound_deadline_gets_the_channel_defaul
     assert seen["remaining"] is not None
     assert CHANNEL_TIMEOUT_S - 5 < seen["remaining"] <= CHANNEL_TIMEOUT_S * WIRE_ROUNDING
     assert "authorization" not in seen["metadata"]
+
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize("sent", [(("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),), ()])
+async def test_without_a_trace_backend_the_trace_goes_on_with_no_span_made(chain, sent):
+    """No collector (unit tests set none): OpenTelemetry's gRPC interceptors are left out for
+    their cost, and the kit carries the caller's trace (or starts one) into the next call."""
+    a, seen = chain
+    await a.Recommend(recommend_pb2.RecommendRequest(), metadata=sent)
+    version, trace_id, _, _ = seen["metadata"]["traceparent"].split("-")
+    assert version == "00" and len(trace_id) == 32 and int(trace_id, 16)
+    if sent:
+        assert trace_id == CALLER_TRACE
+    span = seen["span"].get_span_context()   # B's log lines carry this trace id
+    assert format(span.trace_id, "032x") == trace_id and not seen["span"].is_recording()
+
+
+def test_with_a_trace_backend_opentelemetry_makes_the_spans(monkeypatch):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317")
+    assert telemetry.server_interceptors() and telemetry.client_interceptors()
+    assert telemetry.continue_trace({"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"}) == ()
 
 
 def test_a_kit_channel_adds_no_retry_layer_of_its_own():
