@@ -74,8 +74,9 @@ def test_the_callers_stop_ends_the_generation_and_counts_tokens(engine):
                              lambda text: pieces.append(text) or len(pieces) >= 3)
     assert result.finish_reason == "cancelled" and result.completion_tokens == len(pieces) == 3
     assert result.prompt_tokens > 5
+    # greedy: a sampled answer may end on its own within 6 tokens (seen once in a run)
     whole = engine.generate([{"role": "user", "content": "Tell me a long story."}], 6,
-                            lambda text: False)
+                            lambda text: False, temperature=0)
     assert whole.finish_reason == "length" and whole.completion_tokens == 6
 
 
