@@ -1,6 +1,6 @@
-"""Triton's gRPC inference API on a kit channel: every call has a deadline, is traced, and goes
-through the east-west listener. Any failure is kit.Unavailable, so callers with a fallback
-catch one error type."""
+"""Triton's gRPC inference API on a kit channel: every call has a deadline, is traced (where
+traces are exported), and goes through the east-west listener. Any failure is kit.Unavailable,
+so callers with a fallback catch one error type."""
 from __future__ import annotations
 
 import asyncio
