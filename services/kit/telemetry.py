@@ -83,26 +83,42 @@ def setup_tracing(service: str, instance: str, sampling: float = 1.0) -> None:
     trace.set_tracer_provider(provider)
 
 
-# OpenTelemetry's gRPC interceptors make a span of every call, served and made: measured at
-# ~0.4 ms of CPU a Recommend in recommend-svc (bench/mesh_latency.py), a quarter of its own. They
-# run only when the spans go somewhere; otherwise the kit's interceptor carries the trace's id
-# (`continue_trace`), which is all that logs, events and the next service need of it.
+# OpenTelemetry's gRPC interceptors cost ~0.4 ms of CPU a Recommend in recommend-svc, a quarter
+# of its own, sampled or not (bench/mesh_latency.py, docs/status.md). So they run only where
+# spans go somewhere, and there only for the calls of a recorded trace (their filters); for the
+# rest the kit's interceptor carries the trace's id (`continue_trace`), which is all that logs,
+# events and the next service need of it.
+
+def _caller_recorded(call: grpc.HandlerCallDetails) -> bool:
+    """A served call in a recorded trace, or in none yet (this service's sampler decides)."""
+    headers = {k: v for k, v in call.invocation_metadata or () if k in ("traceparent", "tracestate")}
+    caller = trace.get_current_span(propagate.extract(headers)).get_span_context()
+    return not caller.is_valid or caller.trace_flags.sampled
+
+
+def _in_recorded_trace(call: grpc.aio.ClientCallDetails) -> bool:
+    """A call made while serving a call of a recorded trace (never one made on its own)."""
+    return trace.get_current_span().get_span_context().trace_flags.sampled
+
 
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
+    if not exporting():
+        return []
     # Health checks (every few seconds, from Envoy and the runner) make no traces.
-    return [aio_server_interceptor(filter_=filters.negate(filters.health_check()))] if exporting() else []
+    return [aio_server_interceptor(filter_=filters.all_of(
+        filters.negate(filters.health_check()), _caller_recorded))]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    return list(aio_client_interceptors()) if exporting() else []
+    return list(aio_client_interceptors(filter_=_in_recorded_trace)) if exporting() else []
 
 
 def continue_trace(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """Where no span is made (not `exporting`): the caller's trace (its `traceparent`), or a new
-    one, becomes the served call's context, so its log lines and the events it publishes carry
+    """For a served call OpenTelemetry made no span of: the caller's trace (its `traceparent`),
+    or a new one, becomes the call's context, so its log lines and the events it publishes carry
     the trace id; returns the headers that pass it on to the calls it makes."""
-    if exporting():
-        return ()     # OpenTelemetry's interceptors do it, with spans
+    if trace.get_current_span().get_span_context().is_valid:
+        return ()     # OpenTelemetry's interceptor made the call's span, and its client ones pass it on
     caller = propagate.extract(headers)
     if not trace.get_current_span(caller).get_span_context().is_valid:
         caller = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(

@@ -111,9 +111,10 @@ def _methods(grpc_service: str) -> list[str]:
     return list(topology.contract_methods().get(grpc_service, {}))
 
 
-def call(mesh, row: Row, token: str, trace_id: str) -> grpc.StatusCode:
+def call(mesh, row: Row, token: str, trace_id: str, *, recorded: bool = True) -> grpc.StatusCode:
     """The call through the edge as a client makes it; the status it ended with."""
-    metadata = [("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"), *(bearer(token) if token else [])]
+    flags = "01" if recorded else "00"
+    metadata = [("traceparent", f"00-{trace_id}-{uuid.uuid4().hex[:16]}-{flags}"), *(bearer(token) if token else [])]
     requests = row.request if isinstance(row.request, list) else [row.request]
     with mesh.channel() as channel:
         serialize, kind = (lambda m: m.SerializeToString()), row.kind
@@ -245,6 +246,29 @@ def test_one_traces_log_lines_come_from_every_component_it_crossed(mesh, traced_
         return {line.split()[0] for line in mesh.cli("logs", "--trace", trace_id).stdout.splitlines()}
     wait_for(lambda: {"envoy-access", "chat"} <= components(), timeout_s=15, what="the trace's log lines")
     assert "phoenix" not in components() and components() & {"search-1", "search-2"}
+
+
+def test_a_call_in_a_trace_not_recorded_makes_no_span_and_still_logs_its_trace_id(mesh, bob):
+    """The services leave such calls to the kit's interceptor alone (OpenTelemetry's are filtered
+    out for their cost: services/kit/telemetry.py), which carries the trace on to search-svc."""
+    row = next(r for r in ROWS if r.path.endswith("/Ask"))
+    unrecorded = uuid.uuid4().hex
+    try:
+        traces.sample(mesh.topo, mesh.state, 0.0)
+        assert call(mesh, row, bob, unrecorded, recorded=False) == grpc.StatusCode.OK
+
+        def components() -> set[str]:
+            return {line.split()[0] for line in mesh.cli("logs", "--trace", unrecorded).stdout.splitlines()}
+        wait_for(lambda: {"chat"} <= components() and components() & {"search-1", "search-2"},
+                 timeout_s=15, what="the unrecorded trace's log lines")
+    finally:
+        traces.sample(mesh.topo, mesh.state, 1.0, triton_spans=True)    # as this module runs
+    recorded = uuid.uuid4().hex      # spans go out in order: once this one's are in, so would be those
+    assert call(mesh, row, bob, recorded) == grpc.StatusCode.OK
+    search = "/aimesh.search.v1.SearchService/Search"
+    wait_for(lambda: {row.path, search} <= {s["name"] for s in traces.spans(mesh.topo.infra, recorded)},
+             timeout_s=45, interval_s=1, what="the recorded trace's chat and search spans")
+    assert traces.spans(mesh.topo.infra, unrecorded) == []
 
 
 def test_sampling_set_live_sets_tritons_tracing_with_the_edges(mesh):

@@ -2,10 +2,11 @@
 default) and forward its authorization, x-request-id and trace; they are not retried here
 (Envoy does)."""
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from aimesh.recommend.v1 import recommend_pb2, recommend_pb2_grpc
 from aimesh.user.v1 import user_pb2, user_pb2_grpc
@@ -32,8 +33,23 @@ class Recommender(recommend_pb2_grpc.RecommendServiceServicer):
         return recommend_pb2.RecommendResponse()
 
 
+@dataclass
+class CallDetails:
+    method: str
+    invocation_metadata: tuple
+
+
 @pytest.fixture
-async def chain(serve):
+def trace_backend(request, monkeypatch) -> bool:
+    """Indirect parameter: OTEL_EXPORTER_OTLP_ENDPOINT set while the servers are made (nothing
+    is sent: the unit tests' tracer is OpenTelemetry's no-op one)."""
+    if named := getattr(request, "param", False):
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317")
+    return named
+
+
+@pytest.fixture
+async def chain(serve, trace_backend):
     """(stub of A, what B saw: its time_remaining and its invocation metadata)."""
     seen = {}
 
@@ -69,26 +85,40 @@ async def test_outbound_call_without_an_inbound_deadline_gets_the_channel_defaul
 
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+RECORDED = (("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),)
+NOT_RECORDED = (("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-00"),)
 
 
-@pytest.mark.parametrize("sent", [(("traceparent", f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"),), ()])
-async def test_without_a_trace_backend_the_trace_goes_on_with_no_span_made(chain, sent):
-    """No collector (unit tests set none): OpenTelemetry's gRPC interceptors are left out for
-    their cost, and the kit carries the caller's trace (or starts one) into the next call."""
+@pytest.mark.parametrize("trace_backend", [False, True], indirect=True, ids=["no backend", "backend"])
+@pytest.mark.parametrize("sent", [RECORDED, NOT_RECORDED, ()], ids=["recorded", "not recorded", "none"])
+async def test_the_callers_trace_or_a_new_one_goes_on_to_the_next_call(chain, sent, trace_backend):
     a, seen = chain
     await a.Recommend(recommend_pb2.RecommendRequest(), metadata=sent)
-    version, trace_id, _, _ = seen["metadata"]["traceparent"].split("-")
+    version, trace_id, _, flags = seen["metadata"]["traceparent"].split("-")
     assert version == "00" and len(trace_id) == 32 and int(trace_id, 16)
     if sent:
-        assert trace_id == CALLER_TRACE
+        assert trace_id == CALLER_TRACE and flags == sent[0][1][-2:]
     span = seen["span"].get_span_context()   # B's log lines carry this trace id
-    assert format(span.trace_id, "032x") == trace_id and not seen["span"].is_recording()
+    assert format(span.trace_id, "032x") == trace_id
 
 
-def test_with_a_trace_backend_opentelemetry_makes_the_spans(monkeypatch):
+def test_without_a_trace_backend_opentelemetry_makes_no_span():
+    assert telemetry.server_interceptors() == [] and telemetry.client_interceptors() == []
+
+
+def test_with_a_trace_backend_spans_are_made_only_in_recorded_traces(monkeypatch):
+    """OpenTelemetry's interceptors are there, but filtered: a call whose trace is not recorded
+    costs what it costs without them."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4317")
     assert telemetry.server_interceptors() and telemetry.client_interceptors()
-    assert telemetry.continue_trace({"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"}) == ()
+    method = "/aimesh.recommend.v1.RecommendService/Recommend"
+    served = [telemetry._caller_recorded(CallDetails(method, sent)) for sent in (RECORDED, NOT_RECORDED, ())]
+    assert served == [True, False, True]    # a call with no trace yet: the service's sampler decides
+    made = []
+    for sent in (RECORDED, NOT_RECORDED):
+        with trace.use_span(trace.get_current_span(propagate.extract(dict(sent)))):
+            made.append(telemetry._in_recorded_trace(None))
+    assert made == [True, False] and not telemetry._in_recorded_trace(None)   # none: a call made alone
 
 
 def test_a_kit_channel_adds_no_retry_layer_of_its_own():
