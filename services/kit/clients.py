@@ -55,11 +55,12 @@ class Deadlines(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
     def details(self, call: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         timeout = call.timeout if call.timeout is not None else self.default_timeout_s
         metadata: list[tuple[str, str | bytes]] = list(call.metadata or ())
+        present = {key for key, _ in metadata}
         if parent := inbound.get():
             if parent.deadline is not None:
                 timeout = min(timeout, max(parent.deadline - time.monotonic(), 0.001))
-            present = {key for key, _ in metadata}
             metadata += [(k, v) for k, v in parent.forward if k not in present]
+        metadata += [(k, v) for k, v in telemetry.outbound_trace() if k not in present]
         return grpc.aio.ClientCallDetails(call.method, timeout, grpc.aio.Metadata(*metadata),
                                           call.credentials, call.wait_for_ready)
 

@@ -122,7 +122,8 @@ class _Call:
         inbound.set(Inbound(
             deadline=None if remaining is None else time.monotonic() + remaining,
             forward=tuple((k, headers[k]) for k in ("authorization", "x-request-id")
-                          if k in headers) + telemetry.continue_trace(headers)))
+                          if k in headers)))
+        telemetry.enter_trace(headers)
         telemetry.REQUESTS.labels(service, method).inc()
 
     def finished(self) -> None:

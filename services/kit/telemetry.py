@@ -85,9 +85,10 @@ def setup_tracing(service: str, instance: str, sampling: float = 1.0) -> None:
 
 # OpenTelemetry's gRPC interceptors cost ~0.4 ms of CPU a Recommend in recommend-svc, a quarter
 # of its own, sampled or not (bench/mesh_latency.py, docs/status.md). So they run only where
-# spans go somewhere, and there only for the calls of a recorded trace (their filters); for the
-# rest the kit's interceptor carries the trace's id (`continue_trace`), which is all that logs,
-# events and the next service need of it.
+# spans go somewhere, and there only for the calls of a recorded trace (their filters). The
+# other calls still carry their trace's id, which is all that logs, events and the next service
+# need of it: the kit's server interceptor enters the caller's trace (`enter_trace`), its client
+# interceptor passes it on (`outbound_trace`).
 
 def _caller_recorded(call: grpc.HandlerCallDetails) -> bool:
     """A served call in a recorded trace, or in none yet (this service's sampler decides)."""
@@ -96,7 +97,7 @@ def _caller_recorded(call: grpc.HandlerCallDetails) -> bool:
     return not caller.is_valid or caller.trace_flags.sampled
 
 
-def _in_recorded_trace(call: grpc.aio.ClientCallDetails) -> bool:
+def _in_recorded_trace(call: grpc.aio.ClientCallDetails | None = None) -> bool:
     """A call made while serving a call of a recorded trace (never one made on its own)."""
     return trace.get_current_span().get_span_context().trace_flags.sampled
 
@@ -113,17 +114,24 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     return list(aio_client_interceptors(filter_=_in_recorded_trace)) if exporting() else []
 
 
-def continue_trace(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def enter_trace(headers: Mapping[str, str]) -> None:
     """For a served call OpenTelemetry made no span of: the caller's trace (its `traceparent`),
-    or a new one, becomes the call's context, so its log lines and the events it publishes carry
-    the trace id; returns the headers that pass it on to the calls it makes."""
+    or a new one, becomes the call's context, so its log lines, the events it publishes and the
+    calls it makes carry the trace id."""
     if trace.get_current_span().get_span_context().is_valid:
-        return ()     # OpenTelemetry's interceptor made the call's span, and its client ones pass it on
+        return     # OpenTelemetry's interceptor made the call's span
     caller = propagate.extract(headers)
     if not trace.get_current_span(caller).get_span_context().is_valid:
         caller = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
             random.getrandbits(128), random.getrandbits(64), is_remote=False)))
     context.attach(caller)     # the call's own task: its context ends with it
+
+
+def outbound_trace() -> tuple[tuple[str, str], ...]:
+    """The current trace's headers for a call made, unless OpenTelemetry's client interceptor
+    passes them on itself (a recorded trace, where spans go somewhere)."""
+    if exporting() and _in_recorded_trace():
+        return ()
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return tuple(carrier.items())

@@ -102,6 +102,25 @@ async def test_the_callers_trace_or_a_new_one_goes_on_to_the_next_call(chain, se
     assert format(span.trace_id, "032x") == trace_id
 
 
+@pytest.mark.parametrize("trace_backend", [False, True], indirect=True, ids=["no backend", "backend"])
+async def test_a_call_made_while_handling_an_event_carries_the_events_trace(users, trace_backend):
+    """No served call to take the trace from: the current context's (events.py enters the
+    envelope's trace while its handler runs) goes on."""
+    seen = {}
+
+    async def record(request, context):
+        seen.update(context.invocation_metadata())
+        return user_pb2.GetProfileResponse()
+    b = await users(record)
+    channel = clients.channel(b.address, timeout_s=CHANNEL_TIMEOUT_S)
+    try:
+        with trace.use_span(trace.get_current_span(propagate.extract(dict(NOT_RECORDED)))):
+            await user_pb2_grpc.UserServiceStub(channel).GetProfile(user_pb2.GetProfileRequest())
+    finally:
+        await channel.close()
+    assert seen["traceparent"].split("-")[1] == CALLER_TRACE
+
+
 def test_without_a_trace_backend_opentelemetry_makes_no_span():
     assert telemetry.server_interceptors() == [] and telemetry.client_interceptors() == []
 
