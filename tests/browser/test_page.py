@@ -101,14 +101,22 @@ def test_stop_ends_a_streaming_answer_and_the_generation(browser, users, mesh):
     cancelled_before = generations(mesh, "cancelled")
     stop = browser.find_element(By.ID, "chat-stop")
     assert not stop.is_displayed()
+    # Stop is clicked in the page as the answer's first words arrive: a whole greedy answer can
+    # take half a second, less than a round trip of polling from here on a busy machine.
+    browser.execute_script("""
+        const log = document.getElementById("chat-log"), stop = arguments[0];
+        new MutationObserver((changes, observer) => {
+            if (!log.querySelector(".answer")?.textContent) return;
+            observer.disconnect();
+            window.stopShownWhenClicked = !stop.hidden;
+            stop.click();
+        }).observe(log, {childList: true, characterData: true, subtree: true});""", stop)
     browser.find_element(By.ID, "chat-input").send_keys("Write a very long story about every film you know.")
     browser.find_element(By.CSS_SELECTOR, "#chat-form button").click()
     answer = browser.find_element(By.CSS_SELECTOR, "#chat-log .answer")
-    wait_for(lambda: len(answer.text) > 0, timeout_s=90, what="the answer to start streaming")
-    assert stop.is_displayed()
-    stop.click()
-    wait_for(lambda: answer.get_attribute("data-state") == "cancelled", timeout_s=UI_TIMEOUT_S,
-             what="the answer to stop")
+    wait_for(lambda: answer.get_attribute("data-state") == "cancelled", timeout_s=90,
+             what="the answer to start streaming and stop")
+    assert browser.execute_script("return window.stopShownWhenClicked") is True
     assert not stop.is_displayed() and not problem(browser)
     stopped_at = len(answer.text)
     wait_for(lambda: generations(mesh, "cancelled") > cancelled_before, timeout_s=UI_TIMEOUT_S,
